@@ -1,0 +1,39 @@
+/*
+ * cursor: the opaque sync cursor (SPEC section 4).
+ *
+ * It carries the last private msg_id (p) and the last public seq (g) the
+ * client has been given, plus the server epoch. Wire form: base64url (no
+ * padding) of version(1)=1, epoch(4), p(8), g(8), crc32c-or-similar
+ * check(4), network order: 25 bytes, 34 characters. The empty string is
+ * the initial cursor (p = g = 0, current epoch). Anything else that does
+ * not decode exactly is CURSOR_INVALID (400), so a client bug is seen
+ * rather than silently resetting. The check value catches corruption, not
+ * forgery: a forged cursor can only mislead its own user, whose mailbox is
+ * fixed by the token.
+ */
+#ifndef MBOX_CURSOR_H
+#define MBOX_CURSOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CURSOR_MAX_LEN 64 /* longer input is rejected before decoding */
+#define CURSOR_STR_LEN 40 /* buffer size for cursor_encode */
+
+struct cursor {
+    uint32_t epoch;
+    uint64_t p; /* last private msg_id returned */
+    uint64_t g; /* last public seq returned */
+};
+
+enum cursor_status { CURSOR_OK = 0, CURSOR_INVALID };
+
+/* Decodes s (NUL-terminated); "" gives {epoch, 0, 0}. */
+enum cursor_status cursor_decode(const char *s, uint32_t current_epoch, struct cursor *out)
+    __attribute__((warn_unused_result));
+
+/* Encodes c into out (CURSOR_STR_LEN bytes). */
+void cursor_encode(const struct cursor *c, char out[CURSOR_STR_LEN]);
+
+#endif

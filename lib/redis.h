@@ -1,0 +1,81 @@
+/*
+ * redis: Redis client driven by a libevent loop (hiredis async + its
+ * libevent adapter), with what hiredis 0.14 lacks:
+ *
+ *   - command timeouts: each command has a libevent timer; on expiry its
+ *     callback gets an error and the late reply, if any, is ignored;
+ *   - reconnect with exponential backoff and jitter after any disconnect;
+ *   - pub/sub: a subscriber client remembers its channels and subscribes
+ *     again after every reconnect;
+ *   - an on-connect hook (lcsd re-registers its routes there).
+ *
+ * A client is either a command client or a subscriber (Redis forbids
+ * ordinary commands on a subscribed connection). Both belong to the thread
+ * of their event_base. Commands issued while disconnected fail at once
+ * (redis_command returns false): Redis holds only rebuildable state here,
+ * so callers degrade (skip a hint, skip a notify) instead of waiting.
+ *
+ * Keys use hash tags ({app:uid}) so Redis Cluster can hold them later.
+ */
+#ifndef MBOX_REDIS_H
+#define MBOX_REDIS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <hiredis/hiredis.h>
+
+struct event_base;
+struct metrics;
+struct redis;
+
+struct redis_config {
+    const char *host;
+    int port;
+    int connect_timeout_ms;
+    int command_timeout_ms;
+    int backoff_min_ms;
+    int backoff_max_ms;
+};
+
+/*
+ * Command reply callback. reply is NULL on timeout, disconnect or when the
+ * client is freed, with err set; otherwise err is NULL and reply (which may
+ * be a REDIS_REPLY_ERROR) is owned by hiredis and valid during the call.
+ */
+typedef void (*redis_cb)(redisReply *reply, const char *err, void *arg);
+
+/* Message callback of a subscriber: one per pub/sub message. */
+typedef void (*redis_msg_cb)(const char *channel, const char *payload, size_t len, void *arg);
+
+/* Creates a command client and starts connecting. NULL on bad config. */
+struct redis *redis_new(struct event_base *base, const struct redis_config *cfg,
+                        struct metrics *metrics);
+
+/* Creates a subscriber client; on_msg gets every message of its channels. */
+struct redis *redis_subscriber_new(struct event_base *base, const struct redis_config *cfg,
+                                   redis_msg_cb on_msg, void *arg, struct metrics *metrics);
+
+/* Frees the client; pending callbacks are called with an error first. */
+void redis_free(struct redis *r);
+
+/* Called (on the client's thread) after each successful (re)connect. */
+void redis_set_on_connect(struct redis *r, void (*fn)(void *arg), void *arg);
+
+bool redis_connected(const struct redis *r);
+
+/*
+ * Sends a command (hiredis format string). Returns false without calling cb
+ * when disconnected or on a subscriber; cb may be NULL (fire and forget).
+ */
+bool redis_command(struct redis *r, redis_cb cb, void *arg, const char *fmt, ...)
+    __attribute__((warn_unused_result));
+
+/* Same with an argument vector (binary safe). */
+bool redis_command_argv(struct redis *r, redis_cb cb, void *arg, int argc, const char **argv,
+                        const size_t *argvlen) __attribute__((warn_unused_result));
+
+/* Subscriber: adds a channel (subscribed now if connected, and after every reconnect). */
+void redis_subscribe(struct redis *r, const char *channel);
+
+#endif
