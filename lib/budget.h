@@ -15,7 +15,7 @@
 struct budget {
     ProtobufCAllocator alloc; /* pass &b.alloc to protobuf-c */
     size_t limit;
-    size_t used;
+    size_t used; /* bytes now allocated, with a small header per block; 0 once all freed */
 };
 
 /* Prepares b with a limit in bytes. */

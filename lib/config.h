@@ -62,9 +62,8 @@ bool cfg_load_file(const struct cfg_schema *s, void *target, const char *path, c
                    size_t errlen) __attribute__((warn_unused_result));
 
 /* Parses config text (the file body) into target; name is used in errors. */
-bool cfg_load_string(const struct cfg_schema *s, void *target, const char *text,
-                     const char *name, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+bool cfg_load_string(const struct cfg_schema *s, void *target, const char *text, const char *name,
+                     char *err, size_t errlen) __attribute__((warn_unused_result));
 
 /* Applies ENV_PREFIX + KEY overrides from the environment. */
 bool cfg_apply_env(const struct cfg_schema *s, void *target, char *err, size_t errlen)

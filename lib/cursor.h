@@ -3,13 +3,19 @@
  *
  * It carries the last private msg_id (p) and the last public seq (g) the
  * client has been given, plus the server epoch. Wire form: base64url (no
- * padding) of version(1)=1, epoch(4), p(8), g(8), crc32c-or-similar
- * check(4), network order: 25 bytes, 34 characters. The empty string is
- * the initial cursor (p = g = 0, current epoch). Anything else that does
- * not decode exactly is CURSOR_INVALID (400), so a client bug is seen
- * rather than silently resetting. The check value catches corruption, not
- * forgery: a forged cursor can only mislead its own user, whose mailbox is
- * fixed by the token.
+ * padding) of version(1)=1, epoch(4), p(8), g(8), check(4), network order:
+ * 25 bytes, 34 characters; check is the CRC-32C (Castagnoli) of the first
+ * 21 bytes. The empty string is the initial cursor (p = g = 0, current
+ * epoch). Anything else that does not decode exactly (strict base64url:
+ * no padding, canonical trailing bits) is CURSOR_INVALID (400), so a
+ * client bug is seen rather than silently resetting. The check value
+ * catches corruption, not forgery: a forged cursor can only mislead its
+ * own user, whose mailbox is fixed by the token.
+ *
+ * cursor_decode does not compare the stored epoch with current_epoch: it
+ * returns the epoch the cursor carries, and the sync handler decides
+ * whether a different epoch means `reset: true`. current_epoch is used
+ * only for the empty cursor.
  */
 #ifndef MBOX_CURSOR_H
 #define MBOX_CURSOR_H
@@ -29,7 +35,10 @@ struct cursor {
 
 enum cursor_status { CURSOR_OK = 0, CURSOR_INVALID };
 
-/* Decodes s (NUL-terminated); "" gives {epoch, 0, 0}. */
+/*
+ * Decodes s (NUL-terminated; NULL is taken as ""); "" gives
+ * {current_epoch, 0, 0}. out is written only on CURSOR_OK.
+ */
 enum cursor_status cursor_decode(const char *s, uint32_t current_epoch, struct cursor *out)
     __attribute__((warn_unused_result));
 

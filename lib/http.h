@@ -8,17 +8,41 @@
  * http_server is shared with another thread except the metrics registry.
  *
  * Limits: every server has a body cap, a header cap and a timeout (evhttp
- * has none by default). A request over a cap gets 413 with a JSON error.
+ * has none by default). A body over the cap gets 413. libevent 2.1 rejects
+ * it itself, before the request reaches this module, and has no hook to
+ * change the page it sends: that 413 carries evhttp's HTML body (and
+ * "Connection: close"), not a JSON error. The server reads and discards a
+ * declared oversized body first (EVHTTP_SERVER_LINGERING_CLOSE) so that a
+ * client still sending gets the 413 instead of a reset. Headers over their
+ * cap get evhttp's 400, methods other than GET POST PUT PATCH DELETE HEAD
+ * its 501; those evhttp answers are not counted in the metrics below.
  *
- * Routing: a table of (method, pattern, handler). Patterns are literal
- * segments and {name} parameters: "/v1/notices/{id}/publish". An unknown
- * path gets 404, a known path with another method 405, both as JSON errors.
+ * Routing: a table of (method, pattern, handler); the first route whose
+ * pattern and method match wins, so list literal routes before parameter
+ * routes that overlap them. Patterns are literal segments and {name}
+ * parameters (at most 8 per pattern):
+ * "/v1/notices/{id}/publish". A {name} matches exactly one non-empty
+ * segment of the percent-decoded path; a trailing slash must match too.
+ * An unknown path gets 404, a known path with another method 405 (with an
+ * Allow header), both as JSON errors.
  *
  * A request's life: the handler gets a struct http_req and must finish it
  * exactly once with one of the http_reply*() functions, either before it
  * returns or later from a callback on the same thread (async database and
  * Redis work). Replying frees the http_req; it must not be used afterwards.
  * Every request has a short id (`req=` in log lines, X-Request-Id header).
+ *
+ * Client gone: while a handler works asynchronously the server watches the
+ * connection. If the client closes it, or the handler has not replied
+ * within timeout_s, libevent drops the connection; the http_req stays valid
+ * and the handler still replies, but the reply only frees the request
+ * (nothing is sent) and is counted with status "499". Pipelined requests
+ * wait unread until the reply. Writing to a closed socket raises SIGPIPE:
+ * a daemon using this module must ignore SIGPIPE.
+ *
+ * Metrics (when a registry is given): http_requests_total{server,route,
+ * status} and http_request_duration_seconds{server,route}, route being the
+ * pattern or "unmatched". Each reply logs one debug line event=http_request.
  */
 #ifndef MBOX_HTTP_H
 #define MBOX_HTTP_H
@@ -56,29 +80,40 @@ struct http_route {
 
 struct http_limits {
     size_t max_body;    /* bytes; larger bodies get 413 */
-    size_t max_headers; /* bytes of all header lines; larger get 413 (or 400 from evhttp) */
-    int timeout_s;      /* read/write timeout of a connection */
+    size_t max_headers; /* bytes of all header lines; larger get evhttp's 400 */
+    int timeout_s;      /* read/write timeout of a connection; also how long a
+                         * pending handler is waited for (see "Client gone") */
 };
 
 /*
  * Opens a non-blocking listening socket on host:port with SO_REUSEADDR and
- * SO_REUSEPORT. Returns the fd, or -1 with a message in err.
+ * SO_REUSEPORT (backlog 1024). host NULL or "" means every address; port 0
+ * picks a free port (see http_bound_port). Returns the fd, or -1 with a
+ * message in err.
  */
 int http_listen(const char *host, int port, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* The local port a socket is bound to, or -1. */
+int http_bound_port(int fd);
+
 /*
- * Creates a server on base accepting on fd (which it takes ownership of).
- * name labels its metrics ("sdk", "internal", "admin"). routes must stay
- * valid for the server's life; ctx is passed to every handler.
- * Returns NULL with a message in err.
+ * Creates a server on base accepting on fd (which it takes ownership of,
+ * also on failure). name labels its metrics ("sdk", "internal", "admin").
+ * routes must stay valid for the server's life; ctx is passed to every
+ * handler; metrics may be NULL. Returns NULL with a message in err (bad
+ * limits or routes, allocation failure).
  */
 struct http_server *http_server_new(struct event_base *base, int fd, const char *name,
                                     const struct http_route *routes, size_t nroutes,
                                     const struct http_limits *limits, void *ctx,
                                     struct metrics *metrics, char *err, size_t errlen);
 
-/* Stops accepting and frees the server. Requests still pending are dropped. */
+/*
+ * Stops accepting, closes every connection and frees the server. Requests
+ * still pending are dropped: their http_req stays valid until the handler
+ * replies, and that reply only frees it.
+ */
 void http_server_free(struct http_server *s);
 
 /* ---- request accessors (valid until the reply) ---- */
@@ -91,16 +126,21 @@ struct event_base *http_req_base(const struct http_req *r);
 /* A {name} path parameter, or NULL. */
 const char *http_req_param(const struct http_req *r, const char *name);
 
-/* A query-string parameter (decoded), or NULL. */
+/* A query-string parameter (name matched exactly, value decoded, '+' as
+ * space; the first of repeated names), or NULL. A name without '=' has the
+ * value "". */
 const char *http_req_query(const struct http_req *r, const char *name);
 
-/* A request header (case-insensitive name), or NULL. */
+/* A request header (case-insensitive name), or NULL (also once the
+ * server has been freed). */
 const char *http_req_header(const struct http_req *r, const char *name);
 
 /* The token of "Authorization: Bearer <token>", or NULL when absent/malformed. */
 const char *http_req_bearer(const struct http_req *r);
 
-/* The body, contiguous, NUL-terminated (the NUL is not counted in *len). */
+/* The body, contiguous, NUL-terminated (the NUL is not counted in *len),
+ * owned by the request. NULL when out of memory. Reads as empty if first
+ * asked for after the server was freed. */
 const unsigned char *http_req_body(struct http_req *r, size_t *len);
 
 /* Caller data attached to the request (handlers' per-request state). */
@@ -112,15 +152,21 @@ void *http_req_data(const struct http_req *r);
 /* Adds a response header (before the reply). */
 void http_req_add_header(struct http_req *r, const char *name, const char *value);
 
+/* Sends status with body (copied; none for HEAD, 1xx, 204 and 304) and
+ * Content-Type content_type (none when NULL). */
 void http_reply(struct http_req *r, int status, const char *content_type, const void *body,
                 size_t len);
 
 /* Serializes body as compact JSON and steals the reference. */
 void http_reply_json(struct http_req *r, int status, json_t *body);
 
+/* Replies 200 with the registry in Prometheus text format (GET /metrics). */
+void http_reply_metrics(struct http_req *r, struct metrics *m);
+
 /*
- * Replies {"error":{"code":code,"message":<formatted>}} with status.
- * For 503 a Retry-After header is added (1 second).
+ * Replies {"error":{"code":code,"message":<formatted>}} with status; code
+ * NULL means http_status_code_name(status). For 503 a Retry-After header
+ * is added (1 second).
  */
 void http_reply_error(struct http_req *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -134,14 +180,18 @@ const char *http_status_code_name(int status);
 /* ---- pure helpers (unit tested without a server) ---- */
 
 /*
- * Matches path against pattern; on success fills up to maxp (name, value)
- * pairs into names/values (values point into valbuf) and returns the count,
- * else -1. Exposed for tests.
+ * Matches path against pattern; on success fills the (name, value) pairs of
+ * its {name} parameters into names/values (both NUL-terminated copies in
+ * valbuf) and returns their count, else -1: no match, more parameters than
+ * maxp, or valbuf too small (strlen(pattern) + strlen(path) + 2 * maxp is
+ * always enough). Exposed for tests.
  */
 int http_match_pattern(const char *pattern, const char *path, const char **names,
                        const char **values, int maxp, char *valbuf, size_t valbuflen);
 
-/* Extracts the token from an Authorization header value, or NULL. */
+/* Extracts the token from an Authorization header value: "Bearer" in any
+ * case, one or more spaces, then a non-empty token without spaces or
+ * control bytes. Returns a pointer into authorization, or NULL. */
 const char *http_parse_bearer(const char *authorization);
 
 #endif

@@ -39,19 +39,19 @@ struct pg_pool;
 #define PG_MAX_PARAMS 24
 
 struct pg_pool_config {
-    const char *conninfo;  /* libpq connection string */
-    int size;              /* connections in this pool (>= 1) */
-    int backoff_min_ms;    /* first reconnect delay */
-    int backoff_max_ms;    /* cap of the delay */
-    int query_timeout_ms;  /* 0 = none */
-    int max_inflight;      /* per connection; beyond it pg_query() returns false */
+    const char *conninfo; /* libpq connection string */
+    int size;             /* connections in this pool (>= 1) */
+    int backoff_min_ms;   /* first reconnect delay */
+    int backoff_max_ms;   /* cap of the delay */
+    int query_timeout_ms; /* 0 = none */
+    int max_inflight;     /* per connection; beyond it pg_query() returns false */
 };
 
 enum pg_err_kind {
     PG_OK = 0,
     PG_ERR_UNAVAILABLE, /* no connection, or it broke while the query was in flight */
     PG_ERR_TIMEOUT,
-    PG_ERR_QUERY,       /* the server answered with an error: see sqlstate */
+    PG_ERR_QUERY, /* the server answered with an error: see sqlstate */
 };
 
 struct pg_error {
@@ -70,28 +70,48 @@ struct pg_params {
     int lengths[PG_MAX_PARAMS];
     int formats[PG_MAX_PARAMS];
     char scratch[PG_MAX_PARAMS][8]; /* network-order binary values */
+    Oid types[PG_MAX_PARAMS];       /* int8/int4/bool/bytea oids, 0 = server infers;
+                                     * sent by pg_query_sql() only */
 };
 
 void pg_params_init(struct pg_params *p);
-void pg_param_i64(struct pg_params *p, int64_t v);   /* int8, binary */
-void pg_param_i32(struct pg_params *p, int32_t v);   /* int4, binary */
-void pg_param_bool(struct pg_params *p, bool v);     /* bool, binary */
-void pg_param_text(struct pg_params *p, const char *s); /* text; NULL = SQL NULL */
+void pg_param_i64(struct pg_params *p, int64_t v);                      /* int8, binary */
+void pg_param_i32(struct pg_params *p, int32_t v);                      /* int4, binary */
+void pg_param_bool(struct pg_params *p, bool v);                        /* bool, binary */
+void pg_param_text(struct pg_params *p, const char *s);                 /* text; NULL = SQL NULL */
 void pg_param_bytea(struct pg_params *p, const void *data, size_t len); /* binary */
 void pg_param_null(struct pg_params *p);
 /* The pointers stored by text/bytea must stay valid until pg_query() returns
- * (the pool copies nothing it does not need: libpq copies on send). */
+ * (the pool copies nothing it does not need: libpq copies on send).
+ * bytea: (NULL, 0) is an empty value, not SQL NULL (use pg_param_null).
+ * More than PG_MAX_PARAMS parameters, or a bytea longer than INT_MAX, marks
+ * the set invalid (n > PG_MAX_PARAMS) and pg_query() then returns false. */
 
-/* Creates the pool and starts connecting. Returns NULL on bad config. */
+/*
+ * Creates the pool and starts connecting. Returns NULL on bad config (no
+ * conninfo, unparsable conninfo, size < 1, negative values). Zero means a
+ * default: backoff 100 ms .. 10 s, max_inflight 128. A connect attempt is
+ * abandoned after the conninfo's connect_timeout (default 10 s). Host names
+ * are resolved by libpq with a blocking getaddrinfo(): prefer addresses.
+ */
 struct pg_pool *pg_pool_new(struct event_base *base, const struct pg_pool_config *cfg,
                             struct metrics *metrics);
 
-/* Frees the pool; callbacks of queries in flight are called with PG_ERR_UNAVAILABLE. */
+/*
+ * Frees the pool; callbacks of queries in flight are called with
+ * PG_ERR_UNAVAILABLE (from inside pg_pool_free). May be called from a pg
+ * callback: the pool is then torn down when the pool's event handler that
+ * ran the callback returns (before control goes back to the loop), and
+ * pg_query() returns false meanwhile.
+ */
 void pg_pool_free(struct pg_pool *p);
 
 /*
  * Registers a named statement; types may be NULL (server infers them).
  * Connections already up prepare it at once, later ones on connect.
+ * Registering the same name again is fine with the same SQL and types, and
+ * fails otherwise. A statement the server rejects is logged
+ * (pg_prepare_failed) and makes the connection reconnect with backoff.
  */
 bool pg_pool_prepare(struct pg_pool *p, const char *name, const char *sql, int nparams,
                      const Oid *types) __attribute__((warn_unused_result));
@@ -103,7 +123,9 @@ bool pg_pool_prepare(struct pg_pool *p, const char *name, const char *sql, int n
 bool pg_query(struct pg_pool *p, const char *name, const struct pg_params *params, pg_cb cb,
               void *arg) __attribute__((warn_unused_result));
 
-/* Runs SQL text with parameters (unnamed statement). Same contract as pg_query. */
+/* Runs SQL text with parameters (unnamed statement). Same contract as pg_query.
+ * Parameter types come from pg_params.types (int8/int4/bool/bytea), others
+ * are inferred by the server. */
 bool pg_query_sql(struct pg_pool *p, const char *sql, const struct pg_params *params, pg_cb cb,
                   void *arg) __attribute__((warn_unused_result));
 

@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <hiredis/hiredis.h>
 
@@ -30,12 +31,12 @@ struct metrics;
 struct redis;
 
 struct redis_config {
-    const char *host;
-    int port;
-    int connect_timeout_ms;
-    int command_timeout_ms;
-    int backoff_min_ms;
-    int backoff_max_ms;
+    const char *host;       /* copied; prefer an address (a name is resolved blocking) */
+    int port;               /* 1..65535 */
+    int connect_timeout_ms; /* 0 = none */
+    int command_timeout_ms; /* 0 = none */
+    int backoff_min_ms;     /* first reconnect delay, > 0 */
+    int backoff_max_ms;     /* cap of the doubling delay, >= backoff_min_ms */
 };
 
 /*
@@ -65,6 +66,13 @@ void redis_set_on_connect(struct redis *r, void (*fn)(void *arg), void *arg);
 bool redis_connected(const struct redis *r);
 
 /*
+ * Counts successful connects. Two reads with the same value bracket a span
+ * with no reconnect, hence no Redis restart seen by this client (hint.c
+ * relies on it).
+ */
+uint64_t redis_conn_generation(const struct redis *r);
+
+/*
  * Sends a command (hiredis format string). Returns false without calling cb
  * when disconnected or on a subscriber; cb may be NULL (fire and forget).
  */
@@ -77,5 +85,22 @@ bool redis_command_argv(struct redis *r, redis_cb cb, void *arg, int argc, const
 
 /* Subscriber: adds a channel (subscribed now if connected, and after every reconnect). */
 void redis_subscribe(struct redis *r, const char *channel);
+
+/*
+ * Metrics (when a registry is given): redis_commands_total{result="ok",
+ * "error" (an error reply), "timeout", "disconnected" (lost in flight, or
+ * refused because the client was down)}, the gauge redis_connected (number
+ * of connected clients of the registry) and redis_reconnects_total (connect
+ * attempts after a failure or a loss). After 3 consecutive command timeouts
+ * the connection is presumed dead and re-opened.
+ */
+
+/*
+ * Reconnect delay in ms before retry number `attempt` (0 = first retry):
+ * min_ms doubled per attempt up to max_ms, times a jitter factor in
+ * [0.75, 1.25] drawn from *rng (xorshift state, advanced; 0 is allowed).
+ * Pure; exposed for the unit suite.
+ */
+int redis_backoff_ms(int min_ms, int max_ms, unsigned attempt, uint64_t *rng);
 
 #endif

@@ -38,11 +38,20 @@ enum token_status {
     TOKEN_EXPIRED,
 };
 
-/* Writes a token for claims into out (at least TOKEN_MAX_LEN bytes). */
+/*
+ * Writes a token for claims, signed with the current key, into out (at
+ * least TOKEN_MAX_LEN bytes; a token is at most 99 bytes with its NUL).
+ * Fails on a missing or invalid current key id or an empty key.
+ */
 bool token_mint(const struct token_keys *keys, const struct token_claims *claims, char *out,
                 size_t outlen) __attribute__((warn_unused_result));
 
-/* Verifies token at time now_us and fills claims on TOKEN_OK. */
+/*
+ * Verifies token at time now_us and fills claims (may be NULL) on TOKEN_OK
+ * only. Order: shape (MALFORMED), key id and MAC (BAD_SIGNATURE), then
+ * expiry (EXPIRED when expires_at_us <= now_us), so a forged token is
+ * reported as forged. Only the canonical spelling is accepted.
+ */
 enum token_status token_verify(const struct token_keys *keys, const char *token, int64_t now_us,
                                struct token_claims *claims) __attribute__((warn_unused_result));
 

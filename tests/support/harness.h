@@ -19,10 +19,10 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-#define HARNESS_PG     (1u << 0)
-#define HARNESS_REDIS  (1u << 1)
-#define HARNESS_LOGICD (1u << 2) /* implies PG, REDIS and migrations */
-#define HARNESS_LCSD   (1u << 3) /* implies REDIS */
+#define HARNESS_PG          (1u << 0)
+#define HARNESS_REDIS       (1u << 1)
+#define HARNESS_LOGICD      (1u << 2) /* implies PG, REDIS and migrations */
+#define HARNESS_LCSD        (1u << 3) /* implies REDIS */
 #define HARNESS_MAX_DAEMONS 4
 
 struct harness_daemon {
@@ -55,6 +55,15 @@ int harness_add_lcsd(struct harness *h, const char *extra_config);
 /* Stops and restarts Redis on the same port (fault tests). */
 bool harness_redis_stop(struct harness *h);
 bool harness_redis_start(struct harness *h);
+
+/* Stops one daemon (SIGTERM, then SIGKILL after 5 s). */
+void harness_daemon_stop(struct harness_daemon *d);
+
+/* A loopback port that was free a moment ago. */
+int harness_free_port(void);
+
+/* Starts prog -c config (stdout/stderr appended to log); returns its pid. */
+pid_t harness_spawn(const char *prog, const char *config, const char *log);
 
 /* Stops everything and removes the directory (kept when MBOX_KEEP_TEST_DIR is set). */
 void harness_stop(struct harness *h);

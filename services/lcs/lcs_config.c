@@ -1,0 +1,41 @@
+/*
+ * lcs_config: lcsd's configuration keys (--help and docs/config.md come
+ * from this table).
+ */
+#include <stddef.h>
+
+#include "lcs.h"
+
+#define K(name, type, def, min, max, help)                                                         \
+    {                                                                                              \
+#name, type, offsetof(struct lcs_config, name), def, help, min, max, false                 \
+    }
+
+static const struct cfg_key lcs_keys[] = {
+    K(ws_listen, CFG_STR, "127.0.0.1:8090", 0, 0, "WebSocket listener (path /ws)"),
+    K(admin_listen, CFG_STR, "127.0.0.1:8091", 0, 0, "admin listener: /healthz, /metrics"),
+    K(log_level, CFG_STR, "info", 0, 0, "debug, info, warn or error"),
+    K(node_id, CFG_STR, NULL, 0, 0,
+      "this process's name in routes and its Redis channel; default: host-pid"),
+    K(redis_host, CFG_STR, "127.0.0.1", 0, 0, "Redis host (routes, notify channels)"),
+    K(redis_port, CFG_INT, "6379", 1, 65535, "Redis port"),
+    K(redis_timeout_ms, CFG_INT, "200", 1, 60000, "Redis command timeout"),
+    K(token_key_id, CFG_STR, "k1", 0, 0, "id of the current user-token key (as logicd)"),
+    K(token_key, CFG_STR, NULL, 0, 0, "current user-token key (as logicd; required)"),
+    K(token_prev_key_id, CFG_STR, NULL, 0, 0, "previous key id, still accepted"),
+    K(token_prev_key, CFG_STR, NULL, 0, 0, "previous key, still accepted"),
+    K(heartbeat_s, CFG_INT, "30", 1, 3600,
+      "heartbeat period told to clients; silent for 3 periods = closed"),
+    K(login_timeout_ms, CFG_INT, "10000", 100, 600000, "time to send the login frame"),
+    K(max_message_bytes, CFG_INT, "4096", 128, 1048576, "largest client message (1009 beyond)"),
+    K(max_output_bytes, CFG_INT, "65536", 1024, 16777216,
+      "output queued for a slow reader before it is closed"),
+    K(route_ttl_s, CFG_INT, "600", 30, 86400, "lifetime of a route in Redis, refreshed at half"),
+};
+
+const struct cfg_schema lcs_config_schema = {
+    "lcsd",
+    "LCSD_",
+    lcs_keys,
+    sizeof(lcs_keys) / sizeof(lcs_keys[0]),
+};

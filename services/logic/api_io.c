@@ -1,0 +1,231 @@
+/*
+ * api_io: authentication and body coding shared by logicd's handlers.
+ */
+#include "api_io.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+
+#include "budget.h"
+#include "log.h"
+#include "logic.h"
+#include "pbjson.h"
+#include "pg.h"
+
+#define PROTOBUF_TYPE "application/x-protobuf"
+/* Heap a protobuf request may expand into, per request body byte budget. */
+#define PB_BUDGET_FACTOR 8
+
+/* Constant-time equality of a presented secret and the configured one. */
+static bool
+secret_eq(const char *given, const char *want)
+{
+    size_t gl = strlen(given), wl = strlen(want);
+    if (gl != wl || wl == 0)
+        return false;
+    return CRYPTO_memcmp(given, want, wl) == 0;
+}
+
+bool
+api_auth_user(struct http_req *r, struct logic_worker *w, struct token_claims *claims)
+{
+    const char *tok = http_req_bearer(r);
+    if (tok == NULL) {
+        http_reply_error(r, 401, "unauthenticated", "missing bearer token");
+        return false;
+    }
+    enum token_status st = token_verify(&w->app->keys, tok, logic_now_us(), claims);
+    if (st != TOKEN_OK) {
+        http_reply_error(r, 401, "unauthenticated", "user token rejected: %s",
+                         token_status_str(st));
+        return false;
+    }
+    return true;
+}
+
+bool
+api_auth_server(struct http_req *r, struct logic_worker *w)
+{
+    const char *tok = http_req_bearer(r);
+    if (tok == NULL) {
+        http_reply_error(r, 401, "unauthenticated", "missing bearer token (server key)");
+        return false;
+    }
+    if (!secret_eq(tok, w->app->cfg.server_key)) {
+        http_reply_error(r, 401, "unauthenticated", "server key rejected");
+        return false;
+    }
+    return true;
+}
+
+bool
+api_auth_ops(struct http_req *r, struct logic_worker *w, const char **name)
+{
+    const char *tok = http_req_bearer(r);
+    if (tok == NULL) {
+        http_reply_error(r, 401, "unauthenticated", "missing bearer token (ops token)");
+        return false;
+    }
+    /* Compare against every token so the time taken does not say which matched. */
+    int found = -1;
+    for (int i = 0; i < w->app->nops; i++) {
+        if (secret_eq(tok, w->app->ops[i].token))
+            found = i;
+    }
+    if (found < 0) {
+        http_reply_error(r, 401, "unauthenticated", "ops token rejected");
+        return false;
+    }
+    *name = w->app->ops[found].name;
+    return true;
+}
+
+/* True when a header value names the protobuf media type. */
+static bool
+names_protobuf(const char *v)
+{
+    return v != NULL && strncasecmp(v, PROTOBUF_TYPE, strlen(PROTOBUF_TYPE)) == 0;
+}
+
+bool
+api_wants_protobuf(struct http_req *r)
+{
+    const char *accept = http_req_header(r, "Accept");
+    if (accept != NULL && strstr(accept, PROTOBUF_TYPE) != NULL)
+        return true;
+    if (accept != NULL && strstr(accept, "application/json") != NULL)
+        return false;
+    return names_protobuf(http_req_header(r, "Content-Type"));
+}
+
+bool
+api_decode(struct http_req *r, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out)
+{
+    size_t len;
+    const unsigned char *body = http_req_body(r, &len);
+    const char *ct = http_req_header(r, "Content-Type");
+    *out = NULL;
+
+    if (names_protobuf(ct)) {
+        struct budget b;
+        budget_init(&b, len * PB_BUDGET_FACTOR + 4096);
+        /* Unpack under the budget, then copy out of it? protobuf-c frees with the
+         * allocator it unpacked with, so keep using malloc-backed budget memory. */
+        ProtobufCMessage *m = protobuf_c_message_unpack(desc, &b.alloc, len, body);
+        if (m == NULL) {
+            http_reply_error(r, 400, "invalid_argument", "body is not a valid %s protobuf",
+                             desc->name);
+            return false;
+        }
+        /* Re-encode through the plain allocator so api_msg_free has one rule. */
+        size_t plen = protobuf_c_message_get_packed_size(m);
+        uint8_t *buf = malloc(plen ? plen : 1);
+        if (buf == NULL) {
+            protobuf_c_message_free_unpacked(m, &b.alloc);
+            http_reply_error(r, 503, "unavailable", "out of memory");
+            return false;
+        }
+        protobuf_c_message_pack(m, buf);
+        protobuf_c_message_free_unpacked(m, &b.alloc);
+        *out = protobuf_c_message_unpack(desc, NULL, plen, buf);
+        free(buf);
+        if (*out == NULL) {
+            http_reply_error(r, 503, "unavailable", "out of memory");
+            return false;
+        }
+        return true;
+    }
+    if (ct != NULL && strncasecmp(ct, "application/json", 16) != 0 && len > 0) {
+        http_reply_error(r, 415, "unsupported_media_type",
+                         "Content-Type must be application/json or " PROTOBUF_TYPE);
+        return false;
+    }
+    char err[256];
+    if (len == 0) {
+        body = (const unsigned char *)"{}";
+        len = 2;
+    }
+    *out = pbjson_decode_bytes(desc, body, len, len, NULL, err, sizeof(err));
+    if (*out == NULL) {
+        http_reply_error(r, 400, "invalid_argument", "%s", err);
+        return false;
+    }
+    return true;
+}
+
+void
+api_msg_free(ProtobufCMessage *m)
+{
+    if (m != NULL)
+        protobuf_c_message_free_unpacked(m, NULL);
+}
+
+void
+api_reply_msg(struct http_req *r, int status, const ProtobufCMessage *msg)
+{
+    if (api_wants_protobuf(r)) {
+        size_t n = protobuf_c_message_get_packed_size(msg);
+        uint8_t *buf = malloc(n ? n : 1);
+        if (buf == NULL) {
+            http_reply_error(r, 503, "unavailable", "out of memory");
+            return;
+        }
+        protobuf_c_message_pack(msg, buf);
+        http_reply(r, status, PROTOBUF_TYPE, buf, n);
+        free(buf);
+        return;
+    }
+    json_t *j = pbjson_encode(msg);
+    if (j == NULL) {
+        http_reply_error(r, 503, "unavailable", "out of memory");
+        return;
+    }
+    http_reply_json(r, status, j);
+}
+
+/* Strict decimal uint64 of a request field. */
+static bool
+parse_u64_field(struct http_req *r, const char *what, const char *name, const char *v,
+                uint64_t *out)
+{
+    if (!pbjson_parse_u64(v, out)) {
+        http_reply_error(r, 400, "invalid_argument", "%s '%s': expected an unsigned integer", what,
+                         name);
+        return false;
+    }
+    return true;
+}
+
+bool
+api_query_u64(struct http_req *r, const char *name, uint64_t def, uint64_t *out)
+{
+    const char *v = http_req_query(r, name);
+    if (v == NULL || v[0] == '\0') {
+        *out = def;
+        return true;
+    }
+    return parse_u64_field(r, "query parameter", name, v, out);
+}
+
+bool
+api_param_u64(struct http_req *r, const char *name, uint64_t *out)
+{
+    const char *v = http_req_param(r, name);
+    return parse_u64_field(r, "path parameter", name, v ? v : "", out);
+}
+
+void
+api_reply_pg_error(struct http_req *r, const struct pg_error *err)
+{
+    if (err->kind == PG_ERR_UNAVAILABLE || err->kind == PG_ERR_TIMEOUT) {
+        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+        return;
+    }
+    char q[256];
+    log_error("pg_query_failed", "req=%s sqlstate=%s message=%s", http_req_id(r), err->sqlstate,
+              log_q(q, sizeof(q), err->message));
+    http_reply_error(r, 500, "internal", "database error (sqlstate %s)", err->sqlstate);
+}

@@ -1,0 +1,61 @@
+/*
+ * api_io: what every logicd handler does with a request before and after
+ * its own work: authenticate, decode the body (JSON or protobuf into the
+ * same proto/ message), encode the reply in the format the client used.
+ *
+ * Each function that can fail has already replied (401, 400, 413, 415)
+ * when it returns false; the handler just returns.
+ */
+#ifndef LOGIC_API_IO_H
+#define LOGIC_API_IO_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "http.h"
+#include "token.h"
+
+struct logic_worker;
+
+/* SDK listener: verifies the user token; claims fix app_id and uid. */
+bool api_auth_user(struct http_req *r, struct logic_worker *w, struct token_claims *claims)
+    __attribute__((warn_unused_result));
+
+/* Internal listener, business servers: the server key, compared in constant time. */
+bool api_auth_server(struct http_req *r, struct logic_worker *w)
+    __attribute__((warn_unused_result));
+
+/* Internal listener, operators: an ops token; *name gets its name (audit log). */
+bool api_auth_ops(struct http_req *r, struct logic_worker *w, const char **name)
+    __attribute__((warn_unused_result));
+
+/* True when the client sent or asked for application/x-protobuf. */
+bool api_wants_protobuf(struct http_req *r);
+
+/*
+ * Decodes the body into a new message of type desc (an empty body decodes
+ * to an empty message). Free it with api_msg_free().
+ */
+bool api_decode(struct http_req *r, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out)
+    __attribute__((warn_unused_result));
+
+void api_msg_free(ProtobufCMessage *m);
+
+/* Replies msg with status in the request's format (JSON or protobuf). */
+void api_reply_msg(struct http_req *r, int status, const ProtobufCMessage *msg);
+
+/* Parses a decimal uint64 query parameter; absent gives def. False = replied 400. */
+bool api_query_u64(struct http_req *r, const char *name, uint64_t def, uint64_t *out)
+    __attribute__((warn_unused_result));
+
+/* Parses a {name} path parameter as uint64. False = replied 400. */
+bool api_param_u64(struct http_req *r, const char *name, uint64_t *out)
+    __attribute__((warn_unused_result));
+
+/* Replies 503 for a dependency error, 500-ish for the rest (logged). */
+struct pg_error;
+void api_reply_pg_error(struct http_req *r, const struct pg_error *err);
+
+#endif

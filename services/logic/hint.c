@@ -1,0 +1,252 @@
+/*
+ * hint: the Redis "nothing new" hint of a mailbox (see hint.h for the
+ * protocol and why it cannot make a pull miss a message).
+ */
+#include "hint.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "logic.h"
+#include "metrics.h"
+#include "redis.h"
+
+#define HINT_DIRTY_CAP 65536
+
+/* SET: store m only if the generation is still the one the reader saw. */
+static const char set_script[] = "local g = redis.call('HGET', KEYS[1], 'g') or ''\n"
+                                 "if g == ARGV[1] then\n"
+                                 "  redis.call('HSET', KEYS[1], 'm', ARGV[2])\n"
+                                 "  redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
+                                 "  return 1\n"
+                                 "end\n"
+                                 "return 0\n";
+
+/* INVALIDATE: a new generation without m. */
+static const char invalidate_script[] = "redis.call('HINCRBY', KEYS[1], 'g', 1)\n"
+                                        "redis.call('HDEL', KEYS[1], 'm')\n"
+                                        "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
+                                        "return 1\n";
+
+struct hint_mbox {
+    uint64_t app_id, uid;
+};
+
+struct hint_dirty {
+    struct hint_mbox *items;
+    int n;
+};
+
+static void
+hint_key(char *buf, size_t len, uint64_t app_id, uint64_t uid)
+{
+    snprintf(buf, len, "hint:{%" PRIu64 ":%" PRIu64 "}", app_id, uid);
+}
+
+struct hint_dirty *
+hint_dirty_new(void)
+{
+    struct hint_dirty *d = calloc(1, sizeof(*d));
+    if (d != NULL)
+        d->items = calloc(HINT_DIRTY_CAP, sizeof(d->items[0]));
+    if (d != NULL && d->items == NULL) {
+        free(d);
+        d = NULL;
+    }
+    return d;
+}
+
+void
+hint_dirty_free(struct hint_dirty *d)
+{
+    if (d != NULL)
+        free(d->items);
+    free(d);
+}
+
+/* Remembers a mailbox whose invalidation did not reach Redis. */
+static void
+dirty_add(struct logic_worker *w, uint64_t app_id, uint64_t uid)
+{
+    struct hint_dirty *d = w->dirty;
+    if (d->n == HINT_DIRTY_CAP) {
+        metric_inc(metrics_counter(w->app->metrics, "mbox_hint_dirty_dropped_total",
+                                   "mailboxes whose hint could not be invalidated or remembered",
+                                   NULL));
+        return;
+    }
+    d->items[d->n].app_id = app_id;
+    d->items[d->n].uid = uid;
+    d->n++;
+}
+
+/* ---- READ ---- */
+
+struct read_ctx {
+    hint_read_cb cb;
+    void *arg;
+    uint64_t conn_gen;
+};
+
+static void
+on_read(redisReply *reply, const char *err, void *arg)
+{
+    struct read_ctx *c = arg;
+    struct hint_read h;
+    memset(&h, 0, sizeof(h));
+    h.conn_gen = c->conn_gen;
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        redisReply *g = reply->element[0], *m = reply->element[1];
+        h.usable = true;
+        if (g->type == REDIS_REPLY_STRING && g->len < sizeof(h.g)) {
+            memcpy(h.g, g->str, g->len);
+            h.g[g->len] = '\0';
+        }
+        if (m->type == REDIS_REPLY_STRING && m->len < 24) {
+            char num[24];
+            memcpy(num, m->str, m->len);
+            num[m->len] = '\0';
+            char *end;
+            h.m = strtoull(num, &end, 10);
+            h.has_m = *end == '\0' && m->len > 0;
+        }
+    }
+    c->cb(&h, c->arg);
+    free(c);
+}
+
+void
+hint_read(struct logic_worker *w, uint64_t app_id, uint64_t uid, hint_read_cb cb, void *arg)
+{
+    struct read_ctx *c = malloc(sizeof(*c));
+    char key[64];
+    hint_key(key, sizeof(key), app_id, uid);
+    if (c != NULL) {
+        c->cb = cb;
+        c->arg = arg;
+        c->conn_gen = redis_conn_generation(w->redis);
+        if (redis_command(w->redis, on_read, c, "HMGET %s g m", key))
+            return;
+        free(c);
+    }
+    struct hint_read h;
+    memset(&h, 0, sizeof(h));
+    cb(&h, arg);
+}
+
+/* ---- SET ---- */
+
+void
+hint_set(struct logic_worker *w, uint64_t app_id, uint64_t uid, const struct hint_read *seen,
+         uint64_t last)
+{
+    /* A reconnect between READ and SET may be a Redis restart: skip. */
+    if (!seen->usable || seen->conn_gen != redis_conn_generation(w->redis))
+        return;
+    char key[64], lastbuf[24], ttl[24];
+    hint_key(key, sizeof(key), app_id, uid);
+    snprintf(lastbuf, sizeof(lastbuf), "%" PRIu64, last);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, w->app->cfg.hint_ttl_s);
+    if (!redis_command(w->redis, NULL, NULL, "EVAL %s 1 %s %s %s %s", set_script, key, seen->g,
+                       lastbuf, ttl))
+        log_debug("hint_set_skipped", "reason=redis_down");
+}
+
+/* ---- INVALIDATE ---- */
+
+struct inval_ctx {
+    struct logic_worker *w;
+    int pending;
+    hint_done_cb done;
+    void *arg;
+};
+
+struct inval_one {
+    struct inval_ctx *all;
+    uint64_t app_id, uid;
+};
+
+/* One invalidation finished; the last one calls done. */
+static void
+inval_finish(struct inval_ctx *c)
+{
+    if (--c->pending > 0)
+        return;
+    if (c->done != NULL)
+        c->done(c->arg);
+    free(c);
+}
+
+static void
+on_invalidated(redisReply *reply, const char *err, void *arg)
+{
+    struct inval_one *one = arg;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+        dirty_add(one->all->w, one->app_id, one->uid);
+    inval_finish(one->all);
+    free(one);
+}
+
+/* Sends one invalidation; false when it could not be sent. */
+static bool
+send_invalidate(struct logic_worker *w, uint64_t app_id, uint64_t uid, redis_cb cb, void *arg)
+{
+    char key[64], ttl[24];
+    hint_key(key, sizeof(key), app_id, uid);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, w->app->cfg.hint_ttl_s);
+    return redis_command(w->redis, cb, arg, "EVAL %s 1 %s %s", invalidate_script, key, ttl);
+}
+
+void
+hint_invalidate(struct logic_worker *w, uint64_t app_id, const uint64_t *uids, int n,
+                hint_done_cb done, void *arg)
+{
+    struct inval_ctx *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        for (int i = 0; i < n; i++)
+            dirty_add(w, app_id, uids[i]);
+        if (done)
+            done(arg);
+        return;
+    }
+    c->w = w;
+    c->done = done;
+    c->arg = arg;
+    c->pending = 1; /* held until the loop below is done */
+    for (int i = 0; i < n; i++) {
+        struct inval_one *one = malloc(sizeof(*one));
+        if (one != NULL) {
+            one->all = c;
+            one->app_id = app_id;
+            one->uid = uids[i];
+            c->pending++;
+            if (send_invalidate(w, app_id, uids[i], on_invalidated, one))
+                continue;
+            c->pending--;
+            free(one);
+        }
+        dirty_add(w, app_id, uids[i]);
+    }
+    inval_finish(c);
+}
+
+void
+hint_on_redis_connect(void *worker)
+{
+    struct logic_worker *w = worker;
+    struct hint_dirty *d = w->dirty;
+    if (d->n == 0)
+        return;
+    int n = d->n, sent = 0;
+    d->n = 0;
+    for (int i = 0; i < n; i++) {
+        if (send_invalidate(w, d->items[i].app_id, d->items[i].uid, NULL, NULL))
+            sent++;
+        else
+            dirty_add(w, d->items[i].app_id, d->items[i].uid);
+    }
+    log_info("hint_dirty_replayed", "worker=%d sent=%d", w->id, sent);
+}

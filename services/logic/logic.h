@@ -1,0 +1,120 @@
+/*
+ * logic: the process context of logicd and its per-thread workers.
+ *
+ * struct logic is built once in main() and is read-only after the workers
+ * start (counters inside are atomic metrics). Each struct logic_worker owns
+ * one event_base with its two HTTP servers (SDK and internal listeners, each
+ * its own SO_REUSEPORT socket), its PostgreSQL pool and its Redis client:
+ * nothing of a worker is touched by another thread.
+ */
+#ifndef LOGIC_H
+#define LOGIC_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "token.h"
+
+struct event_base;
+struct event;
+struct http_server;
+struct metrics;
+struct pg_pool;
+struct redis;
+struct hint_dirty;
+struct retention;
+
+struct logic_config {
+    char *sdk_listen;
+    char *internal_listen;
+    int64_t threads;
+    char *log_level;
+    char *pg_conninfo;
+    int64_t pg_pool_size;
+    int64_t pg_query_timeout_ms;
+    char *redis_host;
+    int64_t redis_port;
+    int64_t redis_timeout_ms;
+    char *server_key;
+    char *ops_tokens;
+    char *token_key_id;
+    char *token_key;
+    char *token_prev_key_id;
+    char *token_prev_key;
+    int64_t sdk_max_body;
+    int64_t internal_max_body;
+    int64_t max_header_bytes;
+    int64_t http_timeout_s;
+    int64_t max_recipients;
+    int64_t max_content_bytes;
+    int64_t default_expire_s;
+    int64_t retention_s;
+    int64_t epoch;
+    int64_t sync_default_limit;
+    int64_t sync_max_limit;
+    int64_t hint_ttl_s;
+    int64_t poll_interval_ms;
+    char *whitelist_file;
+    char *migrations_dir;
+    int64_t retention_interval_s;
+    int64_t retention_batch;
+};
+
+extern const struct cfg_schema logic_config_schema;
+
+/* Checks what the table cannot (required keys, formats); one line in err. */
+bool logic_config_validate(const struct logic_config *c, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+#define LOGIC_MAX_OPS_TOKENS 16
+
+struct logic_ops_token {
+    char name[64];
+    char token[128];
+};
+
+struct logic {
+    struct logic_config cfg;
+    struct metrics *metrics;
+    struct token_keys keys;
+    struct logic_ops_token ops[LOGIC_MAX_OPS_TOKENS];
+    int nops;
+    char sdk_host[256], internal_host[256];
+    int sdk_port, internal_port;
+    int64_t started_us;
+};
+
+struct logic_worker {
+    struct logic *app;
+    int id;
+    pthread_t thread;
+    struct event_base *base;
+    struct http_server *sdk;
+    struct http_server *internal;
+    struct pg_pool *pg;
+    struct redis *redis;
+    struct hint_dirty *dirty;    /* hint invalidations to replay (hint.h) */
+    struct retention *retention; /* worker 0 only */
+    struct event *stop_ev;
+    bool started;
+};
+
+/* Creates the worker's loop, listeners and clients. err gets one line. */
+bool logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Runs the worker's loop on a new thread. */
+bool logic_worker_start(struct logic_worker *w) __attribute__((warn_unused_result));
+
+/* Asks the worker to stop accepting and leave its loop (thread-safe). */
+void logic_worker_stop(struct logic_worker *w);
+
+/* Joins the thread (if started) and frees everything the worker owns. */
+void logic_worker_free(struct logic_worker *w);
+
+/* Current time in unix microseconds. */
+int64_t logic_now_us(void);
+
+#endif

@@ -1,0 +1,108 @@
+/*
+ * logic_config: logicd's configuration keys. --help, --help-markdown and
+ * docs/config.md are generated from this table.
+ */
+#include "logic.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+
+#define K(name, type, def, min, max, help)                                                         \
+    {                                                                                              \
+#name, type, offsetof(struct logic_config, name), def, help, min, max, false               \
+    }
+
+static const struct cfg_key logic_keys[] = {
+    K(sdk_listen, CFG_STR, "127.0.0.1:8080", 0, 0, "SDK listener (public, user tokens)"),
+    K(internal_listen, CFG_STR, "127.0.0.1:8081", 0, 0,
+      "internal listener (business servers and operators; never expose to users)"),
+    K(threads, CFG_INT, "2", 1, 64, "worker threads, each with its own loop, listeners and pools"),
+    K(log_level, CFG_STR, "info", 0, 0, "debug, info, warn or error"),
+    K(pg_conninfo, CFG_STR, "host=127.0.0.1 port=5432 dbname=mbox user=mbox", 0, 0,
+      "libpq connection string of the system of record"),
+    K(pg_pool_size, CFG_INT, "4", 1, 64, "PostgreSQL connections per worker thread"),
+    K(pg_query_timeout_ms, CFG_INT, "5000", 10, 600000,
+      "a query not answered by then fails the request with 503"),
+    K(redis_host, CFG_STR, "127.0.0.1", 0, 0, "Redis host (routes, pub/sub, hints, counters)"),
+    K(redis_port, CFG_INT, "6379", 1, 65535, "Redis port"),
+    K(redis_timeout_ms, CFG_INT, "200", 1, 60000, "Redis command timeout"),
+    K(server_key, CFG_STR, NULL, 0, 0,
+      "shared secret of business servers on the internal listener (required)"),
+    K(ops_tokens, CFG_STR, NULL, 0, 0,
+      "operator tokens as name:token[,name:token...]; the name is written to the audit log"),
+    K(token_key_id, CFG_STR, "k1", 0, 0, "id of the key that signs new user tokens"),
+    K(token_key, CFG_STR, NULL, 0, 0, "HMAC-SHA256 key of new user tokens (required)"),
+    K(token_prev_key_id, CFG_STR, NULL, 0, 0, "id of the previous key, still accepted (rotation)"),
+    K(token_prev_key, CFG_STR, NULL, 0, 0, "previous key, still accepted (rotation)"),
+    K(sdk_max_body, CFG_INT, "262144", 1024, 16777216, "largest SDK request body in bytes (413)"),
+    K(internal_max_body, CFG_INT, "67108864", 1024, 1073741824,
+      "largest internal request body in bytes (fanout uid lists are large)"),
+    K(max_header_bytes, CFG_INT, "16384", 1024, 1048576, "largest request header block (413)"),
+    K(http_timeout_s, CFG_INT, "30", 1, 3600, "HTTP connection read/write timeout"),
+    K(max_recipients, CFG_INT, "1000", 1, 100000, "most recipients of one POST /v1/messages"),
+    K(max_content_bytes, CFG_INT, "65536", 1, 16777216, "largest message or notice content"),
+    K(default_expire_s, CFG_INT, "1209600", 60, 315360000,
+      "message lifetime when the send gives no expire_s (14 days)"),
+    K(retention_s, CFG_INT, "1209600", 60, 315360000,
+      "cursors older than this get reset:true (rows may be gone)"),
+    K(epoch, CFG_INT, "1", 1, 4294967295LL,
+      "data epoch in cursors; bump it after restoring or wiping data to reset every client"),
+    K(sync_default_limit, CFG_INT, "100", 1, 10000, "items per sync when the request gives none"),
+    K(sync_max_limit, CFG_INT, "500", 1, 10000, "cap of a sync or history limit"),
+    K(hint_ttl_s, CFG_INT, "3600", 1, 86400, "lifetime of a mailbox's last-msg_id hint in Redis"),
+    K(poll_interval_ms, CFG_INT, "1000", 50, 600000, "public mailbox poller period"),
+    K(whitelist_file, CFG_STR, NULL, 0, 0,
+      "gray-release whitelist loaded at start: lines of 'app_id uid'"),
+    K(migrations_dir, CFG_STR, "migrations", 0, 0, "directory of numbered SQL files (--migrate)"),
+    K(retention_interval_s, CFG_INT, "60", 1, 86400, "period of the expired-row deletion job"),
+    K(retention_batch, CFG_INT, "5000", 1, 1000000, "rows deleted per statement by that job"),
+};
+
+const struct cfg_schema logic_config_schema = {
+    "logicd",
+    "LOGICD_",
+    logic_keys,
+    sizeof(logic_keys) / sizeof(logic_keys[0]),
+};
+
+bool
+logic_config_validate(const struct logic_config *c, char *err, size_t errlen)
+{
+    enum log_level lvl;
+    char host[256];
+    int port;
+
+    if (!log_parse_level(c->log_level, &lvl)) {
+        snprintf(err, errlen, "key 'log_level': '%s' is not debug, info, warn or error",
+                 c->log_level);
+        return false;
+    }
+    if (!cfg_parse_hostport(c->sdk_listen, host, sizeof(host), &port)) {
+        snprintf(err, errlen, "key 'sdk_listen': '%s' is not host:port", c->sdk_listen);
+        return false;
+    }
+    if (!cfg_parse_hostport(c->internal_listen, host, sizeof(host), &port)) {
+        snprintf(err, errlen, "key 'internal_listen': '%s' is not host:port", c->internal_listen);
+        return false;
+    }
+    if (c->server_key[0] == '\0') {
+        snprintf(err, errlen, "key 'server_key' must be set");
+        return false;
+    }
+    if (c->token_key[0] == '\0') {
+        snprintf(err, errlen, "key 'token_key' must be set");
+        return false;
+    }
+    if ((c->token_prev_key[0] == '\0') != (c->token_prev_key_id[0] == '\0')) {
+        snprintf(err, errlen, "keys 'token_prev_key' and 'token_prev_key_id' go together");
+        return false;
+    }
+    if (c->sync_default_limit > c->sync_max_limit) {
+        snprintf(err, errlen, "key 'sync_default_limit': larger than sync_max_limit");
+        return false;
+    }
+    return true;
+}

@@ -1,0 +1,168 @@
+/*
+ * worker: one logicd worker thread (see logic.h).
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "api.h"
+#include "hint.h"
+#include "log.h"
+#include "logic.h"
+#include "metrics.h"
+#include "pg.h"
+#include "redis.h"
+#include "retention.h"
+#include "sql.h"
+
+int64_t
+logic_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Runs on the worker's thread: stop accepting, let replies drain, leave. */
+static void
+on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct logic_worker *w = arg;
+    http_server_free(w->sdk);
+    w->sdk = NULL;
+    http_server_free(w->internal);
+    w->internal = NULL;
+    struct timeval grace = {0, 200 * 1000};
+    event_base_loopexit(w->base, &grace);
+}
+
+/* Opens one listener of this worker (its own SO_REUSEPORT socket). */
+static struct http_server *
+open_listener(struct logic_worker *w, const char *name, const char *host, int port,
+              const struct http_route *routes, size_t nroutes, size_t max_body, char *err,
+              size_t errlen)
+{
+    const struct logic_config *c = &w->app->cfg;
+    int fd = http_listen(host, port, err, errlen);
+    if (fd < 0)
+        return NULL;
+    struct http_limits limits = {
+        .max_body = max_body,
+        .max_headers = (size_t)c->max_header_bytes,
+        .timeout_s = (int)c->http_timeout_s,
+    };
+    return http_server_new(w->base, fd, name, routes, nroutes, &limits, w, w->app->metrics, err,
+                           errlen);
+}
+
+bool
+logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, size_t errlen)
+{
+    const struct logic_config *c = &app->cfg;
+    memset(w, 0, sizeof(*w));
+    w->app = app;
+    w->id = id;
+    w->base = event_base_new();
+    if (w->base == NULL) {
+        snprintf(err, errlen, "event_base_new failed");
+        return false;
+    }
+    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+
+    struct pg_pool_config pgc = {
+        .conninfo = c->pg_conninfo,
+        .size = (int)c->pg_pool_size,
+        .backoff_min_ms = 100,
+        .backoff_max_ms = 5000,
+        .query_timeout_ms = (int)c->pg_query_timeout_ms,
+        .max_inflight = 64,
+    };
+    w->pg = pg_pool_new(w->base, &pgc, app->metrics);
+    if (w->pg == NULL) {
+        snprintf(err, errlen, "bad PostgreSQL pool settings");
+        return false;
+    }
+    if (!sql_prepare_all(w->pg)) {
+        snprintf(err, errlen, "cannot register SQL statements");
+        return false;
+    }
+    struct redis_config rc = {
+        .host = c->redis_host,
+        .port = (int)c->redis_port,
+        .connect_timeout_ms = 1000,
+        .command_timeout_ms = (int)c->redis_timeout_ms,
+        .backoff_min_ms = 100,
+        .backoff_max_ms = 5000,
+    };
+    w->redis = redis_new(w->base, &rc, app->metrics);
+    w->dirty = hint_dirty_new();
+    if (w->redis == NULL || w->dirty == NULL) {
+        snprintf(err, errlen, "bad Redis settings or out of memory");
+        return false;
+    }
+    redis_set_on_connect(w->redis, hint_on_redis_connect, w);
+    if (id == 0)
+        w->retention = retention_start(w);
+    w->sdk = open_listener(w, "sdk", app->sdk_host, app->sdk_port, logic_sdk_routes,
+                           logic_sdk_nroutes, (size_t)c->sdk_max_body, err, errlen);
+    if (w->sdk == NULL)
+        return false;
+    w->internal =
+        open_listener(w, "internal", app->internal_host, app->internal_port, logic_internal_routes,
+                      logic_internal_nroutes, (size_t)c->internal_max_body, err, errlen);
+    return w->internal != NULL;
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct logic_worker *w = arg;
+    /* Signals are handled by the main thread only. */
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    log_debug("worker_started", "worker=%d", w->id);
+    event_base_dispatch(w->base);
+    log_debug("worker_stopped", "worker=%d", w->id);
+    return NULL;
+}
+
+bool
+logic_worker_start(struct logic_worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return false;
+    w->started = true;
+    return true;
+}
+
+void
+logic_worker_stop(struct logic_worker *w)
+{
+    if (w->stop_ev != NULL)
+        event_active(w->stop_ev, EV_TIMEOUT, 0);
+}
+
+void
+logic_worker_free(struct logic_worker *w)
+{
+    if (w->started)
+        pthread_join(w->thread, NULL);
+    w->started = false;
+    http_server_free(w->sdk);
+    http_server_free(w->internal);
+    retention_free(w->retention);
+    if (w->redis != NULL)
+        redis_free(w->redis);
+    hint_dirty_free(w->dirty);
+    if (w->pg != NULL)
+        pg_pool_free(w->pg);
+    if (w->stop_ev != NULL)
+        event_free(w->stop_ev);
+    if (w->base != NULL)
+        event_base_free(w->base);
+    memset(w, 0, sizeof(*w));
+}
