@@ -3,6 +3,7 @@
  * (SPEC section 5).
  */
 #include "api.h"
+#include "fanout.h"
 
 const struct http_route logic_sdk_routes[] = {
     {HTTP_POST, "/v1/sync", api_sync},   {HTTP_GET, "/v1/history", api_history},
@@ -15,6 +16,7 @@ const struct http_route logic_internal_routes[] = {
     {HTTP_POST, "/v1/tokens", api_tokens},
     {HTTP_POST, "/v1/messages", api_send},
     {HTTP_POST, "/v1/messages/recall", api_recall},
+    {HTTP_POST, "/v1/fanout", api_fanout},
     {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
     {HTTP_GET, "/metrics", api_metrics},
 };

@@ -26,7 +26,7 @@ static const char set_script[] = "local g = redis.call('HGET', KEYS[1], 'g') or 
                                  "return 0\n";
 
 /* INVALIDATE: a new generation without m. */
-static const char invalidate_script[] = "redis.call('HINCRBY', KEYS[1], 'g', 1)\n"
+const char hint_invalidate_lua[] = "redis.call('HINCRBY', KEYS[1], 'g', 1)\n"
                                         "redis.call('HDEL', KEYS[1], 'm')\n"
                                         "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
                                         "return 1\n";
@@ -40,7 +40,7 @@ struct hint_dirty {
     int n;
 };
 
-static void
+void
 hint_key(char *buf, size_t len, uint64_t app_id, uint64_t uid)
 {
     snprintf(buf, len, "hint:{%" PRIu64 ":%" PRIu64 "}", app_id, uid);
@@ -197,7 +197,7 @@ send_invalidate(struct logic_worker *w, uint64_t app_id, uint64_t uid, redis_cb 
     char key[64], ttl[24];
     hint_key(key, sizeof(key), app_id, uid);
     snprintf(ttl, sizeof(ttl), "%" PRId64, w->app->cfg.hint_ttl_s);
-    return redis_command(w->redis, cb, arg, "EVAL %s 1 %s %s", invalidate_script, key, ttl);
+    return redis_command(w->redis, cb, arg, "EVAL %s 1 %s %s", hint_invalidate_lua, key, ttl);
 }
 
 void

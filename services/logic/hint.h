@@ -42,6 +42,7 @@
 #define LOGIC_HINT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct logic_worker;
@@ -71,6 +72,12 @@ void hint_set(struct logic_worker *w, uint64_t app_id, uint64_t uid, const struc
  */
 void hint_invalidate(struct logic_worker *w, uint64_t app_id, const uint64_t *uids, int n,
                      hint_done_cb done, void *arg);
+
+/* hint:{app:uid} into buf. */
+void hint_key(char *buf, size_t len, uint64_t app_id, uint64_t uid);
+
+/* The INVALIDATE script (KEYS[1] = hint key, ARGV[1] = ttl), for bulk writers. */
+extern const char hint_invalidate_lua[];
 
 /* The worker's dirty list; replayed when its Redis client reconnects. */
 struct hint_dirty *hint_dirty_new(void);

@@ -24,6 +24,7 @@ struct metrics;
 struct pg_pool;
 struct redis;
 struct hint_dirty;
+struct fanout;
 struct retention;
 
 struct logic_config {
@@ -60,6 +61,7 @@ struct logic_config {
     char *migrations_dir;
     int64_t retention_interval_s;
     int64_t retention_batch;
+    int64_t fanout_max_uids;
 };
 
 extern const struct cfg_schema logic_config_schema;
@@ -84,6 +86,7 @@ struct logic {
     char sdk_host[256], internal_host[256];
     int sdk_port, internal_port;
     int64_t started_us;
+    struct fanout *fanout; /* the write-diffusion thread (fanout.h) */
 };
 
 struct logic_worker {

@@ -58,6 +58,7 @@ static const struct cfg_key logic_keys[] = {
       "gray-release whitelist loaded at start: lines of 'app_id uid'"),
     K(migrations_dir, CFG_STR, "migrations", 0, 0, "directory of numbered SQL files (--migrate)"),
     K(retention_interval_s, CFG_INT, "60", 1, 86400, "period of the expired-row deletion job"),
+    K(fanout_max_uids, CFG_INT, "5000000", 1, 100000000, "most uids in one POST /v1/fanout"),
     K(retention_batch, CFG_INT, "5000", 1, 1000000, "rows deleted per statement by that job"),
 };
 

@@ -16,6 +16,7 @@
 #include <event2/thread.h>
 
 #include "config.h"
+#include "fanout.h"
 #include "log.h"
 #include "logic.h"
 #include "metrics.h"
@@ -126,6 +127,11 @@ main(int argc, char **argv)
         fprintf(stderr, "logicd: out of memory\n");
         goto out;
     }
+    app.fanout = fanout_start(&app);
+    if (app.fanout == NULL) {
+        fprintf(stderr, "logicd: cannot start the fanout thread\n");
+        goto out;
+    }
     for (int i = 0; i < n; i++) {
         if (!logic_worker_init(&workers[i], &app, i, err, sizeof(err))) {
             fprintf(stderr, "logicd: cannot start: %s\n", err);
@@ -158,6 +164,7 @@ main(int argc, char **argv)
     log_info("logicd_stopped", "threads=%d", n);
     status = 0;
 out:
+    fanout_stop(app.fanout);
     free(workers);
     metrics_free(app.metrics);
     cfg_free(&logic_config_schema, &app.cfg);

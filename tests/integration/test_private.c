@@ -502,6 +502,49 @@ START_TEST(redis_down_loses_nothing)
 }
 END_TEST
 
+START_TEST(fanout_writes_every_mailbox)
+{
+    /* 120000 uids: three COPY batches. */
+    size_t n = 120000;
+    char *body = malloc(n * 12 + 256);
+    size_t o = (size_t)sprintf(body, "{\"app_id\":\"2\",\"from_uid\":\"1\",\"content\":\"to all\","
+                                     "\"category\":5}\n");
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)sprintf(body + o, "%zu\n", 500000 + i);
+    struct httpc_resp r;
+    char headers[256];
+    snprintf(headers, sizeof(headers), "Content-Type: text/plain\r\nAuthorization: Bearer %s\r\n",
+             h.server_key);
+    ck_assert_int_eq(httpc_request("POST", h.logicd[0].port[1], "/v1/fanout", headers, body, o, &r),
+                     200);
+    json_t *j = json_loads(r.body, 0, NULL);
+    ck_assert_uint_eq(mt_u64(j, "written"), n);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "batches")), 3);
+    json_decref(j);
+    httpc_resp_free(&r);
+    ck_assert_int_eq(mt_sql_i64(&h, "SELECT count(*) FROM message WHERE app_id = 2"), (int64_t)n);
+
+    char tok[256], cur[64] = "";
+    mt_token(&h, 0, 2, 500000 + 777, 3600, false, tok, sizeof(tok));
+    int st;
+    j = mt_sync(&h, 0, tok, cur, 10, &st);
+    ck_assert_int_eq(json_array_size(json_object_get(j, "items")), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(j, "items"), 0),
+                                                       "content")),
+                     "to all");
+    json_decref(j);
+
+    /* A bad line is refused before anything is written. */
+    o = (size_t)sprintf(body, "{\"app_id\":\"3\",\"content\":\"x\"}\n1\n2\nthree\n4\n");
+    ck_assert_int_eq(httpc_request("POST", h.logicd[0].port[1], "/v1/fanout", headers, body, o, &r),
+                     400);
+    ck_assert_ptr_nonnull(strstr(r.body, "line 4"));
+    httpc_resp_free(&r);
+    ck_assert_int_eq(mt_sql_i64(&h, "SELECT count(*) FROM message WHERE app_id = 3"), 0);
+    free(body);
+}
+END_TEST
+
 /* ---- the invariant under concurrency ---- */
 
 #define SENDERS    8
@@ -623,6 +666,7 @@ private_suite(void)
     tcase_add_test(tc, stale_epoch_resets);
     tcase_add_test(tc, protobuf_sync);
     tcase_add_test(tc, empty_sync_is_served_by_the_hint);
+    tcase_add_test(tc, fanout_writes_every_mailbox);
     tcase_add_test(tc, invariant_one_logicd);
     tcase_add_test(tc, invariant_two_logicd);
     tcase_add_test(tc, redis_down_loses_nothing);

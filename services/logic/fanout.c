@@ -1,0 +1,449 @@
+/*
+ * fanout: write diffusion over COPY on a dedicated thread (fanout.h).
+ */
+#include "fanout.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <libpq-fe.h>
+
+#include "api_io.h"
+#include "hint.h"
+#include "http.h"
+#include "log.h"
+#include "logic.h"
+#include "mbox.pb-c.h"
+#include "pbjson.h"
+
+#define NOW_US "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"
+
+static const char fanout_insert_sql[] =
+    "WITH hdr AS ("
+    "  INSERT INTO mailbox AS h (uid, app_id, last_msg_id)"
+    "  SELECT s.uid, $1::int8, " NOW_US " FROM (SELECT DISTINCT uid FROM fanout_stage) s"
+    "  ORDER BY s.uid"
+    "  ON CONFLICT (uid, app_id) DO UPDATE SET last_msg_id = GREATEST(" NOW_US
+    ", h.last_msg_id + 1)"
+    "  RETURNING h.uid, h.last_msg_id"
+    "), ins AS ("
+    "  INSERT INTO message (uid, app_id, msg_id, kind, from_uid, to_uid, contacter, create_time,"
+    "    expire_at, category, type, priority, business_type, content)"
+    "  SELECT uid, $1::int8, last_msg_id, 0, $2::int8, uid, $2::int8, $3::int8, $4::int8,"
+    "    $5::int4, $6::int4, $7::int4, $8::int4, $9::bytea FROM hdr"
+    "  RETURNING msg_id"
+    ") SELECT count(*), COALESCE(min(msg_id), 0), COALESCE(max(msg_id), 0) FROM ins";
+
+struct fanout_job {
+    struct fanout_job *next;
+    struct logic_worker *w; /* the worker whose loop gets the reply */
+    struct http_req *r;
+    int64_t *uids;
+    size_t nuids;
+    uint64_t app_id, from_uid;
+    int32_t category, type, priority, business_type;
+    uint8_t *content;
+    size_t content_len;
+    int64_t create_time, expire_at;
+    /* results */
+    uint64_t written, first_id, last_id;
+    uint32_t batches;
+    int64_t elapsed_us;
+    char error[256];
+};
+
+struct fanout {
+    struct logic *app;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct fanout_job *head, *tail;
+    bool stopping;
+    PGconn *pg;
+    redisContext *redis;
+};
+
+static void
+job_free(struct fanout_job *j)
+{
+    free(j->uids);
+    free(j->content);
+    free(j);
+}
+
+/* Runs on the worker's loop: the reply. */
+static void
+job_reply(evutil_socket_t fd, short what, void *arg)
+{
+    struct fanout_job *j = arg;
+    if (j->error[0] != '\0' && j->written == 0) {
+        http_reply_error(j->r, 503, "unavailable", "%s", j->error);
+    } else {
+        if (j->error[0] != '\0')
+            log_warn("fanout_partial", "req=%s written=%" PRIu64 " error=%s", http_req_id(j->r),
+                     j->written, j->error);
+        Mbox__FanoutResponse resp = MBOX__FANOUT_RESPONSE__INIT;
+        resp.has_written = resp.has_batches = resp.has_elapsed_us = 1;
+        resp.written = j->written;
+        resp.batches = j->batches;
+        resp.elapsed_us = (uint64_t)j->elapsed_us;
+        resp.has_first_msg_id = resp.has_last_msg_id = j->written > 0;
+        resp.first_msg_id = j->first_id;
+        resp.last_msg_id = j->last_id;
+        /* 200 when complete; 503 with the count when it stopped part-way. */
+        api_reply_msg(j->r, j->error[0] ? 503 : 200, &resp.base);
+    }
+    job_free(j);
+}
+
+/* (Re)connects the thread's PostgreSQL connection and its staging table. */
+static bool
+pg_ready(struct fanout *f, char *err, size_t errlen)
+{
+    if (f->pg != NULL && PQstatus(f->pg) == CONNECTION_OK)
+        return true;
+    if (f->pg != NULL)
+        PQfinish(f->pg);
+    f->pg = PQconnectdb(f->app->cfg.pg_conninfo);
+    if (PQstatus(f->pg) != CONNECTION_OK) {
+        snprintf(err, errlen, "database unavailable: %s", PQerrorMessage(f->pg));
+        err[strcspn(err, "\n")] = '\0';
+        return false;
+    }
+    PGresult *r = PQexec(f->pg, "CREATE TEMP TABLE IF NOT EXISTS fanout_stage (uid int8)"
+                                " ON COMMIT DELETE ROWS");
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        snprintf(err, errlen, "staging table: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    return ok;
+}
+
+static bool
+exec_cmd(PGconn *c, const char *sql, char *err, size_t errlen)
+{
+    PGresult *r = PQexec(c, sql);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) {
+        snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+        err[strcspn(err, "\n")] = '\0';
+    }
+    PQclear(r);
+    return ok;
+}
+
+/* COPYs uids into the staging table (inside the open transaction). */
+static bool
+copy_batch(PGconn *c, const int64_t *uids, size_t n, char *err, size_t errlen)
+{
+    PGresult *r = PQexec(c, "COPY fanout_stage (uid) FROM STDIN");
+    bool ok = PQresultStatus(r) == PGRES_COPY_IN;
+    PQclear(r);
+    if (!ok) {
+        snprintf(err, errlen, "COPY refused: %s", PQerrorMessage(c));
+        return false;
+    }
+    char buf[65536];
+    size_t o = 0;
+    for (size_t i = 0; i < n && ok; i++) {
+        o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%" PRId64 "\n", uids[i]);
+        if (o > sizeof(buf) - 32 || i + 1 == n) {
+            ok = PQputCopyData(c, buf, (int)o) == 1;
+            o = 0;
+        }
+    }
+    ok = PQputCopyEnd(c, ok ? NULL : "aborted") == 1 && ok;
+    r = PQgetResult(c);
+    ok = ok && PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        snprintf(err, errlen, "COPY failed: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    while ((r = PQgetResult(c)) != NULL)
+        PQclear(r);
+    return ok;
+}
+
+/* Invalidates the sync hints of a batch (pipelined, blocking). */
+static void
+invalidate_batch(struct fanout *f, uint64_t app_id, const int64_t *uids, size_t n)
+{
+    if (f->redis == NULL || f->redis->err) {
+        if (f->redis != NULL)
+            redisFree(f->redis);
+        struct timeval tv = {1, 0};
+        f->redis = redisConnectWithTimeout(f->app->cfg.redis_host, (int)f->app->cfg.redis_port, tv);
+        if (f->redis == NULL || f->redis->err) {
+            log_warn("fanout_hint_skipped", "reason=redis_unreachable mailboxes=%zu", n);
+            return;
+        }
+        redisSetTimeout(f->redis, tv);
+    }
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%" PRId64, f->app->cfg.hint_ttl_s);
+    for (size_t i = 0; i < n; i++) {
+        char key[64];
+        hint_key(key, sizeof(key), app_id, (uint64_t)uids[i]);
+        redisAppendCommand(f->redis, "EVAL %s 1 %s %s", hint_invalidate_lua, key, ttl);
+    }
+    for (size_t i = 0; i < n; i++) {
+        void *reply;
+        if (redisGetReply(f->redis, &reply) != REDIS_OK) {
+            log_warn("fanout_hint_failed", "after=%zu of=%zu", i, n);
+            return;
+        }
+        freeReplyObject(reply);
+    }
+}
+
+/* Writes one job in batches; fills its results. */
+static void
+run_job(struct fanout *f, struct fanout_job *j)
+{
+    int64_t t0 = logic_now_us();
+    char num[9][24];
+    snprintf(num[0], 24, "%" PRId64, (int64_t)j->app_id);
+    snprintf(num[1], 24, "%" PRId64, (int64_t)j->from_uid);
+    snprintf(num[2], 24, "%" PRId64, j->create_time);
+    snprintf(num[3], 24, "%" PRId64, j->expire_at);
+    snprintf(num[4], 24, "%d", j->category);
+    snprintf(num[5], 24, "%d", j->type);
+    snprintf(num[6], 24, "%d", j->priority);
+    snprintf(num[7], 24, "%d", j->business_type);
+    const char *values[9] = {num[0], num[1], num[2], num[3], num[4], num[5], num[6], num[7],
+                             (const char *)j->content};
+    int lengths[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)j->content_len};
+    int formats[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+
+    for (size_t off = 0; off < j->nuids; off += FANOUT_BATCH) {
+        size_t n = j->nuids - off < FANOUT_BATCH ? j->nuids - off : FANOUT_BATCH;
+        char err[200] = "";
+        if (!pg_ready(f, err, sizeof(err)) || !exec_cmd(f->pg, "BEGIN", err, sizeof(err)) ||
+            !copy_batch(f->pg, j->uids + off, n, err, sizeof(err))) {
+            snprintf(j->error, sizeof(j->error), "batch %u: %s", j->batches + 1, err);
+            (void)exec_cmd(f->pg, "ROLLBACK", err, sizeof(err));
+            break;
+        }
+        PGresult *r = PQexecParams(f->pg, fanout_insert_sql, 9, NULL, values, lengths, formats, 0);
+        bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+        if (!ok)
+            snprintf(err, sizeof(err), "%s", PQresultErrorMessage(r));
+        uint64_t written = ok ? strtoull(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+        uint64_t first = ok ? (uint64_t)strtoll(PQgetvalue(r, 0, 1), NULL, 10) : 0;
+        uint64_t last = ok ? (uint64_t)strtoll(PQgetvalue(r, 0, 2), NULL, 10) : 0;
+        PQclear(r);
+        if (!ok || !exec_cmd(f->pg, "COMMIT", err, sizeof(err))) {
+            err[strcspn(err, "\n")] = '\0';
+            snprintf(j->error, sizeof(j->error), "batch %u: %s", j->batches + 1, err);
+            (void)exec_cmd(f->pg, "ROLLBACK", err, sizeof(err));
+            break;
+        }
+        if (j->written == 0 || first < j->first_id)
+            j->first_id = first;
+        if (last > j->last_id)
+            j->last_id = last;
+        j->written += written;
+        j->batches++;
+        invalidate_batch(f, j->app_id, j->uids + off, n);
+    }
+    j->elapsed_us = logic_now_us() - t0;
+    log_info("fanout_done", "app=%" PRIu64 " uids=%zu written=%" PRIu64 " batches=%u ms=%" PRId64,
+             j->app_id, j->nuids, j->written, j->batches, j->elapsed_us / 1000);
+}
+
+static void *
+fanout_main(void *arg)
+{
+    struct fanout *f = arg;
+    pthread_mutex_lock(&f->mu);
+    for (;;) {
+        while (f->head == NULL && !f->stopping)
+            pthread_cond_wait(&f->cv, &f->mu);
+        struct fanout_job *j = f->head;
+        if (j == NULL)
+            break;
+        f->head = j->next;
+        if (f->head == NULL)
+            f->tail = NULL;
+        pthread_mutex_unlock(&f->mu);
+        if (f->stopping)
+            snprintf(j->error, sizeof(j->error), "shutting down");
+        else
+            run_job(f, j);
+        /* The reply happens on the worker's own thread. */
+        struct timeval now = {0, 0};
+        if (event_base_once(j->w->base, -1, EV_TIMEOUT, job_reply, j, &now) != 0)
+            job_free(j); /* the worker is gone; its request went with it */
+        pthread_mutex_lock(&f->mu);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+struct fanout *
+fanout_start(struct logic *app)
+{
+    struct fanout *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return NULL;
+    f->app = app;
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    if (pthread_create(&f->thread, NULL, fanout_main, f) != 0) {
+        free(f);
+        return NULL;
+    }
+    return f;
+}
+
+void
+fanout_stop(struct fanout *f)
+{
+    if (f == NULL)
+        return;
+    pthread_mutex_lock(&f->mu);
+    f->stopping = true;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    pthread_join(f->thread, NULL);
+    if (f->pg)
+        PQfinish(f->pg);
+    if (f->redis)
+        redisFree(f->redis);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    free(f);
+}
+
+/* Parses the uid lines after the first; replies 400 naming the line on error. */
+static bool
+parse_uids(struct http_req *r, const char *p, const char *end, struct fanout_job *j,
+           int64_t max_uids)
+{
+    size_t cap = 1024;
+    j->uids = malloc(cap * sizeof(int64_t));
+    size_t line = 1;
+    while (p < end && j->uids != NULL) {
+        line++;
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        const char *ve = le > p && le[-1] == '\r' ? le - 1 : le;
+        if (ve > p) {
+            char num[24];
+            uint64_t uid;
+            size_t len = (size_t)(ve - p);
+            if (len >= sizeof(num)) {
+                http_reply_error(r, 400, "invalid_argument", "line %zu: not a uid", line);
+                return false;
+            }
+            memcpy(num, p, len);
+            num[len] = '\0';
+            if (!pbjson_parse_u64(num, &uid)) {
+                http_reply_error(r, 400, "invalid_argument", "line %zu: not a uid", line);
+                return false;
+            }
+            if ((int64_t)j->nuids == max_uids) {
+                http_reply_error(r, 413, "too_large", "more than %" PRId64 " uids", max_uids);
+                return false;
+            }
+            if (j->nuids == cap) {
+                cap *= 2;
+                int64_t *grown = realloc(j->uids, cap * sizeof(int64_t));
+                if (grown == NULL)
+                    break;
+                j->uids = grown;
+            }
+            j->uids[j->nuids++] = (int64_t)uid;
+        }
+        p = le + 1;
+    }
+    if (j->uids == NULL) {
+        http_reply_error(r, 503, "unavailable", "out of memory");
+        return false;
+    }
+    if (j->nuids == 0) {
+        http_reply_error(r, 400, "invalid_argument", "no uids after the first line");
+        return false;
+    }
+    return true;
+}
+
+void
+api_fanout(struct http_req *r, void *ctx)
+{
+    struct logic_worker *w = ctx;
+    const struct logic_config *c = &w->app->cfg;
+    if (!api_auth_server(r, w))
+        return;
+    size_t len;
+    const char *body = (const char *)http_req_body(r, &len);
+    const char *end = body + len;
+    const char *nl = memchr(body, '\n', len);
+    char err[256];
+    Mbox__SendRequest *q = (Mbox__SendRequest *)pbjson_decode_bytes(
+        &mbox__send_request__descriptor, body, nl ? (size_t)(nl - body) : len, 65536 * 8, NULL,
+        err, sizeof(err));
+    if (q == NULL) {
+        http_reply_error(r, 400, "invalid_argument", "line 1: %s", err);
+        return;
+    }
+    struct fanout_job *j = calloc(1, sizeof(*j));
+    bool ok = j != NULL;
+    if (!ok) {
+        http_reply_error(r, 503, "unavailable", "out of memory");
+    } else if (!q->has_app_id || !q->has_content) {
+        http_reply_error(r, 400, "invalid_argument", "line 1: app_id and content are required");
+        ok = false;
+    } else if (q->n_to_uids > 0 || q->msgkey != NULL || q->has_store_sender) {
+        http_reply_error(r, 400, "invalid_argument",
+                         "line 1: to_uids, msgkey and store_sender are not fanout fields");
+        ok = false;
+    } else if ((int64_t)q->content.len > c->max_content_bytes) {
+        http_reply_error(r, 413, "too_large", "content is %zu bytes, at most %" PRId64,
+                         q->content.len, c->max_content_bytes);
+        ok = false;
+    } else {
+        ok = parse_uids(r, nl ? nl + 1 : end, end, j, c->fanout_max_uids);
+    }
+    if (!ok) {
+        if (j != NULL)
+            job_free(j);
+        api_msg_free(&q->base);
+        return;
+    }
+    j->w = w;
+    j->r = r;
+    j->app_id = q->app_id;
+    j->from_uid = q->from_uid;
+    j->category = q->category;
+    j->type = q->type;
+    j->priority = q->priority;
+    j->business_type = q->business_type;
+    j->content_len = q->content.len;
+    j->content = malloc(q->content.len + 1);
+    if (j->content != NULL)
+        memcpy(j->content, q->content.data, q->content.len);
+    j->create_time = logic_now_us();
+    j->expire_at = j->create_time +
+                   (q->has_expire_s ? (int64_t)q->expire_s : c->default_expire_s) * 1000000;
+    api_msg_free(&q->base);
+    if (j->content == NULL) {
+        http_reply_error(r, 503, "unavailable", "out of memory");
+        job_free(j);
+        return;
+    }
+    struct fanout *f = w->app->fanout;
+    pthread_mutex_lock(&f->mu);
+    if (f->tail)
+        f->tail->next = j;
+    else
+        f->head = j;
+    f->tail = j;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
