@@ -31,6 +31,17 @@ static const struct cfg_key lcs_keys[] = {
     K(max_output_bytes, CFG_INT, "65536", 1024, 16777216,
       "output queued for a slow reader before it is closed"),
     K(route_ttl_s, CFG_INT, "600", 30, 86400, "lifetime of a route in Redis, refreshed at half"),
+    K(handshake_timeout_ms, CFG_INT, "5000", 100, 600000,
+      "time to complete the HTTP upgrade request"),
+    K(close_timeout_ms, CFG_INT, "2000", 100, 60000,
+      "after a close frame: time to flush and wait for the peer's EOF"),
+    K(max_connections, CFG_INT, "100000", 1, 10000000,
+      "connections of this process; more are accepted and closed at once"),
+    K(accept_backoff_ms, CFG_INT, "500", 10, 10000,
+      "pause of accept() after EMFILE/ENFILE (out of descriptors)"),
+    K(paced_tick_ms, CFG_INT, "10", 1, 1000, "timer period of paced notifies"),
+    K(so_sndbuf, CFG_INT, "0", 0, 16777216,
+      "SO_SNDBUF of client sockets in bytes; 0 = kernel default (autotuned)"),
 };
 
 const struct cfg_schema lcs_config_schema = {

@@ -1,9 +1,12 @@
 /*
  * lcsd: the long-connection notifier (SPEC section 6).
  *
- * One event loop: the admin listener (/healthz, /metrics) and the Redis
- * client live on it. SIGTERM and SIGINT arrive as libevent signal events
- * and end the loop cleanly.
+ * One event loop: the WebSocket listener and its connections, the admin
+ * listener (/healthz, /metrics), the Redis command client (routes) and
+ * subscriber (notify channels) all live on it. SIGTERM and SIGINT arrive as
+ * libevent signal events: every connection gets a close frame 1001, the
+ * loop ends once they are all gone (or after close_timeout_ms + 1 s); a
+ * second signal ends it at once.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -15,29 +18,98 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "conn.h"
 #include "http.h"
 #include "lcs.h"
+#include "listen.h"
 #include "log.h"
 #include "metrics.h"
+#include "pace.h"
 #include "redis.h"
+#include "route.h"
 
-static int64_t
-now_us(void)
+int64_t
+lcs_now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+int64_t
+lcs_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void
+lcs_all_closed(struct lcs *l)
+{
+    log_info("lcsd_connections_closed", "node=%s", l->cfg.node_id);
+    event_base_loopexit(l->base, NULL);
+}
+
+/* Registers the series the hot paths update. */
+static void
+register_metrics(struct lcs *l)
+{
+    struct metrics *m = l->metrics;
+    static const char *const states[] = {"handshake", "await_login", "active", "closing"};
+    for (int i = 0; i < 4; i++) {
+        char label[48];
+        snprintf(label, sizeof(label), "state=\"%s\"", states[i]);
+        l->m.conns_state[i] =
+            metrics_gauge(m, "lcs_connections", "open WebSocket connections, by state", label);
+    }
+    l->m.conn_struct_bytes = metrics_gauge(
+        m, "lcs_conn_struct_bytes", "sizeof(struct conn): fixed user-space bytes per connection",
+        NULL);
+    l->m.conn_buffer_bytes = metrics_gauge(
+        m, "lcs_conn_buffer_bytes",
+        "heap held by connections beyond their struct: partial input, queued output, device ids",
+        NULL);
+    l->m.frames_in = metrics_counter(m, "lcs_frames_in_total", "WebSocket frames received", NULL);
+    l->m.frames_out = metrics_counter(m, "lcs_frames_out_total", "WebSocket frames sent", NULL);
+    l->m.notify_delivered = metrics_counter(m, "lcs_notify_delivered_total",
+                                            "notify frames sent for notify lines", NULL);
+    const char *dh = "notify lines not delivered, by reason";
+    l->m.notify_dropped_unknown =
+        metrics_counter(m, "lcs_notify_dropped_total", dh, "reason=\"unknown_conn\"");
+    l->m.notify_dropped_stale =
+        metrics_counter(m, "lcs_notify_dropped_total", dh, "reason=\"stale\"");
+    l->m.notify_dropped_bad =
+        metrics_counter(m, "lcs_notify_dropped_total", dh, "reason=\"bad_line\"");
+    l->m.paced_sent =
+        metrics_counter(m, "lcs_paced_sent_total", "notify frames sent by paced notices", NULL);
+    const char *kh = "sessions replaced by a login of the same device";
+    l->m.kicks_local = metrics_counter(m, "lcs_kicks_total", kh, "where=\"local\"");
+    l->m.kicks_remote = metrics_counter(m, "lcs_kicks_total", kh, "where=\"remote\"");
+    l->m.accept_backoff = metrics_counter(m, "lcs_accept_backoff_total",
+                                          "accept pauses for lack of descriptors", NULL);
+    l->m.accepted = metrics_counter(m, "lcs_accepted_total", "TCP connections accepted", NULL);
+    l->m.route_writes =
+        metrics_counter(m, "lcs_route_commands_total", "route scripts sent to Redis",
+                        "result=\"sent\"");
+    l->m.route_errors =
+        metrics_counter(m, "lcs_route_commands_total", "route scripts sent to Redis",
+                        "result=\"error\"");
+}
+
 static void
 admin_healthz(struct http_req *r, void *ctx)
 {
     struct lcs *l = ctx;
-    bool redis_up = redis_connected(l->redis);
-    json_t *body =
-        json_pack("{s:s, s:s, s:s, s:I, s:{s:b}}", "status", redis_up ? "ok" : "degraded",
-                  "service", "lcsd", "node", l->cfg.node_id, "uptime_s",
-                  (json_int_t)((now_us() - l->started_us) / 1000000), "redis", "up", redis_up);
+    bool cmd_up = redis_connected(l->redis);
+    bool sub_up = l->sub != NULL && redis_connected(l->sub);
+    bool redis_up = cmd_up && sub_up;
+    json_t *body = json_pack(
+        "{s:s, s:s, s:s, s:I, s:{s:b, s:b, s:b}, s:I, s:b}", "status", redis_up ? "ok" : "degraded",
+        "service", "lcsd", "node", l->cfg.node_id, "uptime_s",
+        (json_int_t)((lcs_now_us() - l->started_us) / 1000000), "redis", "up", redis_up,
+        "commands", cmd_up, "subscriber", sub_up, "connections", (json_int_t)conn_count(l),
+        "stopping", l->stopping);
     http_reply_json(r, redis_up ? 200 : 503, body);
 }
 
@@ -54,11 +126,40 @@ static const struct http_route admin_routes[] = {
 };
 
 static void
+stop_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct lcs *l = arg;
+    log_warn("lcsd_stop_deadline", "node=%s connections=%zu", l->cfg.node_id, conn_count(l));
+    event_base_loopexit(l->base, NULL);
+}
+
+/*
+ * First signal: stop accepting, close every connection with 1001 and wait
+ * for them (bounded); a second signal exits at once.
+ */
+static void
 on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct lcs *l = arg;
-    log_info("lcsd_stopping", "signal=%d", (int)sig);
-    event_base_loopexit(l->base, NULL);
+    if (l->stopping) {
+        log_info("lcsd_stopping_now", "signal=%d", (int)sig);
+        event_base_loopexit(l->base, NULL);
+        return;
+    }
+    l->stopping = true;
+    log_info("lcsd_stopping", "signal=%d connections=%zu", (int)sig, conn_count(l));
+    listener_stop(l->listener);
+    pace_free_all(l);
+    conn_shutdown_all(l);
+    if (conn_count(l) == 0) {
+        event_base_loopexit(l->base, NULL);
+        return;
+    }
+    l->stop_ev = evtimer_new(l->base, stop_deadline_cb, l);
+    struct timeval tv = {(time_t)(l->cfg.close_timeout_ms / 1000) + 1,
+                         (suseconds_t)(l->cfg.close_timeout_ms % 1000) * 1000};
+    if (l->stop_ev != NULL)
+        evtimer_add(l->stop_ev, &tv);
 }
 
 /* Validates what the table cannot and fills derived fields. */
@@ -85,6 +186,14 @@ prepare(struct lcs *l, char *err, size_t errlen)
         char e[128];
         if (!cfg_set(&lcs_config_schema, c, "node_id", id, e, sizeof(e))) {
             snprintf(err, errlen, "%s", e);
+            return false;
+        }
+    }
+    /* The node id goes into route values and channel names: one token. */
+    for (const char *p = c->node_id; *p; p++) {
+        if ((unsigned char)*p <= 0x20 || *p == '{' || *p == '}' || (unsigned char)*p >= 0x7f) {
+            snprintf(err, errlen, "key 'node_id': '%s' must be printable without spaces or braces",
+                     c->node_id);
             return false;
         }
     }
@@ -120,12 +229,24 @@ main(int argc, char **argv)
                 l.cfg.admin_listen);
         goto out;
     }
+    char ws_host[256];
+    int ws_port;
+    if (!cfg_parse_hostport(l.cfg.ws_listen, ws_host, sizeof(ws_host), &ws_port)) {
+        fprintf(stderr, "lcsd: config error: key 'ws_listen': '%s' is not host:port\n",
+                l.cfg.ws_listen);
+        goto out;
+    }
     signal(SIGPIPE, SIG_IGN);
-    l.started_us = now_us();
+    l.started_us = lcs_now_us();
     l.base = event_base_new();
     l.metrics = metrics_new();
     if (l.base == NULL || l.metrics == NULL)
         goto out;
+    register_metrics(&l);
+    if (!conn_registry_init(&l)) {
+        fprintf(stderr, "lcsd: cannot start: out of memory\n");
+        goto out;
+    }
 
     int fd = http_listen(host, port, err, sizeof(err));
     if (fd < 0) {
@@ -149,8 +270,13 @@ main(int argc, char **argv)
         .backoff_max_ms = 5000,
     };
     l.redis = redis_new(l.base, &rc, l.metrics);
-    if (l.redis == NULL) {
+    if (l.redis == NULL || !route_init(&l)) {
         fprintf(stderr, "lcsd: config error: bad Redis settings\n");
+        goto out;
+    }
+    l.listener = listener_new(&l, ws_host, ws_port, err, sizeof(err));
+    if (l.listener == NULL) {
+        fprintf(stderr, "lcsd: cannot start: %s\n", err);
         goto out;
     }
     sigterm = evsignal_new(l.base, SIGTERM, on_signal, &l);
@@ -158,8 +284,8 @@ main(int argc, char **argv)
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
 
-    log_info("lcsd_started", "node=%s admin=%s version=%s", l.cfg.node_id, l.cfg.admin_listen,
-             MBOX_VERSION);
+    log_info("lcsd_started", "node=%s ws=%s admin=%s conn_bytes=%zu version=%s", l.cfg.node_id,
+             l.cfg.ws_listen, l.cfg.admin_listen, sizeof(struct conn), MBOX_VERSION);
     event_base_dispatch(l.base);
     log_info("lcsd_stopped", "node=%s", l.cfg.node_id);
     status = 0;
@@ -168,8 +294,15 @@ out:
         event_free(sigterm);
     if (sigint)
         event_free(sigint);
+    if (l.stop_ev)
+        event_free(l.stop_ev);
+    listener_free(l.listener);
+    pace_free_all(&l);
+    conn_registry_free(&l);
     if (l.admin)
         http_server_free(l.admin);
+    if (l.sub)
+        redis_free(l.sub);
     if (l.redis)
         redis_free(l.redis);
     if (l.base)

@@ -7,6 +7,7 @@
 #define LOGIC_API_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "http.h"
 
@@ -24,6 +25,28 @@ void api_recall(struct http_req *r, void *ctx);
 void api_sync(struct http_req *r, void *ctx);
 void api_history(struct http_req *r, void *ctx);
 void api_read(struct http_req *r, void *ctx);
+
+/* api_sync.c: SDK side of the public mailbox */
+void api_notice_hide(struct http_req *r, void *ctx);
+
+/* api_notices.c (internal listener, ops token) */
+void api_notice_create(struct http_req *r, void *ctx);
+void api_notice_list(struct http_req *r, void *ctx);
+void api_notice_get(struct http_req *r, void *ctx);
+void api_notice_patch(struct http_req *r, void *ctx);
+void api_notice_prepublish(struct http_req *r, void *ctx);
+void api_notice_publish(struct http_req *r, void *ctx);
+void api_notice_stop(struct http_req *r, void *ctx);
+void api_notice_retract(struct http_req *r, void *ctx);
+void api_notice_delete(struct http_req *r, void *ctx);
+void api_notice_stats(struct http_req *r, void *ctx);
+void api_whitelist(struct http_req *r, void *ctx);
+void api_audit(struct http_req *r, void *ctx);
+
+struct logic_worker;
+/* Counts one delivery of a notice to a user (Redis HyperLogLog, fire and forget). */
+void api_notice_count_reach(struct logic_worker *w, uint64_t notice_id, uint64_t app_id,
+                            uint64_t uid);
 
 /* api_health.c */
 void api_healthz(struct http_req *r, void *ctx);

@@ -3,6 +3,8 @@
  */
 #include "api_io.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -215,6 +217,21 @@ api_param_u64(struct http_req *r, const char *name, uint64_t *out)
 {
     const char *v = http_req_param(r, name);
     return parse_u64_field(r, "path parameter", name, v ? v : "", out);
+}
+
+char *
+api_int8_array(const uint64_t *v, size_t n)
+{
+    char *s = malloc(n * 21 + 3);
+    if (s == NULL)
+        return NULL;
+    size_t o = 0;
+    s[o++] = '{';
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)sprintf(s + o, "%s%" PRId64, i ? "," : "", (int64_t)v[i]);
+    s[o++] = '}';
+    s[o] = '\0';
+    return s;
 }
 
 void

@@ -54,6 +54,12 @@ bool api_query_u64(struct http_req *r, const char *name, uint64_t def, uint64_t 
 bool api_param_u64(struct http_req *r, const char *name, uint64_t *out)
     __attribute__((warn_unused_result));
 
+/*
+ * A PostgreSQL int8[] literal "{1,2,3}" of n values (uint64 kept as the
+ * same 64 bits). Caller frees; NULL on allocation failure.
+ */
+char *api_int8_array(const uint64_t *v, size_t n);
+
 /* Replies 503 for a dependency error, 500-ish for the rest (logged). */
 struct pg_error;
 void api_reply_pg_error(struct http_req *r, const struct pg_error *err);

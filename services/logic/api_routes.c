@@ -7,7 +7,8 @@
 
 const struct http_route logic_sdk_routes[] = {
     {HTTP_POST, "/v1/sync", api_sync},   {HTTP_GET, "/v1/history", api_history},
-    {HTTP_POST, "/v1/read", api_read},   {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
+    {HTTP_POST, "/v1/read", api_read},
+    {HTTP_POST, "/v1/notices/{id}/hide", api_notice_hide},   {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
     {HTTP_GET, "/metrics", api_metrics},
 };
 const size_t logic_sdk_nroutes = sizeof(logic_sdk_routes) / sizeof(logic_sdk_routes[0]);
@@ -17,6 +18,18 @@ const struct http_route logic_internal_routes[] = {
     {HTTP_POST, "/v1/messages", api_send},
     {HTTP_POST, "/v1/messages/recall", api_recall},
     {HTTP_POST, "/v1/fanout", api_fanout},
+    {HTTP_POST, "/v1/notices", api_notice_create},
+    {HTTP_GET, "/v1/notices", api_notice_list},
+    {HTTP_GET, "/v1/notices/{id}", api_notice_get},
+    {HTTP_PATCH, "/v1/notices/{id}", api_notice_patch},
+    {HTTP_DELETE, "/v1/notices/{id}", api_notice_delete},
+    {HTTP_POST, "/v1/notices/{id}/prepublish", api_notice_prepublish},
+    {HTTP_POST, "/v1/notices/{id}/publish", api_notice_publish},
+    {HTTP_POST, "/v1/notices/{id}/stop", api_notice_stop},
+    {HTTP_POST, "/v1/notices/{id}/retract", api_notice_retract},
+    {HTTP_GET, "/v1/notices/{id}/stats", api_notice_stats},
+    {HTTP_GET | HTTP_POST | HTTP_PUT | HTTP_DELETE, "/v1/whitelist", api_whitelist},
+    {HTTP_GET, "/v1/audit", api_audit},
     {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
     {HTTP_GET, "/metrics", api_metrics},
 };

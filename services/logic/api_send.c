@@ -117,28 +117,6 @@ cmp_row(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/*
- * Renders a PostgreSQL int8[] literal of the values picked by field.
- * uint64 values keep their 64 bits in int8 (see migrations/0001_init.sql).
- */
-static char *
-int8_array(const struct send_row *rows, int n, size_t field_off)
-{
-    char *s = malloc((size_t)n * 21 + 3);
-    if (s == NULL)
-        return NULL;
-    size_t o = 0;
-    s[o++] = '{';
-    for (int i = 0; i < n; i++) {
-        uint64_t v;
-        memcpy(&v, (const char *)&rows[i] + field_off, sizeof(v));
-        o += (size_t)sprintf(s + o, "%s%" PRId64, i ? "," : "", (int64_t)v);
-    }
-    s[o++] = '}';
-    s[o] = '\0';
-    return s;
-}
-
 /* Position of uid in the sorted rows, or -1. */
 static int
 row_index(const struct send_op *op, uint64_t uid)
@@ -347,9 +325,19 @@ send_plan(struct send_op *op)
         if (!seen)
             op->order[op->norder++] = q->from_uid;
     }
-    op->uids_txt = int8_array(op->rows, op->nrows, offsetof(struct send_row, uid));
-    op->to_txt = int8_array(op->rows, op->nrows, offsetof(struct send_row, to_uid));
-    op->contacter_txt = int8_array(op->rows, op->nrows, offsetof(struct send_row, contacter));
+    uint64_t *col = calloc((size_t)op->nrows + 1, sizeof(*col));
+    if (col == NULL)
+        return false;
+    for (int i = 0; i < op->nrows; i++)
+        col[i] = op->rows[i].uid;
+    op->uids_txt = api_int8_array(col, (size_t)op->nrows);
+    for (int i = 0; i < op->nrows; i++)
+        col[i] = op->rows[i].to_uid;
+    op->to_txt = api_int8_array(col, (size_t)op->nrows);
+    for (int i = 0; i < op->nrows; i++)
+        col[i] = op->rows[i].contacter;
+    op->contacter_txt = api_int8_array(col, (size_t)op->nrows);
+    free(col);
     return op->uids_txt && op->to_txt && op->contacter_txt;
 }
 

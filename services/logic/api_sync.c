@@ -13,6 +13,7 @@
 
 #include "api.h"
 #include "api_io.h"
+#include "clientver.h"
 #include "cursor.h"
 #include "hint.h"
 #include "items.h"
@@ -21,98 +22,324 @@
 #include "mbox.pb-c.h"
 #include "metrics.h"
 #include "pg.h"
+#include "pubcache.h"
+#include "pubfilter.h"
 #include "sql.h"
 
-struct sync_op {
+/*
+ * The public side comes from this worker's cache snapshot (pubcache.h).
+ * A request holds a reference to the snapshot it started with, so the
+ * notices it points at live until it replies even if the poller publishes
+ * a newer snapshot meanwhile.
+ */
+struct pull_op {
     struct http_req *r;
     struct logic_worker *w;
     struct token_claims who;
+    struct pub_snapshot *snap; /* referenced */
+    bool history;
+    /* sync */
     struct cursor cur;
-    uint32_t limit;
     struct hint_read hint;
+    uint64_t new_g;
+    bool pub_truncated;
+    /* history */
+    uint64_t from, to;
+    bool asc;
+    uint32_t limit;
+    /* public items selected, and the user's state of them */
+    struct pub_item *pub;
+    size_t npub;
+    bool *hidden, *read;
 };
 
-/* Replies with items and the cursor moved over them. */
 static void
-sync_reply(struct sync_op *op, Mbox__Item **items, size_t n, bool has_more, bool reset)
+pull_free(struct pull_op *op)
 {
-    struct cursor next = op->cur;
-    if (n > 0)
-        next.p = items[n - 1]->msg_id;
-    char cbuf[CURSOR_STR_LEN];
-    cursor_encode(&next, cbuf);
-    Mbox__SyncResponse resp = MBOX__SYNC_RESPONSE__INIT;
-    resp.items = items;
-    resp.n_items = n;
-    resp.cursor = cbuf;
-    resp.has_has_more = resp.has_reset = 1;
-    resp.has_more = has_more;
-    resp.reset = reset;
-    api_reply_msg(op->r, 200, &resp.base);
-}
-
-static void
-on_sync_rows(const PGresult *res, const struct pg_error *err, void *arg)
-{
-    struct sync_op *op = arg;
-    if (err->kind != PG_OK) {
-        api_reply_pg_error(op->r, err);
-        free(op);
-        return;
-    }
-    int rows = PQntuples(res);
-    uint64_t last = rows > 0 ? (uint64_t)pg_get_i64(res, 0, 0) : 0;
-    /* One row with a NULL msg_id means the mailbox has nothing after p. */
-    int n = (rows == 1 && pg_is_null(res, 0, 1)) ? 0 : rows;
-    bool has_more = n > (int)op->limit;
-    if (has_more)
-        n = (int)op->limit;
-    Mbox__Item *items = calloc((size_t)n + 1, sizeof(*items));
-    Mbox__Item **ptrs = calloc((size_t)n + 1, sizeof(*ptrs));
-    if (items == NULL || ptrs == NULL) {
-        http_reply_error(op->r, 503, "unavailable", "out of memory");
-    } else {
-        items_from_rows(res, 0, n, items, ptrs);
-        /* The header's last_msg_id is from the same snapshot as the rows. */
-        hint_set(op->w, op->who.app_id, op->who.uid, &op->hint, last);
-        sync_reply(op, ptrs, (size_t)n, has_more, false);
-    }
-    free(items);
-    free(ptrs);
+    pubsnap_unref(op->snap);
+    free(op->pub);
+    free(op->hidden);
+    free(op->read);
     free(op);
 }
 
+/* Starts a pull: auth, a reference to the snapshot, the viewer. */
+static struct pull_op *
+pull_new(struct http_req *r, struct logic_worker *w, struct pub_viewer *v, struct clientver *cv)
+{
+    struct pull_op *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        http_reply_error(r, 503, "unavailable", "out of memory");
+        return NULL;
+    }
+    op->r = r;
+    op->w = w;
+    if (!api_auth_user(r, w, &op->who)) {
+        free(op);
+        return NULL;
+    }
+    op->snap = w->snap;
+    if (op->snap != NULL)
+        __atomic_add_fetch(&op->snap->refs, 1, __ATOMIC_ACQ_REL);
+    /* The viewer points into *cv: both live in the handler's frame, and the
+     * public side is selected before the handler returns. */
+    clientver_parse(cv, http_req_header(r, "platform"), http_req_header(r, "app_version"),
+                    http_req_header(r, "core_level"), http_req_header(r, "User-Agent"));
+    memset(v, 0, sizeof(*v));
+    v->app_id = op->who.app_id;
+    v->uid = op->who.uid;
+    v->guest = op->who.guest;
+    v->platform = cv->platform;
+    v->core_level = cv->has_core_level ? cv->core_level : 0;
+    v->whitelisted = pubsnap_whitelisted(op->snap, op->who.app_id, op->who.uid);
+    return op;
+}
+
+/* Fills an Item for a public notice or tombstone. */
 static void
-sync_query(struct sync_op *op)
+item_from_pub(Mbox__Item *it, const struct pub_item *p, bool is_read)
+{
+    const struct pub_notice *n = p->n;
+    mbox__item__init(it);
+    it->has_notice_id = it->has_msg_id = 1;
+    it->notice_id = n->notice_id;
+    it->msg_id = n->msg_id;
+    if (p->kind == PUB_ITEM_RETRACT) {
+        it->kind = "retract";
+        return;
+    }
+    it->kind = "notice";
+    it->has_version = 1;
+    it->version = n->version;
+    it->title = n->title;
+    it->has_content = 1;
+    it->content.data = n->content;
+    it->content.len = n->content_len;
+    it->has_category = it->has_type = it->has_priority = it->has_business_type = 1;
+    it->category = n->category;
+    it->type = n->type;
+    it->priority = n->priority;
+    it->business_type = n->business_type;
+    it->has_expire_at = 1;
+    it->expire_at = (uint64_t)n->expire_at;
+    it->has_is_read = 1;
+    it->is_read = is_read;
+}
+
+static int
+cmp_item_asc(const void *a, const void *b)
+{
+    uint64_t x = (*(Mbox__Item *const *)a)->msg_id, y = (*(Mbox__Item *const *)b)->msg_id;
+    return x < y ? -1 : x > y;
+}
+
+static int
+cmp_item_desc(const void *a, const void *b)
+{
+    return -cmp_item_asc(a, b);
+}
+
+/*
+ * Builds and sends the reply from the private rows (res may be NULL) and
+ * the selected public items, merged in msg_id order.
+ */
+static void
+pull_reply(struct pull_op *op, const PGresult *res, int nrows, bool priv_more)
+{
+    size_t total = (size_t)nrows + op->npub;
+    Mbox__Item *items = calloc(total + 1, sizeof(*items));
+    Mbox__Item **ptrs = calloc(total + 1, sizeof(*ptrs));
+    if (items == NULL || ptrs == NULL) {
+        http_reply_error(op->r, 503, "unavailable", "out of memory");
+        goto out;
+    }
+    if (res != NULL && nrows > 0)
+        items_from_rows(res, 0, nrows, items, ptrs);
+    uint64_t last_private = nrows > 0 ? ptrs[nrows - 1]->msg_id : 0;
+    size_t n = (size_t)nrows;
+    for (size_t i = 0; i < op->npub; i++) {
+        if (op->hidden != NULL && op->hidden[i])
+            continue;
+        item_from_pub(&items[n], &op->pub[i], op->read != NULL && op->read[i]);
+        ptrs[n] = &items[n];
+        n++;
+    }
+    qsort(ptrs, n, sizeof(ptrs[0]), op->history && !op->asc ? cmp_item_desc : cmp_item_asc);
+    if (op->history) {
+        bool more = priv_more || op->pub_truncated || n > op->limit;
+        if (n > op->limit)
+            n = op->limit;
+        Mbox__HistoryResponse resp = MBOX__HISTORY_RESPONSE__INIT;
+        resp.items = ptrs;
+        resp.n_items = n;
+        resp.has_has_more = 1;
+        resp.has_more = more;
+        api_reply_msg(op->r, 200, &resp.base);
+    } else {
+        struct cursor next = op->cur;
+        if (nrows > 0)
+            next.p = last_private;
+        next.g = op->new_g;
+        char cbuf[CURSOR_STR_LEN];
+        cursor_encode(&next, cbuf);
+        Mbox__SyncResponse resp = MBOX__SYNC_RESPONSE__INIT;
+        resp.items = ptrs;
+        resp.n_items = n;
+        resp.cursor = cbuf;
+        resp.has_has_more = resp.has_reset = 1;
+        resp.has_more = priv_more || op->pub_truncated;
+        resp.reset = false;
+        api_reply_msg(op->r, 200, &resp.base);
+    }
+    /* Reach: counted after the reply, off the response path. */
+    for (size_t i = 0; i < op->npub; i++) {
+        if (op->pub[i].kind == PUB_ITEM_NOTICE && !(op->hidden && op->hidden[i]))
+            api_notice_count_reach(op->w, op->pub[i].n->notice_id, op->who.app_id, op->who.uid);
+    }
+out:
+    free(items);
+    free(ptrs);
+    pull_free(op);
+}
+
+/* ---- private side ---- */
+
+static void
+on_private_rows(const PGresult *res, const struct pg_error *err, void *arg)
+{
+    struct pull_op *op = arg;
+    if (err->kind != PG_OK) {
+        api_reply_pg_error(op->r, err);
+        pull_free(op);
+        return;
+    }
+    int rows = PQntuples(res);
+    if (op->history) {
+        uint32_t cap = op->limit;
+        bool more = rows > (int)cap;
+        pull_reply(op, res, more ? (int)cap : rows, more);
+        return;
+    }
+    uint64_t last = rows > 0 ? (uint64_t)pg_get_i64(res, 0, 0) : 0;
+    /* One row with a NULL msg_id means the mailbox has nothing after p. */
+    int n = (rows == 1 && pg_is_null(res, 0, 1)) ? 0 : rows;
+    uint32_t cap = op->limit - (uint32_t)op->npub;
+    bool more = n > (int)cap;
+    if (more)
+        n = (int)cap;
+    /* The header's last_msg_id is from the same snapshot as the rows. */
+    hint_set(op->w, op->who.app_id, op->who.uid, &op->hint, last);
+    pull_reply(op, res, n, more);
+}
+
+static void
+query_private(struct pull_op *op)
 {
     struct pg_params p;
     pg_params_init(&p);
     pg_param_i64(&p, (int64_t)op->who.app_id);
     pg_param_i64(&p, (int64_t)op->who.uid);
-    pg_param_i64(&p, (int64_t)op->cur.p);
-    pg_param_i32(&p, (int32_t)op->limit + 1);
-    pg_param_i64(&p, logic_now_us());
-    if (!pg_query(op->w->pg, SQL_SYNC, &p, on_sync_rows, op)) {
+    const char *stmt;
+    if (op->history) {
+        pg_param_i64(&p, (int64_t)op->from);
+        pg_param_i64(&p, (int64_t)op->to);
+        pg_param_i32(&p, (int32_t)op->limit + 1);
+        pg_param_i64(&p, logic_now_us());
+        stmt = op->asc ? SQL_HISTORY_ASC : SQL_HISTORY_DESC;
+    } else {
+        pg_param_i64(&p, (int64_t)op->cur.p);
+        pg_param_i32(&p, (int32_t)(op->limit - op->npub) + 1);
+        pg_param_i64(&p, logic_now_us());
+        stmt = SQL_SYNC;
+    }
+    if (!pg_query(op->w->pg, stmt, &p, on_private_rows, op)) {
         http_reply_error(op->r, 503, "unavailable", "database unavailable, retry later");
-        free(op);
+        pull_free(op);
     }
 }
+
+/* Whether the private side must be read (sync: not when the hint says empty). */
+static void
+after_public(struct pull_op *op)
+{
+    bool private_empty = !op->history && op->hint.usable && op->hint.has_m &&
+                         op->hint.m <= op->cur.p;
+    if (!op->history && (private_empty || op->npub >= op->limit)) {
+        /* npub == limit: the private side waits for the next call (has_more). */
+        bool more = !private_empty && op->npub >= op->limit;
+        pull_reply(op, NULL, 0, more);
+        return;
+    }
+    query_private(op);
+}
+
+static void
+on_user_state(const PGresult *res, const struct pg_error *err, void *arg)
+{
+    struct pull_op *op = arg;
+    if (err->kind != PG_OK) {
+        api_reply_pg_error(op->r, err);
+        pull_free(op);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        uint64_t id = (uint64_t)pg_get_i64(res, i, 0);
+        for (size_t k = 0; k < op->npub; k++) {
+            if (op->pub[k].n->notice_id == id) {
+                op->read[k] = pg_get_bool(res, i, 1);
+                op->hidden[k] = pg_get_bool(res, i, 2);
+            }
+        }
+    }
+    after_public(op);
+}
+
+/* Reads the user's read/hidden state of the selected notices, if any. */
+static void
+public_state(struct pull_op *op)
+{
+    if (op->npub == 0) {
+        after_public(op);
+        return;
+    }
+    op->hidden = calloc(op->npub, sizeof(bool));
+    op->read = calloc(op->npub, sizeof(bool));
+    uint64_t *ids = calloc(op->npub, sizeof(uint64_t));
+    for (size_t i = 0; ids != NULL && i < op->npub; i++)
+        ids[i] = op->pub[i].n->notice_id;
+    char *arr = ids ? api_int8_array(ids, op->npub) : NULL;
+    free(ids);
+    if (op->hidden == NULL || op->read == NULL || arr == NULL) {
+        free(arr);
+        http_reply_error(op->r, 503, "unavailable", "out of memory");
+        pull_free(op);
+        return;
+    }
+    struct pg_params p;
+    pg_params_init(&p);
+    pg_param_i64(&p, (int64_t)op->who.app_id);
+    pg_param_i64(&p, (int64_t)op->who.uid);
+    pg_param_text(&p, arr);
+    bool sent = pg_query(op->w->pg, SQL_NOTICE_USER_STATE, &p, on_user_state, op);
+    free(arr);
+    if (!sent) {
+        http_reply_error(op->r, 503, "unavailable", "database unavailable, retry later");
+        pull_free(op);
+    }
+}
+
+/* ---- POST /v1/sync ---- */
 
 static void
 on_sync_hint(const struct hint_read *h, void *arg)
 {
-    struct sync_op *op = arg;
+    struct pull_op *op = arg;
     op->hint = *h;
-    if (h->usable && h->has_m && h->m <= op->cur.p) {
-        metric_inc(metrics_counter(op->w->app->metrics, "mbox_sync_total",
-                                   "syncs by how they were answered", "path=\"hint\""));
-        sync_reply(op, NULL, 0, false, false);
-        free(op);
-        return;
-    }
+    bool private_empty = h->usable && h->has_m && h->m <= op->cur.p;
     metric_inc(metrics_counter(op->w->app->metrics, "mbox_sync_total",
-                               "syncs by how they were answered", "path=\"db\""));
-    sync_query(op);
+                               "syncs by how the private side was answered",
+                               private_empty ? "path=\"hint\"" : "path=\"db\""));
+    public_state(op);
 }
 
 void
@@ -120,20 +347,14 @@ api_sync(struct http_req *r, void *ctx)
 {
     struct logic_worker *w = ctx;
     const struct logic_config *c = &w->app->cfg;
-    struct sync_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        http_reply_error(r, 503, "unavailable", "out of memory");
+    struct pub_viewer v;
+    struct clientver cv;
+    struct pull_op *op = pull_new(r, w, &v, &cv);
+    if (op == NULL)
         return;
-    }
-    op->r = r;
-    op->w = w;
-    if (!api_auth_user(r, w, &op->who)) {
-        free(op);
-        return;
-    }
     ProtobufCMessage *m;
     if (!api_decode(r, &mbox__sync_request__descriptor, &m)) {
-        free(op);
+        pull_free(op);
         return;
     }
     Mbox__SyncRequest *q = (Mbox__SyncRequest *)m;
@@ -142,130 +363,202 @@ api_sync(struct http_req *r, void *ctx)
         limit = limit == 0 ? 1 : (uint32_t)c->sync_max_limit;
     op->limit = limit;
     const char *cs = q->cursor ? q->cursor : "";
-    bool bad =
-        strlen(cs) > CURSOR_MAX_LEN || cursor_decode(cs, (uint32_t)c->epoch, &op->cur) != CURSOR_OK;
+    bool bad = strlen(cs) > CURSOR_MAX_LEN ||
+               cursor_decode(cs, (uint32_t)c->epoch, &op->cur) != CURSOR_OK;
     api_msg_free(m);
     if (bad) {
         http_reply_error(r, 400, "invalid_argument",
                          "cursor: not a cursor this service issued (send \"\" to start over)");
-        free(op);
+        pull_free(op);
         return;
     }
     /* Another epoch (data restored or wiped), or older than retention: the
      * rows it points after may be gone; the client reloads from scratch. */
-    int64_t horizon = logic_now_us() - c->retention_s * 1000000;
-    if (op->cur.epoch != (uint32_t)c->epoch || (op->cur.p != 0 && (int64_t)op->cur.p < horizon)) {
-        op->cur.epoch = (uint32_t)c->epoch;
-        op->cur.p = op->cur.g = 0;
-        sync_reply(op, NULL, 0, false, true);
-        free(op);
+    int64_t now = logic_now_us();
+    int64_t horizon = now - c->retention_s * 1000000;
+    if (op->cur.epoch != (uint32_t)c->epoch ||
+        (op->cur.p != 0 && (int64_t)op->cur.p < horizon)) {
+        struct cursor fresh = {.epoch = (uint32_t)c->epoch};
+        char cbuf[CURSOR_STR_LEN];
+        cursor_encode(&fresh, cbuf);
+        Mbox__SyncResponse resp = MBOX__SYNC_RESPONSE__INIT;
+        resp.cursor = cbuf;
+        resp.has_has_more = resp.has_reset = 1;
+        resp.reset = true;
+        api_reply_msg(r, 200, &resp.base);
+        pull_free(op);
         return;
+    }
+    /* Public side first: it decides how much room the private side gets. */
+    op->new_g = op->cur.g;
+    if (op->snap != NULL) {
+        op->pub = calloc(limit, sizeof(*op->pub));
+        if (op->pub == NULL) {
+            http_reply_error(r, 503, "unavailable", "out of memory");
+            pull_free(op);
+            return;
+        }
+        op->npub = pub_select((const struct pub_notice *const *)op->snap->notices,
+                              op->snap->count, op->snap->max_seq, &v, op->cur.g, now, op->pub,
+                              limit, &op->new_g, &op->pub_truncated);
     }
     hint_read(w, op->who.app_id, op->who.uid, on_sync_hint, op);
 }
 
 /* ---- GET /v1/history?from=&to=&order=asc|desc&limit= ---- */
 
-struct history_op {
-    struct http_req *r;
-    struct logic_worker *w;
-    uint32_t limit;
-};
-
-static void
-on_history_rows(const PGresult *res, const struct pg_error *err, void *arg)
-{
-    struct history_op *op = arg;
-    if (err->kind != PG_OK) {
-        api_reply_pg_error(op->r, err);
-        free(op);
-        return;
-    }
-    int rows = PQntuples(res);
-    bool has_more = rows > (int)op->limit;
-    int n = has_more ? (int)op->limit : rows;
-    Mbox__Item *items = calloc((size_t)n + 1, sizeof(*items));
-    Mbox__Item **ptrs = calloc((size_t)n + 1, sizeof(*ptrs));
-    if (items == NULL || ptrs == NULL) {
-        http_reply_error(op->r, 503, "unavailable", "out of memory");
-    } else {
-        items_from_rows(res, 0, n, items, ptrs);
-        Mbox__HistoryResponse resp = MBOX__HISTORY_RESPONSE__INIT;
-        resp.items = ptrs;
-        resp.n_items = (size_t)n;
-        resp.has_has_more = 1;
-        resp.has_more = has_more;
-        api_reply_msg(op->r, 200, &resp.base);
-    }
-    free(items);
-    free(ptrs);
-    free(op);
-}
-
 void
 api_history(struct http_req *r, void *ctx)
 {
     struct logic_worker *w = ctx;
     const struct logic_config *c = &w->app->cfg;
-    struct token_claims who;
-    if (!api_auth_user(r, w, &who))
+    struct pub_viewer v;
+    struct clientver cv;
+    struct pull_op *op = pull_new(r, w, &v, &cv);
+    if (op == NULL)
         return;
     uint64_t from, to, limit;
     if (!api_query_u64(r, "from", 0, &from) || !api_query_u64(r, "to", INT64_MAX, &to) ||
-        !api_query_u64(r, "limit", (uint64_t)c->sync_default_limit, &limit))
+        !api_query_u64(r, "limit", (uint64_t)c->sync_default_limit, &limit)) {
+        pull_free(op);
         return;
+    }
     const char *order = http_req_query(r, "order");
     if (order == NULL || order[0] == '\0')
         order = "desc";
     if (strcmp(order, "asc") != 0 && strcmp(order, "desc") != 0) {
         http_reply_error(r, 400, "invalid_argument", "order must be asc or desc");
+        pull_free(op);
         return;
     }
     if (to > INT64_MAX)
         to = INT64_MAX;
     if (from > to) {
         http_reply_error(r, 400, "invalid_argument", "from must not be after to");
+        pull_free(op);
         return;
     }
     if (limit == 0 || limit > (uint64_t)c->sync_max_limit)
         limit = limit == 0 ? 1 : (uint64_t)c->sync_max_limit;
-    struct history_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
+    op->history = true;
+    op->from = from;
+    op->to = to;
+    op->asc = order[0] == 'a';
+    op->limit = (uint32_t)limit;
+    /* Currently visible notices with msg_id in range (up to limit + 1: the
+     * merge cuts to limit and reports has_more). */
+    int64_t now = logic_now_us();
+    size_t cap = (size_t)limit + 1;
+    op->pub = calloc(cap, sizeof(*op->pub));
+    if (op->pub == NULL) {
         http_reply_error(r, 503, "unavailable", "out of memory");
+        pull_free(op);
         return;
     }
-    op->r = r;
-    op->w = w;
-    op->limit = (uint32_t)limit;
-    struct pg_params p;
-    pg_params_init(&p);
-    pg_param_i64(&p, (int64_t)who.app_id);
-    pg_param_i64(&p, (int64_t)who.uid);
-    pg_param_i64(&p, (int64_t)from);
-    pg_param_i64(&p, (int64_t)to);
-    pg_param_i32(&p, (int32_t)limit + 1);
-    pg_param_i64(&p, logic_now_us());
-    const char *stmt = order[0] == 'a' ? SQL_HISTORY_ASC : SQL_HISTORY_DESC;
-    if (!pg_query(w->pg, stmt, &p, on_history_rows, op)) {
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
-        free(op);
+    for (size_t i = 0; op->snap != NULL && i < op->snap->count; i++) {
+        const struct pub_notice *n = op->snap->notices[i];
+        if (n->msg_id < from || n->msg_id > to || !pub_visible(n, &v, now))
+            continue;
+        if (op->npub == cap) {
+            op->pub_truncated = true;
+            break;
+        }
+        op->pub[op->npub].n = n;
+        op->pub[op->npub].kind = PUB_ITEM_NOTICE;
+        op->npub++;
     }
+    public_state(op);
 }
 
-/* ---- POST /v1/read ---- */
+/* ---- POST /v1/notices/{id}/hide ---- */
 
 static void
-on_read_done(const PGresult *res, const struct pg_error *err, void *arg)
+on_marked(const PGresult *res, const struct pg_error *err, void *arg)
 {
     struct http_req *r = arg;
     if (err->kind != PG_OK) {
         api_reply_pg_error(r, err);
         return;
     }
+    http_reply(r, 204, "application/json", "", 0);
+}
+
+void
+api_notice_hide(struct http_req *r, void *ctx)
+{
+    struct logic_worker *w = ctx;
+    struct token_claims who;
+    uint64_t id;
+    if (!api_auth_user(r, w, &who) || !api_param_u64(r, "id", &id))
+        return;
+    const struct pub_notice *n = pubsnap_find(w->snap, id);
+    if (n == NULL || n->app_id != who.app_id) {
+        http_reply_error(r, 404, "not_found", "no notice %" PRIu64 " for this app", id);
+        return;
+    }
+    char arr[32];
+    snprintf(arr, sizeof(arr), "{%" PRId64 "}", (int64_t)id);
+    struct pg_params p;
+    pg_params_init(&p);
+    pg_param_i64(&p, (int64_t)who.app_id);
+    pg_param_i64(&p, (int64_t)who.uid);
+    pg_param_text(&p, arr);
+    pg_param_bool(&p, false);
+    pg_param_bool(&p, true);
+    if (!pg_query(w->pg, SQL_NOTICE_USER_MARK, &p, on_marked, r))
+        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+}
+
+/* ---- POST /v1/read: private msg_ids and notice_ids ---- */
+
+struct read_op {
+    struct http_req *r;
+    struct logic_worker *w;
+    struct token_claims who;
+    char *notice_arr; /* still to mark, or NULL */
+    uint32_t updated;
+};
+
+static void
+read_finish(struct read_op *op)
+{
     Mbox__ReadResponse resp = MBOX__READ_RESPONSE__INIT;
     resp.has_updated = 1;
-    resp.updated = (uint32_t)strtoul(PQcmdTuples((PGresult *)res), NULL, 10);
-    api_reply_msg(r, 200, &resp.base);
+    resp.updated = op->updated;
+    api_reply_msg(op->r, 200, &resp.base);
+    free(op->notice_arr);
+    free(op);
+}
+
+static void
+on_read_step(const PGresult *res, const struct pg_error *err, void *arg)
+{
+    struct read_op *op = arg;
+    if (err->kind != PG_OK) {
+        api_reply_pg_error(op->r, err);
+        free(op->notice_arr);
+        free(op);
+        return;
+    }
+    op->updated += (uint32_t)strtoul(PQcmdTuples((PGresult *)res), NULL, 10);
+    if (op->notice_arr == NULL) {
+        read_finish(op);
+        return;
+    }
+    struct pg_params p;
+    pg_params_init(&p);
+    pg_param_i64(&p, (int64_t)op->who.app_id);
+    pg_param_i64(&p, (int64_t)op->who.uid);
+    pg_param_text(&p, op->notice_arr);
+    pg_param_bool(&p, true);
+    pg_param_bool(&p, false);
+    bool sent = pg_query(op->w->pg, SQL_NOTICE_USER_MARK, &p, on_read_step, op);
+    free(op->notice_arr);
+    op->notice_arr = NULL;
+    if (!sent) {
+        http_reply_error(op->r, 503, "unavailable", "database unavailable, retry later");
+        free(op);
+    }
 }
 
 #define READ_MAX_IDS 1000
@@ -274,38 +567,50 @@ void
 api_read(struct http_req *r, void *ctx)
 {
     struct logic_worker *w = ctx;
-    struct token_claims who;
-    if (!api_auth_user(r, w, &who))
-        return;
-    ProtobufCMessage *m;
-    if (!api_decode(r, &mbox__read_request__descriptor, &m))
-        return;
-    Mbox__ReadRequest *q = (Mbox__ReadRequest *)m;
-    if (q->n_msg_ids + q->n_notice_ids == 0 || q->n_msg_ids > READ_MAX_IDS) {
-        http_reply_error(r, 400, "invalid_argument", "msg_ids must list 1..%d ids", READ_MAX_IDS);
-        api_msg_free(m);
-        return;
-    }
-    char *arr = malloc(q->n_msg_ids * 21 + 3);
-    if (arr == NULL) {
-        api_msg_free(m);
+    struct read_op *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
         http_reply_error(r, 503, "unavailable", "out of memory");
         return;
     }
-    size_t o = 0;
-    arr[o++] = '{';
-    for (size_t i = 0; i < q->n_msg_ids; i++)
-        o += (size_t)sprintf(arr + o, "%s%" PRId64, i ? "," : "", (int64_t)q->msg_ids[i]);
-    arr[o++] = '}';
-    arr[o] = '\0';
+    op->r = r;
+    op->w = w;
+    ProtobufCMessage *m = NULL;
+    if (!api_auth_user(r, w, &op->who) || !api_decode(r, &mbox__read_request__descriptor, &m)) {
+        free(op);
+        return;
+    }
+    Mbox__ReadRequest *q = (Mbox__ReadRequest *)m;
+    if (q->n_msg_ids + q->n_notice_ids == 0 || q->n_msg_ids > READ_MAX_IDS ||
+        q->n_notice_ids > READ_MAX_IDS) {
+        http_reply_error(r, 400, "invalid_argument",
+                         "msg_ids and notice_ids: 1..%d ids in all, at most %d each",
+                         2 * READ_MAX_IDS, READ_MAX_IDS);
+        api_msg_free(m);
+        free(op);
+        return;
+    }
+    char *msgs = api_int8_array(q->msg_ids, q->n_msg_ids);
+    op->notice_arr = q->n_notice_ids ? api_int8_array(q->notice_ids, q->n_notice_ids) : NULL;
+    bool oom = msgs == NULL || (q->n_notice_ids && op->notice_arr == NULL);
     api_msg_free(m);
+    if (oom) {
+        free(msgs);
+        free(op->notice_arr);
+        free(op);
+        http_reply_error(r, 503, "unavailable", "out of memory");
+        return;
+    }
+    /* Private marks first (an empty list updates nothing), then notices. */
     struct pg_params p;
     pg_params_init(&p);
-    pg_param_i64(&p, (int64_t)who.app_id);
-    pg_param_i64(&p, (int64_t)who.uid);
-    pg_param_text(&p, arr);
-    bool sent = pg_query(w->pg, SQL_READ, &p, on_read_done, r);
-    free(arr);
-    if (!sent)
+    pg_param_i64(&p, (int64_t)op->who.app_id);
+    pg_param_i64(&p, (int64_t)op->who.uid);
+    pg_param_text(&p, msgs);
+    bool sent = pg_query(w->pg, SQL_READ, &p, on_read_step, op);
+    free(msgs);
+    if (!sent) {
         http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+        free(op->notice_arr);
+        free(op);
+    }
 }

@@ -25,6 +25,8 @@ struct pg_pool;
 struct redis;
 struct hint_dirty;
 struct fanout;
+struct pubcache;
+struct pub_snapshot;
 struct retention;
 
 struct logic_config {
@@ -86,7 +88,8 @@ struct logic {
     char sdk_host[256], internal_host[256];
     int sdk_port, internal_port;
     int64_t started_us;
-    struct fanout *fanout; /* the write-diffusion thread (fanout.h) */
+    struct fanout *fanout;     /* the write-diffusion thread (fanout.h) */
+    struct pubcache *pubcache; /* the public-mailbox poller (pubcache.h) */
 };
 
 struct logic_worker {
@@ -100,6 +103,7 @@ struct logic_worker {
     struct redis *redis;
     struct hint_dirty *dirty;    /* hint invalidations to replay (hint.h) */
     struct retention *retention; /* worker 0 only */
+    struct pub_snapshot *snap;   /* public cache as this worker sees it (pubcache.h) */
     struct event *stop_ev;
     bool started;
 };

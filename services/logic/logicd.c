@@ -21,6 +21,7 @@
 #include "logic.h"
 #include "metrics.h"
 #include "migrate.h"
+#include "pubcache.h"
 
 /* Parses "name:token,name:token" into app->ops. */
 static bool
@@ -140,9 +141,30 @@ main(int argc, char **argv)
             goto out;
         }
     }
+    if (app.cfg.whitelist_file[0] != '\0' &&
+        !pubcache_load_whitelist_file(app.cfg.pg_conninfo, app.cfg.whitelist_file, err,
+                                      sizeof(err))) {
+        /* The file is the operator's; a bad one is a config error. A database
+         * that is down is not: the whitelist in PostgreSQL still applies. */
+        log_error("whitelist_file_failed", "error=%s", err);
+        if (strstr(err, "expected") != NULL) {
+            fprintf(stderr, "logicd: config error: %s\n", err);
+            for (int j = 0; j < n; j++)
+                logic_worker_free(&workers[j]);
+            goto out;
+        }
+    }
+    app.pubcache = pubcache_start(&app, workers, n);
+    if (app.pubcache == NULL) {
+        fprintf(stderr, "logicd: cannot start the public cache poller\n");
+        for (int j = 0; j < n; j++)
+            logic_worker_free(&workers[j]);
+        goto out;
+    }
     for (int i = 0; i < n; i++) {
         if (!logic_worker_start(&workers[i])) {
             fprintf(stderr, "logicd: cannot start thread %d\n", i);
+            pubcache_stop(app.pubcache);
             for (int j = 0; j < n; j++)
                 logic_worker_stop(&workers[j]);
             for (int j = 0; j < n; j++)
@@ -157,6 +179,8 @@ main(int argc, char **argv)
     while (sigwait(&sigs, &sig) != 0 && errno == EINTR)
         ;
     log_info("logicd_stopping", "signal=%d", sig);
+    /* The poller hands snapshots to the workers' loops: stop it first. */
+    pubcache_stop(app.pubcache);
     for (int i = 0; i < n; i++)
         logic_worker_stop(&workers[i]);
     for (int i = 0; i < n; i++)

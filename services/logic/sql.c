@@ -25,6 +25,15 @@
     "msg_id, kind, from_uid, to_uid, contacter, create_time, expire_at, is_read, category, "       \
     "type, priority, business_type, msgkey, content, recalled_msg_id"
 
+#define NOTICE_COLS                                                                            \
+    "notice_id, app_id, state, version, seq, msg_id, title, content, category, type, "         \
+    "priority, business_type, start_at, expire_at, array_to_string(platforms, ',') AS platforms, " \
+    "min_core_level, max_core_level, " \
+    "login_only, notify_mode, notify_rate, template, created_by, created_at, updated_by, "       \
+    "updated_at"
+/* Every visible notice change takes the next seq under the head row lock (migrations/0002). */
+#define NEXT_SEQ "UPDATE public_head SET seq = seq + 1 WHERE id = 1"
+
 struct sql_stmt {
     const char *name;
     int nparams;
@@ -98,6 +107,108 @@ static const struct sql_stmt statements[] = {
      ")"
      " SELECT (SELECT msg_id FROM target), (SELECT msg_id FROM ins), (SELECT msg_id FROM prev),"
      " (SELECT count(*) FROM mark)"},
+    {SQL_NOTICE_CREATE, 19,
+     "WITH ins AS (INSERT INTO notice (app_id, title, content, category, type, priority,"
+     "  business_type, start_at, expire_at, platforms, min_core_level, max_core_level,"
+     "  login_only, notify_mode, notify_rate, template, created_by, created_at, updated_by,"
+     "  updated_at)"
+     "  VALUES ($1::int8, $2::text, $3::bytea, $4::int4, $5::int4, $6::int4, $7::int4,"
+     "  $8::int8, $9::int8, $10::text[], $11::int8, $12::int8, $13::bool, $14::text,"
+     "  $15::int4, $16::bool, $17::text, $18::int8, $17::text, $18::int8)"
+     "  RETURNING *),"
+     " aud AS (INSERT INTO audit_log (at, actor, action, notice_id, app_id, body)"
+     "  SELECT $18::int8, $17::text, 'create', notice_id, app_id, $19::text FROM ins)"
+     " SELECT " NOTICE_COLS " FROM ins"},
+    {SQL_NOTICE_GET, 1,
+     "SELECT " NOTICE_COLS " FROM notice WHERE notice_id = $1::int8 AND NOT deleted"},
+    {SQL_NOTICE_LIST, 3,
+     "SELECT " NOTICE_COLS " FROM notice WHERE NOT deleted"
+     " AND ($1::int8 = 0 OR app_id = $1::int8) AND ($2::text = '' OR state = $2::text)"
+     " ORDER BY notice_id DESC LIMIT $3::int4"},
+    {SQL_NOTICE_TRANSITION, 8,
+     "WITH cur AS (SELECT notice_id, state FROM notice WHERE notice_id = $1::int8 AND NOT deleted),"
+     " head AS (" NEXT_SEQ " AND EXISTS (SELECT 1 FROM cur WHERE state = ANY($3::text[]))"
+     "  RETURNING seq),"
+     " upd AS (UPDATE notice n SET"
+     "  state = CASE WHEN $8::bool THEN n.state ELSE $2::text END,"
+     "  deleted = $8::bool, seq = head.seq,"
+     "  gray_seq = CASE WHEN $2::text = 'prepublished' THEN head.seq ELSE n.gray_seq END,"
+     "  msg_id = CASE WHEN n.msg_id = 0 AND $2::text IN ('prepublished', 'published')"
+     "   THEN GREATEST($5::int8, n.start_at) ELSE n.msg_id END,"
+     "  activated = CASE WHEN $2::text IN ('prepublished', 'published')"
+     "   THEN n.activated OR n.start_at <= $5::int8 ELSE n.activated END,"
+     "  updated_by = $4::text, updated_at = $5::int8"
+     "  FROM head WHERE n.notice_id = $1::int8 AND n.state = ANY($3::text[]) AND NOT n.deleted"
+     "  RETURNING n.*),"
+     " aud AS (INSERT INTO audit_log (at, actor, action, notice_id, app_id, body)"
+     "  SELECT $5::int8, $4::text, $6::text, notice_id, app_id, $7::text FROM upd)"
+     " SELECT (SELECT state FROM cur) AS prev_state, " NOTICE_COLS
+     " FROM (SELECT 1) one LEFT JOIN upd ON true"},
+    {SQL_NOTICE_PATCH, 20,
+     "WITH cur AS (SELECT notice_id, state, version FROM notice"
+     "  WHERE notice_id = $1::int8 AND NOT deleted),"
+     " ok AS (SELECT 1 FROM cur WHERE state IN ('draft', 'prepublished', 'published')"
+     "  AND version = $2::int4),"
+     " head AS (" NEXT_SEQ " AND EXISTS (SELECT 1 FROM ok)"
+     "  AND EXISTS (SELECT 1 FROM cur WHERE state IN ('prepublished', 'published'))"
+     "  RETURNING seq),"
+     " upd AS (UPDATE notice n SET version = n.version + 1,"
+     "  seq = COALESCE((SELECT seq FROM head), n.seq),"
+     "  gray_seq = CASE n.state WHEN 'prepublished' THEN (SELECT seq FROM head)"
+     "   WHEN 'published' THEN 0 ELSE n.gray_seq END,"
+     "  title = $3::text, content = $4::bytea, category = $5::int4, type = $6::int4,"
+     "  priority = $7::int4, business_type = $8::int4, start_at = $9::int8,"
+     "  expire_at = $10::int8, platforms = $11::text[], min_core_level = $12::int8,"
+     "  max_core_level = $13::int8, login_only = $14::bool, notify_mode = $15::text,"
+     "  notify_rate = $16::int4, template = $17::bool,"
+     "  activated = CASE WHEN n.state IN ('prepublished', 'published')"
+     "   THEN $9::int8 <= $19::int8 ELSE n.activated END,"
+     "  updated_by = $18::text, updated_at = $19::int8"
+     "  WHERE n.notice_id = $1::int8 AND EXISTS (SELECT 1 FROM ok)"
+     "  AND n.version = $2::int4 AND n.state IN ('draft', 'prepublished', 'published')"
+     "  RETURNING n.*),"
+     " aud AS (INSERT INTO audit_log (at, actor, action, notice_id, app_id, body)"
+     "  SELECT $19::int8, $18::text, 'edit', notice_id, app_id, $20::text FROM upd)"
+     " SELECT (SELECT state FROM cur) AS prev_state, (SELECT version FROM cur) AS prev_version, "
+     NOTICE_COLS " FROM (SELECT 1) one LEFT JOIN upd ON true"},
+    {SQL_NOTICE_USER_STATE, 3,
+     "SELECT notice_id, is_read, hidden FROM notice_user_state"
+     " WHERE uid = $2::int8 AND app_id = $1::int8 AND notice_id = ANY($3::int8[])"},
+    {SQL_NOTICE_USER_MARK, 5,
+     "INSERT INTO notice_user_state (uid, app_id, notice_id, is_read, hidden)"
+     " SELECT $2::int8, $1::int8, id, $4::bool, $5::bool FROM unnest($3::int8[]) AS id"
+     " ON CONFLICT (uid, app_id, notice_id) DO UPDATE SET"
+     " is_read = notice_user_state.is_read OR EXCLUDED.is_read,"
+     " hidden = notice_user_state.hidden OR EXCLUDED.hidden"},
+    {SQL_WHITELIST_CHANGE, 6,
+     /* PUT keeps the uids it names (a DELETE and an INSERT of the same row in
+      * one statement would both act on the old snapshot). The app's
+      * prepublished notices take new seqs, so a user just added receives
+      * them even if their cursor had passed them; whitelisted users who
+      * already hold them get the same version again and de-duplicate. */
+     "WITH del AS (DELETE FROM whitelist WHERE app_id = $1::int8 AND ("
+     "  ($3::text = 'replace' AND uid <> ALL($2::int8[]))"
+     "  OR ($3::text = 'remove' AND uid = ANY($2::int8[])))"
+     "  RETURNING 1),"
+     " ins AS (INSERT INTO whitelist (app_id, uid)"
+     "  SELECT $1::int8, u FROM unnest($2::int8[]) AS u WHERE $3::text IN ('add', 'replace')"
+     "  ON CONFLICT DO NOTHING RETURNING 1),"
+     " ver AS (UPDATE whitelist_version SET version = version + 1 WHERE id = 1 RETURNING version),"
+     " head AS (SELECT seq FROM public_head WHERE id = 1 FOR UPDATE),"
+     " pre AS (SELECT notice_id, (SELECT seq FROM head) + row_number() OVER (ORDER BY notice_id)"
+     "  AS seq FROM notice WHERE app_id = $1::int8 AND state = 'prepublished' AND NOT deleted),"
+     " renum AS (UPDATE notice n SET seq = pre.seq, gray_seq = pre.seq FROM pre"
+     "  WHERE n.notice_id = pre.notice_id RETURNING 1),"
+     " bump AS (UPDATE public_head SET seq = seq + (SELECT count(*) FROM pre)"
+     "  WHERE id = 1 AND EXISTS (SELECT 1 FROM pre) RETURNING seq),"
+     " aud AS (INSERT INTO audit_log (at, actor, action, app_id, body)"
+     "  SELECT $5::int8, $4::text, 'whitelist_' || $3::text, $1::int8, $6::text)"
+     " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM del), (SELECT version FROM ver),"
+     " (SELECT count(*) FROM renum), (SELECT count(*) FROM bump)"},
+    {SQL_WHITELIST_LIST, 1, "SELECT uid FROM whitelist WHERE app_id = $1::int8 ORDER BY uid"},
+    {SQL_AUDIT_LIST, 2,
+     "SELECT id, at, actor, action, notice_id, app_id, body FROM audit_log"
+     " WHERE $1::int8 = 0 OR notice_id = $1::int8 ORDER BY id DESC LIMIT $2::int4"},
     {SQL_RETENTION, 2,
      "DELETE FROM message WHERE (uid, app_id, msg_id) IN"
      " (SELECT uid, app_id, msg_id FROM message WHERE expire_at <= $1::int8 LIMIT $2::int4)"},

@@ -33,6 +33,33 @@ struct pg_pool;
 /* $1 now, $2 batch -> command tag count */
 #define SQL_RETENTION "retention"
 
+/* ---- public mailbox (notice columns: NOTICE_COLS in sql.c) ---- */
+/* $1 app, $2 title, $3 content, $4 category, $5 type, $6 priority, $7 business_type,
+ * $8 start_at, $9 expire_at, $10 platforms text[], $11 min_core, $12 max_core,
+ * $13 login_only, $14 notify_mode, $15 notify_rate, $16 template, $17 actor, $18 now,
+ * $19 audit body -> the notice */
+#define SQL_NOTICE_CREATE "notice_create"
+/* $1 notice_id -> the notice (not deleted) */
+#define SQL_NOTICE_GET "notice_get"
+/* $1 app (0 = any), $2 state ('' = any), $3 limit -> notices, newest first */
+#define SQL_NOTICE_LIST "notice_list"
+/* $1 notice_id, $2 new state, $3 allowed from-states text[], $4 actor, $5 now,
+ * $6 action, $7 audit body, $8 delete -> (prev_state, notice columns or NULLs) */
+#define SQL_NOTICE_TRANSITION "notice_transition"
+/* $1 notice_id, $2 expected version, $3..$16 as create $2..$15 shifted (title .. notify_rate),
+ * $17 template, $18 actor, $19 now, $20 audit body -> (prev_state, prev_version, notice...) */
+#define SQL_NOTICE_PATCH "notice_patch"
+/* $1 app, $2 uid, $3 notice_ids[] -> (notice_id, is_read, hidden) */
+#define SQL_NOTICE_USER_STATE "notice_user_state"
+/* $1 app, $2 uid, $3 notice_ids[], $4 read, $5 hidden -> count */
+#define SQL_NOTICE_USER_MARK "notice_user_mark"
+/* $1 app, $2 uids[], $3 mode ('add', 'replace', 'remove'), $4 actor, $5 now, $6 body -> count */
+#define SQL_WHITELIST_CHANGE "whitelist_change"
+/* $1 app -> uid */
+#define SQL_WHITELIST_LIST "whitelist_list"
+/* $1 notice_id (0 = any), $2 limit -> audit rows */
+#define SQL_AUDIT_LIST "audit_list"
+
 /* Registers all statements with the pool. */
 bool sql_prepare_all(struct pg_pool *pg) __attribute__((warn_unused_result));
 

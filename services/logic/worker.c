@@ -14,6 +14,7 @@
 #include "logic.h"
 #include "metrics.h"
 #include "pg.h"
+#include "pubcache.h"
 #include "redis.h"
 #include "retention.h"
 #include "sql.h"
@@ -155,6 +156,7 @@ logic_worker_free(struct logic_worker *w)
     http_server_free(w->sdk);
     http_server_free(w->internal);
     retention_free(w->retention);
+    pubsnap_unref(w->snap);
     if (w->redis != NULL)
         redis_free(w->redis);
     hint_dirty_free(w->dirty);

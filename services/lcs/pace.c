@@ -1,0 +1,175 @@
+/*
+ * pace: paced notifies (see pace.h for the model).
+ */
+#include "pace.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include <event2/event.h>
+
+#include "conn.h"
+#include "lcs.h"
+#include "log.h"
+#include "metrics.h"
+#include "session.h"
+
+/* Connections looked at per pacer and tick at most, so other apps' connections cannot stall the loop. */
+#define PACE_SCAN_MAX 50000
+
+struct pacer {
+    struct pacer *next;
+    uint64_t app, notice, msg_id;
+    double rate;   /* notifies per second on this node */
+    double credit; /* notifies owed and not yet sent */
+    int64_t last_ms;
+    struct conn *cursor; /* next connection to look at; NULL = the walk is over */
+    uint64_t limit_id;   /* connections from this id on arrived after the start */
+    uint64_t sent;
+    int64_t started_ms;
+};
+
+static void
+pacer_log_end(const struct pacer *p, const char *why)
+{
+    log_info("pace_finished",
+             "app=%" PRIu64 " notice=%" PRIu64 " sent=%" PRIu64 " elapsed_ms=%" PRId64 " why=%s",
+             p->app, p->notice, p->sent, lcs_mono_ms() - p->started_ms, why);
+}
+
+/* Runs one pacer for one tick; false once it is finished. */
+static bool
+pacer_run(struct lcs *l, struct pacer *p, int64_t now_ms)
+{
+    p->credit += p->rate * (double)(now_ms - p->last_ms) / 1000.0;
+    p->last_ms = now_ms;
+    /* After a stall, catch up at most two ticks' worth: smooth beats exact. */
+    double max_credit = p->rate * 2.0 * (double)l->cfg.paced_tick_ms / 1000.0;
+    if (max_credit < 1.0)
+        max_credit = 1.0;
+    if (p->credit > max_credit)
+        p->credit = max_credit;
+    int scanned = 0;
+    while (p->credit >= 1.0 && p->cursor != NULL && scanned < PACE_SCAN_MAX) {
+        struct conn *c = p->cursor;
+        if (c->id >= p->limit_id) {
+            p->cursor = NULL;
+            break;
+        }
+        /* Advance first: the notify may end c (a write error frees it after this tick). */
+        p->cursor = c->all_next;
+        scanned++;
+        if (c->state == CONN_ACTIVE && c->app_id == p->app && session_notify(c, p->app, p->msg_id)) {
+            p->credit -= 1.0;
+            p->sent++;
+            metric_inc(l->m.paced_sent);
+        }
+    }
+    if (p->cursor == NULL) {
+        pacer_log_end(p, "done");
+        return false;
+    }
+    return true;
+}
+
+static void
+pace_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct lcs *l = arg;
+    int64_t now = lcs_mono_ms();
+    struct pacer **pp = &l->pacers;
+    while (*pp != NULL) {
+        struct pacer *p = *pp;
+        if (pacer_run(l, p, now)) {
+            pp = &p->next;
+        } else {
+            *pp = p->next;
+            free(p);
+        }
+    }
+    if (l->pacers == NULL)
+        event_del(l->pace_ev);
+}
+
+void
+pace_start(struct lcs *l, uint64_t app, uint64_t notice, uint64_t msg_id, uint64_t rate_per_s)
+{
+    if (l->stopping || rate_per_s == 0)
+        return;
+    if (l->pace_ev == NULL) {
+        l->pace_ev = event_new(l->base, -1, EV_PERSIST, pace_tick_cb, l);
+        if (l->pace_ev == NULL)
+            return;
+    }
+    struct pacer *p;
+    for (p = l->pacers; p != NULL; p = p->next) {
+        if (p->app == app && p->notice == notice)
+            break;
+    }
+    if (p == NULL) {
+        p = calloc(1, sizeof(*p));
+        if (p == NULL) {
+            log_error("pace_failed", "app=%" PRIu64 " notice=%" PRIu64 " reason=out_of_memory",
+                      app, notice);
+            return;
+        }
+        p->next = l->pacers;
+        l->pacers = p;
+    }
+    /* A repeated start (an edited notice published again) walks again from the start. */
+    p->app = app;
+    p->notice = notice;
+    p->msg_id = msg_id;
+    p->rate = (double)rate_per_s;
+    p->credit = 0;
+    p->last_ms = p->started_ms = lcs_mono_ms();
+    p->cursor = conn_first(l);
+    p->limit_id = conn_next_id(l);
+    p->sent = 0;
+    if (!event_pending(l->pace_ev, EV_TIMEOUT, NULL)) {
+        struct timeval tv = {0, (int)l->cfg.paced_tick_ms * 1000};
+        event_add(l->pace_ev, &tv);
+    }
+    log_info("pace_started",
+             "app=%" PRIu64 " notice=%" PRIu64 " msg_id=%" PRIu64 " rate_per_s=%" PRIu64
+             " connections=%zu",
+             app, notice, msg_id, rate_per_s, conn_count(l));
+}
+
+void
+pace_stop(struct lcs *l, uint64_t app, uint64_t notice)
+{
+    for (struct pacer **pp = &l->pacers; *pp != NULL; pp = &(*pp)->next) {
+        struct pacer *p = *pp;
+        if (p->app == app && p->notice == notice) {
+            *pp = p->next;
+            pacer_log_end(p, "stopped");
+            free(p);
+            break;
+        }
+    }
+    if (l->pacers == NULL && l->pace_ev != NULL)
+        event_del(l->pace_ev);
+}
+
+void
+pace_conn_unlinked(struct lcs *l, struct conn *c)
+{
+    for (struct pacer *p = l->pacers; p != NULL; p = p->next) {
+        if (p->cursor == c)
+            p->cursor = c->all_next;
+    }
+}
+
+void
+pace_free_all(struct lcs *l)
+{
+    while (l->pacers != NULL) {
+        struct pacer *p = l->pacers;
+        l->pacers = p->next;
+        free(p);
+    }
+    if (l->pace_ev != NULL)
+        event_free(l->pace_ev);
+    l->pace_ev = NULL;
+}

@@ -1,0 +1,314 @@
+/*
+ * route: routes in Redis and the lines on lcsd's channels (see route.h for
+ * the formats). The three route updates are small Lua scripts so each is
+ * one atomic step in Redis: a takeover and its cross-node kick cannot
+ * interleave with another node's login of the same device, and a close
+ * never deletes a route a newer connection already wrote.
+ */
+#include "route.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "lcs.h"
+#include "log.h"
+#include "metrics.h"
+#include "pace.h"
+#include "redis.h"
+#include "session.h"
+
+/*
+ * Login: take the device over. KEYS[1] route key; ARGV: device, value,
+ * ttl, this node, app_id, uid. A previous value naming another node gets a
+ * kick line on that node's channel.
+ */
+static const char script_register[] =
+    "local old = redis.call('HGET', KEYS[1], ARGV[1])\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
+    "if old and old ~= ARGV[2] then\n"
+    "  local sp = string.find(old, ' ', 1, true)\n"
+    "  if sp then\n"
+    "    local node = string.sub(old, 1, sp - 1)\n"
+    "    if node ~= ARGV[4] then\n"
+    "      redis.call('PUBLISH', 'lcs:{' .. node .. '}', 'k ' .. ARGV[5] .. ' ' .. ARGV[6] ..\n"
+    "        ' ' .. ARGV[1] .. ' ' .. string.sub(old, sp + 1) .. '\\n')\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+
+/*
+ * Refresh and re-register after a reconnect: write only if the field is
+ * missing or still ours, so a newer login elsewhere is never overwritten.
+ */
+static const char script_refresh[] =
+    "local cur = redis.call('HGET', KEYS[1], ARGV[1])\n"
+    "if cur == false or cur == ARGV[2] then\n"
+    "  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
+/* Close: compare and delete. */
+static const char script_unregister[] =
+    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then\n"
+    "  return redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "end\n"
+    "return 0\n";
+
+/* Who a pending register reply belongs to: looked up again, the conn may be gone. */
+struct route_wait {
+    struct lcs *l;
+    uint64_t conn_id;
+};
+
+static uint32_t
+ttl_ticks(const struct lcs *l)
+{
+    return (uint32_t)(l->cfg.route_ttl_s * 1000 / CONN_TICK_MS);
+}
+
+/* Runs one route script for c (extra ARGVs after device, value, ttl). */
+static bool
+route_eval(struct conn *c, const char *script, bool extra, redis_cb cb, void *arg)
+{
+    struct lcs *l = c->l;
+    char key[64], value[160], ttl[24], app[24], uid[24];
+    snprintf(key, sizeof(key), "route:{%" PRIu64 ":%" PRIu64 "}", c->app_id, c->uid);
+    snprintf(value, sizeof(value), "%s %" PRIu64, l->cfg.node_id, c->id);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, l->cfg.route_ttl_s);
+    snprintf(app, sizeof(app), "%" PRIu64, c->app_id);
+    snprintf(uid, sizeof(uid), "%" PRIu64, c->uid);
+    const char *argv[10] = {"EVAL", script, "1", key, c->device, value, ttl, l->cfg.node_id,
+                            app, uid};
+    size_t lens[10];
+    for (int i = 0; i < 10; i++)
+        lens[i] = strlen(argv[i]);
+    int argc = extra ? 10 : 7;
+    bool ok = redis_command_argv(l->redis, cb, arg, argc, argv, lens);
+    metric_inc(ok ? l->m.route_writes : l->m.route_errors);
+    return ok;
+}
+
+static void
+register_cb(redisReply *reply, const char *err, void *arg)
+{
+    struct route_wait *w = arg;
+    struct conn *c = conn_find(w->l, w->conn_id);
+    if (err != NULL || (reply != NULL && reply->type == REDIS_REPLY_ERROR)) {
+        metric_inc(w->l->m.route_errors);
+        log_warn("route_write_failed", "conn=%" PRIu64 " error=\"%s\"", w->conn_id,
+                 err != NULL ? err : reply->str);
+    }
+    if (c != NULL)
+        session_route_done(c);
+    free(w);
+}
+
+void
+route_register(struct conn *c)
+{
+    c->route_at = conn_now_tick(c->l);
+    struct route_wait *w = malloc(sizeof(*w));
+    if (w != NULL) {
+        w->l = c->l;
+        w->conn_id = c->id;
+        if (route_eval(c, script_register, true, register_cb, w))
+            return;
+        free(w);
+    }
+    /* Redis is down: the login still succeeds; the reconnect hook writes the route. */
+    session_route_done(c);
+}
+
+void
+route_maybe_refresh(struct conn *c, uint32_t now_tick)
+{
+    if (now_tick - c->route_at <= ttl_ticks(c->l) / 2)
+        return;
+    c->route_at = now_tick;
+    (void)route_eval(c, script_refresh, false, NULL, NULL);
+}
+
+void
+route_unregister(struct conn *c)
+{
+    (void)route_eval(c, script_unregister, false, NULL, NULL);
+}
+
+/* Command client (re)connected: Redis may have lost everything, write every route again. */
+static void
+on_redis_connect(void *arg)
+{
+    struct lcs *l = arg;
+    uint32_t now = conn_now_tick(l);
+    size_t n = 0;
+    for (struct conn *c = conn_first(l); c != NULL; c = c->all_next) {
+        if (c->state != CONN_ACTIVE)
+            continue;
+        c->route_at = now;
+        if (route_eval(c, script_refresh, false, NULL, NULL))
+            n++;
+    }
+    log_info("routes_registered", "node=%s routes=%zu", l->cfg.node_id, n);
+}
+
+/* Strict decimal uint64 of s[0..n). */
+static bool
+parse_u64(const char *s, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 20)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+#define MAX_FIELDS 7
+
+struct field {
+    const char *s;
+    size_t n;
+};
+
+/* Splits line[0..n) on single spaces; returns the field count (MAX_FIELDS + 1 = too many). */
+static int
+split(const char *line, size_t n, struct field *f)
+{
+    int k = 0;
+    size_t i = 0;
+    while (i <= n) {
+        size_t j = i;
+        while (j < n && line[j] != ' ')
+            j++;
+        if (k == MAX_FIELDS)
+            return MAX_FIELDS + 1;
+        f[k].s = line + i;
+        f[k].n = j - i;
+        k++;
+        i = j + 1;
+    }
+    return k;
+}
+
+static bool
+field_u64(const struct field *f, uint64_t *out)
+{
+    return parse_u64(f->s, f->n, out);
+}
+
+/* Copies a device field into buf (NUL-terminated); false when it does not fit. */
+static bool
+field_str(const struct field *f, char *buf, size_t len)
+{
+    if (f->n == 0 || f->n >= len)
+        return false;
+    memcpy(buf, f->s, f->n);
+    buf[f->n] = '\0';
+    return true;
+}
+
+static void
+route_line(struct lcs *l, const char *line, size_t n)
+{
+    struct field f[MAX_FIELDS];
+    int k = split(line, n, f);
+    uint64_t app, uid, msg, conn_id, notice, rate;
+    char device[SESSION_DEVICE_MAX + 1];
+    if (f[0].n != 1) {
+        metric_inc(l->m.notify_dropped_bad);
+        return;
+    }
+    switch (f[0].s[0]) {
+    case 'n':
+        if (k == 6 && field_u64(&f[1], &app) && field_u64(&f[2], &uid) &&
+            field_u64(&f[3], &msg) && field_str(&f[4], device, sizeof(device)) &&
+            field_u64(&f[5], &conn_id)) {
+            session_notify_line(l, app, uid, msg, device, conn_id);
+            return;
+        }
+        break;
+    case 'k':
+        if (k == 5 && field_u64(&f[1], &app) && field_u64(&f[2], &uid) &&
+            field_str(&f[3], device, sizeof(device)) && field_u64(&f[4], &conn_id)) {
+            session_kick_line(l, app, uid, device, conn_id);
+            return;
+        }
+        break;
+    case 'p':
+        if (k == 5 && field_u64(&f[1], &app) && field_u64(&f[2], &notice) &&
+            field_u64(&f[3], &msg) && field_u64(&f[4], &rate)) {
+            pace_start(l, app, notice, msg, rate);
+            return;
+        }
+        break;
+    case 'x':
+        if (k == 3 && field_u64(&f[1], &app) && field_u64(&f[2], &notice)) {
+            pace_stop(l, app, notice);
+            return;
+        }
+        break;
+    default:
+        return; /* a line type this lcsd does not know: not an error */
+    }
+    metric_inc(l->m.notify_dropped_bad);
+    char q[160];
+    char tmp[128];
+    size_t m = n < sizeof(tmp) - 1 ? n : sizeof(tmp) - 1;
+    memcpy(tmp, line, m);
+    tmp[m] = '\0';
+    log_warn("route_bad_line", "line=%s", log_q(q, sizeof(q), tmp));
+}
+
+void
+route_on_message(struct lcs *l, const char *payload, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        const char *nl = memchr(payload + i, '\n', len - i);
+        size_t end = nl != NULL ? (size_t)(nl - payload) : len;
+        if (end > i)
+            route_line(l, payload + i, end - i);
+        i = end + 1;
+    }
+}
+
+static void
+on_channel_message(const char *channel, const char *payload, size_t len, void *arg)
+{
+    route_on_message(arg, payload, len);
+}
+
+bool
+route_init(struct lcs *l)
+{
+    snprintf(l->channel, sizeof(l->channel), "lcs:{%s}", l->cfg.node_id);
+    struct redis_config rc = {
+        .host = l->cfg.redis_host,
+        .port = (int)l->cfg.redis_port,
+        .connect_timeout_ms = 1000,
+        .command_timeout_ms = (int)l->cfg.redis_timeout_ms,
+        .backoff_min_ms = 100,
+        .backoff_max_ms = 2000,
+    };
+    l->sub = redis_subscriber_new(l->base, &rc, on_channel_message, l, l->metrics);
+    if (l->sub == NULL)
+        return false;
+    redis_subscribe(l->sub, l->channel);
+    redis_subscribe(l->sub, LCS_BROADCAST_CHANNEL);
+    redis_set_on_connect(l->redis, on_redis_connect, l);
+    return true;
+}

@@ -1,0 +1,555 @@
+/*
+ * pubcache: the public-mailbox cache and its poller thread (pubcache.h).
+ */
+#include "pubcache.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+
+#include "log.h"
+#include "logic.h"
+
+struct pubcache {
+    struct logic *app;
+    struct logic_worker *workers;
+    int nworkers;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stopping, kicked;
+    PGconn *pg;
+    struct pub_snapshot *cur; /* the poller's reference */
+    int64_t last_ok_us;       /* atomic */
+};
+
+#define NOTICE_COLS                                                                            \
+    "notice_id, app_id, state, version, seq, msg_id, title, content, category, type, "         \
+    "priority, business_type, start_at, expire_at, platforms, min_core_level, "                \
+    "max_core_level, login_only, activated, deleted, gray_seq"
+
+/* Changes since $1, with the head seq of the same snapshot in column 0. */
+static const char changes_sql[] =
+    "SELECT h.seq AS head, n.* FROM public_head h LEFT JOIN LATERAL"
+    " (SELECT " NOTICE_COLS " FROM notice WHERE seq > $1::int8 ORDER BY seq) n ON true"
+    " WHERE h.id = 1 ORDER BY n.seq";
+
+/*
+ * Activation of scheduled notices: each due notice gets the next seq under
+ * the head row lock. Run by any logicd; a second run finds nothing due
+ * (the UPDATE re-checks NOT activated on the latest row version).
+ */
+static const char activate_sql[] =
+    "WITH head AS (SELECT seq FROM public_head WHERE id = 1 FOR UPDATE),"
+    " due AS (SELECT notice_id FROM notice WHERE state IN ('prepublished', 'published')"
+    "   AND NOT activated AND NOT deleted AND start_at <= $1::int8 ORDER BY notice_id LIMIT 100),"
+    " num AS (SELECT notice_id, (SELECT seq FROM head) + row_number() OVER (ORDER BY notice_id)"
+    "   AS seq FROM due),"
+    " upd AS (UPDATE notice n SET seq = num.seq, activated = true FROM num"
+    "   WHERE n.notice_id = num.notice_id AND NOT n.activated RETURNING n.notice_id),"
+    " bump AS (UPDATE public_head SET seq = seq + (SELECT count(*) FROM num)"
+    "   WHERE id = 1 AND EXISTS (SELECT 1 FROM num) RETURNING seq)"
+    " SELECT (SELECT count(*) FROM upd), (SELECT seq FROM bump)";
+
+static void
+snap_free(struct pub_snapshot *s)
+{
+    for (size_t i = 0; i < s->count; i++) {
+        free(s->notices[i]->title);
+        free(s->notices[i]->content);
+        free(s->notices[i]);
+    }
+    free(s->notices);
+    free(s->white);
+    free(s);
+}
+
+void
+pubsnap_unref(struct pub_snapshot *s)
+{
+    if (s != NULL && __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        snap_free(s);
+}
+
+static int
+cmp_white(const void *a, const void *b)
+{
+    const uint64_t *x = a, *y = b;
+    if (x[0] != y[0])
+        return x[0] < y[0] ? -1 : 1;
+    return x[1] < y[1] ? -1 : x[1] > y[1];
+}
+
+bool
+pubsnap_whitelisted(const struct pub_snapshot *s, uint64_t app_id, uint64_t uid)
+{
+    uint64_t key[2] = {app_id, uid};
+    return s != NULL && s->nwhite > 0 &&
+           bsearch(key, s->white, s->nwhite, sizeof(s->white[0]), cmp_white) != NULL;
+}
+
+const struct pub_notice *
+pubsnap_find(const struct pub_snapshot *s, uint64_t notice_id)
+{
+    for (size_t i = 0; s != NULL && i < s->count; i++) {
+        if (s->notices[i]->notice_id == notice_id)
+            return s->notices[i];
+    }
+    return NULL;
+}
+
+int64_t
+pubcache_last_ok_us(const struct pubcache *c)
+{
+    return c == NULL ? 0 : __atomic_load_n(&c->last_ok_us, __ATOMIC_RELAXED);
+}
+
+/* Parses a text[] literal {a,b} of platform names (simple tokens only). */
+static void
+parse_platforms(struct pub_notice *n, const char *s)
+{
+    n->nplatforms = 0;
+    if (*s == '{')
+        s++;
+    while (*s && *s != '}' && n->nplatforms < PUB_MAX_PLATFORMS) {
+        size_t len = strcspn(s, ",}");
+        if (*s == '"') { /* quoted elements are not valid platform names anyway */
+            s += len;
+        } else if (len > 0 && len < sizeof(n->platforms[0])) {
+            memcpy(n->platforms[n->nplatforms], s, len);
+            n->platforms[n->nplatforms][len] = '\0';
+            n->nplatforms++;
+        }
+        s += len;
+        if (*s == ',')
+            s++;
+    }
+}
+
+static int64_t
+col_i64(const PGresult *r, int row, int col)
+{
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+/* A notice from a text-format row (col 0 is the head seq). */
+static struct pub_notice *
+notice_from_row(const PGresult *r, int row, bool *live)
+{
+    struct pub_notice *n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return NULL;
+    int c = 1;
+    n->notice_id = (uint64_t)col_i64(r, row, c++);
+    n->app_id = (uint64_t)col_i64(r, row, c++);
+    if (!pub_state_parse(PQgetvalue(r, row, c++), &n->state))
+        n->state = PUB_DRAFT;
+    n->version = (uint32_t)col_i64(r, row, c++);
+    n->seq = (uint64_t)col_i64(r, row, c++);
+    n->msg_id = (uint64_t)col_i64(r, row, c++);
+    n->title = strdup(PQgetvalue(r, row, c++));
+    size_t blen = 0;
+    unsigned char *bytes = PQunescapeBytea((const unsigned char *)PQgetvalue(r, row, c++), &blen);
+    n->content = malloc(blen + 1);
+    if (n->content != NULL && bytes != NULL)
+        memcpy(n->content, bytes, blen);
+    n->content_len = bytes ? blen : 0;
+    PQfreemem(bytes);
+    n->category = (int32_t)col_i64(r, row, c++);
+    n->type = (int32_t)col_i64(r, row, c++);
+    n->priority = (int32_t)col_i64(r, row, c++);
+    n->business_type = (int32_t)col_i64(r, row, c++);
+    n->start_at = col_i64(r, row, c++);
+    n->expire_at = col_i64(r, row, c++);
+    parse_platforms(n, PQgetvalue(r, row, c++));
+    n->min_core_level = (uint64_t)col_i64(r, row, c++);
+    n->max_core_level = (uint64_t)col_i64(r, row, c++);
+    n->login_only = PQgetvalue(r, row, c++)[0] == 't';
+    n->activated = PQgetvalue(r, row, c++)[0] == 't';
+    bool deleted = PQgetvalue(r, row, c++)[0] == 't';
+    n->gray_seq = (uint64_t)col_i64(r, row, c++);
+    *live = !deleted && (n->state == PUB_PREPUBLISHED || n->state == PUB_PUBLISHED ||
+                         n->state == PUB_RETRACTED);
+    if (n->title == NULL || n->content == NULL) {
+        free(n->title);
+        free(n->content);
+        free(n);
+        return NULL;
+    }
+    return n;
+}
+
+static struct pub_notice *
+notice_copy(const struct pub_notice *o)
+{
+    struct pub_notice *n = malloc(sizeof(*n));
+    if (n == NULL)
+        return NULL;
+    *n = *o;
+    n->title = strdup(o->title);
+    n->content = malloc(o->content_len + 1);
+    if (n->title == NULL || n->content == NULL) {
+        free(n->title);
+        free(n->content);
+        free(n);
+        return NULL;
+    }
+    memcpy(n->content, o->content, o->content_len);
+    return n;
+}
+
+static int
+cmp_seq(const void *a, const void *b)
+{
+    const struct pub_notice *x = *(struct pub_notice *const *)a;
+    const struct pub_notice *y = *(struct pub_notice *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/*
+ * Builds the next snapshot from the current one plus the changed rows (and
+ * a new whitelist, when white != NULL; ownership passes to the snapshot).
+ */
+static struct pub_snapshot *
+snap_build(const struct pub_snapshot *old, const PGresult *changes, uint64_t head,
+           uint64_t (*white)[2], size_t nwhite, uint64_t white_version)
+{
+    int rows = changes ? PQntuples(changes) : 0;
+    struct pub_snapshot *s = calloc(1, sizeof(*s));
+    size_t cap = (old ? old->count : 0) + (size_t)rows + 1;
+    if (s == NULL || (s->notices = calloc(cap, sizeof(*s->notices))) == NULL) {
+        free(s);
+        free(white);
+        return NULL;
+    }
+    s->refs = 1;
+    uint64_t old_seq = old != NULL ? old->max_seq : 0;
+    s->max_seq = head > old_seq ? head : old_seq;
+    s->built_us = logic_now_us();
+    /* Keep the old notices that did not change. */
+    for (size_t i = 0; old != NULL && i < old->count; i++) {
+        bool changed = false;
+        for (int k = 0; k < rows && !changed; k++) {
+            if (!PQgetisnull(changes, k, 1))
+                changed = (uint64_t)col_i64(changes, k, 1) == old->notices[i]->notice_id;
+        }
+        if (!changed && (s->notices[s->count] = notice_copy(old->notices[i])) != NULL)
+            s->count++;
+    }
+    for (int k = 0; k < rows; k++) {
+        if (PQgetisnull(changes, k, 1))
+            continue;
+        bool live;
+        struct pub_notice *n = notice_from_row(changes, k, &live);
+        if (n != NULL && live) {
+            s->notices[s->count++] = n;
+        } else if (n != NULL) {
+            free(n->title);
+            free(n->content);
+            free(n);
+        }
+    }
+    qsort(s->notices, s->count, sizeof(s->notices[0]), cmp_seq);
+    if (white != NULL) {
+        s->white = white;
+        s->nwhite = nwhite;
+    } else if (old != NULL && old->nwhite > 0) {
+        s->white = malloc(old->nwhite * sizeof(old->white[0]));
+        if (s->white != NULL) {
+            memcpy(s->white, old->white, old->nwhite * sizeof(old->white[0]));
+            s->nwhite = old->nwhite;
+        }
+    }
+    s->white_version = white_version;
+    return s;
+}
+
+struct handoff {
+    struct logic_worker *w;
+    struct pub_snapshot *s;
+};
+
+/* Runs on a worker's thread: take the new snapshot, drop the old one. */
+static void
+adopt_handoff(evutil_socket_t fd, short what, void *arg)
+{
+    struct handoff *h = arg;
+    struct pub_snapshot *old = h->w->snap;
+    h->w->snap = h->s;
+    pubsnap_unref(old);
+    free(h);
+}
+
+/* Gives every worker a reference to s. */
+static void
+distribute(struct pubcache *c, struct pub_snapshot *s)
+{
+    for (int i = 0; i < c->nworkers; i++) {
+        struct handoff *h = malloc(sizeof(*h));
+        if (h == NULL)
+            continue;
+        h->w = &c->workers[i];
+        h->s = s;
+        __atomic_add_fetch(&s->refs, 1, __ATOMIC_ACQ_REL);
+        struct timeval now = {0, 0};
+        if (event_base_once(h->w->base, -1, EV_TIMEOUT, adopt_handoff, h, &now) != 0) {
+            pubsnap_unref(s);
+            free(h);
+        }
+    }
+}
+
+static bool
+pg_ok(struct pubcache *c)
+{
+    if (c->pg != NULL && PQstatus(c->pg) == CONNECTION_OK)
+        return true;
+    if (c->pg != NULL)
+        PQfinish(c->pg);
+    c->pg = PQconnectdb(c->app->cfg.pg_conninfo);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        log_warn("pubcache_pg_down", "error=%s", "connect failed");
+        return false;
+    }
+    return true;
+}
+
+/* Activates due scheduled notices when the snapshot says some are due. */
+static void
+activate_due(struct pubcache *c, int64_t now)
+{
+    bool due = false;
+    for (size_t i = 0; c->cur != NULL && i < c->cur->count && !due; i++) {
+        const struct pub_notice *n = c->cur->notices[i];
+        due = !n->activated && n->start_at <= now &&
+              (n->state == PUB_PUBLISHED || n->state == PUB_PREPUBLISHED);
+    }
+    if (!due)
+        return;
+    char nowbuf[24];
+    snprintf(nowbuf, sizeof(nowbuf), "%" PRId64, now);
+    const char *params[1] = {nowbuf};
+    PGresult *r = PQexecParams(c->pg, activate_sql, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+        log_info("notices_activated", "count=%s", PQgetvalue(r, 0, 0));
+    else
+        log_warn("notice_activation_failed", "error=%s", PQresultErrorField(r, PG_DIAG_SQLSTATE));
+    PQclear(r);
+}
+
+/* One poll: returns false when the database could not be read. */
+static bool
+poll_once(struct pubcache *c)
+{
+    if (!pg_ok(c))
+        return false;
+    int64_t now = logic_now_us();
+    activate_due(c, now);
+
+    char last[24];
+    snprintf(last, sizeof(last), "%" PRIu64, c->cur ? c->cur->max_seq : 0);
+    const char *params[1] = {last};
+    PGresult *ch = PQexecParams(c->pg, changes_sql, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(ch) != PGRES_TUPLES_OK || PQntuples(ch) < 1) {
+        log_warn("pubcache_poll_failed", "error=%s", PQresultErrorField(ch, PG_DIAG_SQLSTATE));
+        PQclear(ch);
+        PQfinish(c->pg);
+        c->pg = NULL;
+        return false;
+    }
+    uint64_t head = (uint64_t)col_i64(ch, 0, 0);
+    bool notices_changed = !PQgetisnull(ch, 0, 1);
+
+    PGresult *wv = PQexec(c->pg, "SELECT version FROM whitelist_version WHERE id = 1");
+    uint64_t wver = PQresultStatus(wv) == PGRES_TUPLES_OK && PQntuples(wv) == 1
+                        ? (uint64_t)col_i64(wv, 0, 0)
+                        : (c->cur ? c->cur->white_version : 0);
+    PQclear(wv);
+    uint64_t(*white)[2] = NULL;
+    size_t nwhite = 0;
+    bool white_changed = c->cur == NULL || wver != c->cur->white_version;
+    if (white_changed) {
+        PGresult *wl = PQexec(c->pg, "SELECT app_id, uid FROM whitelist ORDER BY app_id, uid");
+        if (PQresultStatus(wl) != PGRES_TUPLES_OK) {
+            PQclear(wl);
+            PQclear(ch);
+            return false;
+        }
+        nwhite = (size_t)PQntuples(wl);
+        white = calloc(nwhite + 1, sizeof(*white));
+        for (size_t i = 0; white != NULL && i < nwhite; i++) {
+            white[i][0] = (uint64_t)col_i64(wl, (int)i, 0);
+            white[i][1] = (uint64_t)col_i64(wl, (int)i, 1);
+        }
+        qsort(white, nwhite, sizeof(*white), cmp_white);
+        PQclear(wl);
+    }
+    if (notices_changed || white_changed || c->cur == NULL || head != c->cur->max_seq) {
+        struct pub_snapshot *s = snap_build(c->cur, notices_changed ? ch : NULL, head, white,
+                                            nwhite, wver);
+        if (s != NULL) {
+            log_debug("pubcache_snapshot", "max_seq=%" PRIu64 " notices=%zu whitelist=%zu",
+                      s->max_seq, s->count, s->nwhite);
+            distribute(c, s);
+            pubsnap_unref(c->cur);
+            c->cur = s;
+        }
+    }
+    PQclear(ch);
+    __atomic_store_n(&c->last_ok_us, logic_now_us(), __ATOMIC_RELAXED);
+    return true;
+}
+
+static void *
+poller_main(void *arg)
+{
+    struct pubcache *c = arg;
+    pthread_mutex_lock(&c->mu);
+    while (!c->stopping) {
+        pthread_mutex_unlock(&c->mu);
+        (void)poll_once(c);
+        pthread_mutex_lock(&c->mu);
+        if (c->stopping)
+            break;
+        if (!c->kicked) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            int64_t ns = until.tv_nsec + c->app->cfg.poll_interval_ms * 1000000LL;
+            until.tv_sec += (time_t)(ns / 1000000000LL);
+            until.tv_nsec = (long)(ns % 1000000000LL);
+            while (!c->stopping && !c->kicked &&
+                   pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT)
+                ;
+        }
+        c->kicked = false;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+void
+pubcache_kick(struct pubcache *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->kicked = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+struct pubcache *
+pubcache_start(struct logic *app, struct logic_worker *workers, int nworkers)
+{
+    struct pubcache *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->app = app;
+    c->workers = workers;
+    c->nworkers = nworkers;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    if (pthread_create(&c->thread, NULL, poller_main, c) != 0) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void
+pubcache_stop(struct pubcache *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->stopping = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+    pubsnap_unref(c->cur);
+    if (c->pg != NULL)
+        PQfinish(c->pg);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c);
+}
+
+bool
+pubcache_load_whitelist_file(const char *conninfo, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(err, errlen, "whitelist_file %s: %s", path, strerror(errno));
+        return false;
+    }
+    /* "{app,...}" and "{uid,...}" text arrays for one INSERT ... unnest. */
+    size_t cap = 4096, alen = 1, ulen = 1, lineno = 0, count = 0;
+    char *apps = malloc(cap), *uids = malloc(cap), line[256];
+    bool ok = apps != NULL && uids != NULL;
+    if (ok) {
+        apps[0] = uids[0] = '{';
+    }
+    while (ok && fgets(line, sizeof(line), f) != NULL) {
+        lineno++;
+        char *h = line + strspn(line, " \t");
+        if (*h == '#' || *h == '\n' || *h == '\0')
+            continue;
+        unsigned long long a, u;
+        char extra;
+        if (sscanf(h, "%llu %llu %c", &a, &u, &extra) != 2) {
+            snprintf(err, errlen, "whitelist_file %s:%zu: expected 'app_id uid'", path, lineno);
+            ok = false;
+            break;
+        }
+        if (alen + 24 >= cap || ulen + 24 >= cap) {
+            cap *= 2;
+            char *na = realloc(apps, cap), *nu = na ? realloc(uids, cap) : NULL;
+            if (na)
+                apps = na;
+            if (nu)
+                uids = nu;
+            if (!na || !nu) {
+                snprintf(err, errlen, "out of memory");
+                ok = false;
+                break;
+            }
+        }
+        alen += (size_t)sprintf(apps + alen, "%s%" PRId64, count ? "," : "", (int64_t)a);
+        ulen += (size_t)sprintf(uids + ulen, "%s%" PRId64, count ? "," : "", (int64_t)u);
+        count++;
+    }
+    fclose(f);
+    if (ok && count > 0) {
+        strcpy(apps + alen, "}");
+        strcpy(uids + ulen, "}");
+        PGconn *c = PQconnectdb(conninfo);
+        const char *params[2] = {apps, uids};
+        PGresult *r = PQstatus(c) == CONNECTION_OK
+                          ? PQexecParams(c,
+                                         "WITH ins AS (INSERT INTO whitelist (app_id, uid)"
+                                         " SELECT * FROM unnest($1::int8[], $2::int8[])"
+                                         " ON CONFLICT DO NOTHING RETURNING 1)"
+                                         " UPDATE whitelist_version SET version = version + 1"
+                                         " WHERE id = 1 AND EXISTS (SELECT 1 FROM ins)",
+                                         2, NULL, params, NULL, NULL, 0)
+                          : NULL;
+        ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            snprintf(err, errlen, "whitelist_file: %s",
+                     r ? PQresultErrorMessage(r) : PQerrorMessage(c));
+        PQclear(r);
+        PQfinish(c);
+        if (ok)
+            log_info("whitelist_loaded", "file=%s entries=%zu", path, count);
+    }
+    free(apps);
+    free(uids);
+    return ok;
+}
