@@ -108,6 +108,8 @@ type_name(enum cfg_type t)
     switch (t) {
     case CFG_STR:
         return "string";
+    case CFG_SECRET:
+        return "secret";
     case CFG_INT:
         return "int";
     case CFG_BOOL:
@@ -265,7 +267,8 @@ set_value(const struct cfg_key *k, void *target, const char *value, char *err, s
         return false;
     }
     switch (k->type) {
-    case CFG_STR: {
+    case CFG_STR:
+    case CFG_SECRET: {
         char *copy = strdup(value);
         if (copy == NULL) {
             set_err(err, errlen, "key '%s': out of memory", k->name);
@@ -339,7 +342,8 @@ check_schema(const struct cfg_schema *s, char *err, size_t errlen)
                     show(sb, k->name), CFG_MAX_NAME);
             return false;
         }
-        if (k->type != CFG_STR && k->type != CFG_INT && k->type != CFG_BOOL) {
+        if (k->type != CFG_STR && k->type != CFG_SECRET && k->type != CFG_INT &&
+            k->type != CFG_BOOL) {
             set_err(err, errlen, "schema: key '%s': unknown type %d", k->name, (int)k->type);
             return false;
         }
@@ -361,7 +365,7 @@ static void
 clear_strings(const struct cfg_schema *s, void *target)
 {
     for (size_t i = 0; i < s->nkeys; i++) {
-        if (s->keys[i].type == CFG_STR)
+        if (s->keys[i].type == CFG_STR || s->keys[i].type == CFG_SECRET)
             *(char **)slot(&s->keys[i], target) = NULL;
     }
 }
@@ -647,7 +651,7 @@ void
 cfg_free(const struct cfg_schema *s, void *target)
 {
     for (size_t i = 0; i < s->nkeys; i++) {
-        if (s->keys[i].type != CFG_STR)
+        if (s->keys[i].type != CFG_STR && s->keys[i].type != CFG_SECRET)
             continue;
         char **p = slot(&s->keys[i], target);
         free(*p);
@@ -708,6 +712,12 @@ cfg_print_values(const struct cfg_schema *s, const void *target, FILE *out)
             print_str(out, v != NULL ? v : "");
             break;
         }
+        case CFG_SECRET: {
+            /* Never echo a secret; say only whether it is set. */
+            const char *v = *(char *const *)p;
+            print_str(out, v != NULL && v[0] != '\0' ? "(secret, set)" : "");
+            break;
+        }
         case CFG_INT:
             fprintf(out, "%" PRId64, *(const int64_t *)p);
             break;
@@ -744,7 +754,7 @@ cfg_print_help(const struct cfg_schema *s, FILE *out)
         if (k->type == CFG_INT && has_range(k))
             fprintf(out, " %" PRId64 "..%" PRId64, k->min, k->max);
         fputs("  default ", out);
-        if (k->type == CFG_STR) {
+        if (k->type == CFG_STR || k->type == CFG_SECRET) {
             /* Always quoted, so an empty default is visible. */
             fputc('"', out);
             for (const char *p = k->def != NULL ? k->def : ""; *p != '\0'; p++) {

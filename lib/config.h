@@ -34,6 +34,7 @@ enum cfg_type {
     CFG_STR,  /* char * (heap, owned by the target; freed by cfg_free) */
     CFG_INT,  /* int64_t, checked against [min, max] */
     CFG_BOOL, /* bool: true/false, yes/no, on/off, 1/0 */
+    CFG_SECRET, /* like CFG_STR, but never printed (keys, tokens, passwords) */
 };
 
 struct cfg_key {

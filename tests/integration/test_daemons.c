@@ -218,7 +218,11 @@ START_TEST(bad_config_one_clear_line)
     ck_assert_msg(strstr(out, "LOGICD_THREADS"), "got: %s", out);
 
     const char *check[] = {prog, "-c", path, "--check-config", NULL};
+    write_text(path, "server_key = s3cr3t-server\ntoken_key = s3cr3t-token\n");
     ck_assert_int_eq(run_prog(check, NULL, out, sizeof(out)), 0);
+    /* Secrets are never echoed. */
+    ck_assert_msg(strstr(out, "s3cr3t") == NULL, "secret printed: %s", out);
+    ck_assert_ptr_nonnull(strstr(out, "server_key = (secret, set)"));
 
     const char *help[] = {prog, "--help", NULL};
     ck_assert_int_eq(run_prog(help, NULL, out, sizeof(out)), 0);
