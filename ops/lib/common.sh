@@ -146,7 +146,7 @@ redis_start() {
     --pidfile "$dir/redis/redis.pid" --logfile "$dir/redis/redis.log" --dir "$dir/redis" \
     --protected-mode yes >/dev/null || return 1
   local i
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return 0
     sleep 0.05
   done
@@ -159,7 +159,7 @@ redis_stop() {
   pid=$(cat "$dir/redis/redis.pid")
   kill "$pid" 2>/dev/null || true
   local i
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
   done

@@ -704,8 +704,8 @@ http_error(int status, char *out, size_t outlen)
     case 431:
         return ws_handshake_error_response(WS_HS_TOO_LARGE, out, outlen);
     case 404:
-        return ws_http_error_response(404, "not_found", "no WebSocket endpoint here (use /ws)",
-                                      out, outlen);
+        return ws_http_error_response(404, "not_found", "no WebSocket endpoint here (use /ws)", out,
+                                      outlen);
     default:
         return ws_http_error_response(status, "unavailable", "try again later", out, outlen);
     }

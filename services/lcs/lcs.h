@@ -90,10 +90,10 @@ struct lcs {
     struct conn_registry *reg;
     struct pacer *pacers; /* list of running paced notifies */
     struct event *pace_ev;
-    bool stopping;             /* SIGTERM seen: closing every connection */
-    struct event *stop_ev;     /* hard deadline of the shutdown */
-    char channel[96];          /* "lcs:{<node_id>}" */
-    uint8_t *scratch;          /* shared read buffer (see conn.c) */
+    bool stopping;         /* SIGTERM seen: closing every connection */
+    struct event *stop_ev; /* hard deadline of the shutdown */
+    char channel[96];      /* "lcs:{<node_id>}" */
+    uint8_t *scratch;      /* shared read buffer (see conn.c) */
 };
 
 #define LCS_BROADCAST_CHANNEL "lcs:broadcast"

@@ -63,9 +63,9 @@ register_metrics(struct lcs *l)
         l->m.conns_state[i] =
             metrics_gauge(m, "lcs_connections", "open WebSocket connections, by state", label);
     }
-    l->m.conn_struct_bytes = metrics_gauge(
-        m, "lcs_conn_struct_bytes", "sizeof(struct conn): fixed user-space bytes per connection",
-        NULL);
+    l->m.conn_struct_bytes =
+        metrics_gauge(m, "lcs_conn_struct_bytes",
+                      "sizeof(struct conn): fixed user-space bytes per connection", NULL);
     l->m.conn_buffer_bytes = metrics_gauge(
         m, "lcs_conn_buffer_bytes",
         "heap held by connections beyond their struct: partial input, queued output, device ids",
@@ -89,12 +89,10 @@ register_metrics(struct lcs *l)
     l->m.accept_backoff = metrics_counter(m, "lcs_accept_backoff_total",
                                           "accept pauses for lack of descriptors", NULL);
     l->m.accepted = metrics_counter(m, "lcs_accepted_total", "TCP connections accepted", NULL);
-    l->m.route_writes =
-        metrics_counter(m, "lcs_route_commands_total", "route scripts sent to Redis",
-                        "result=\"sent\"");
-    l->m.route_errors =
-        metrics_counter(m, "lcs_route_commands_total", "route scripts sent to Redis",
-                        "result=\"error\"");
+    l->m.route_writes = metrics_counter(m, "lcs_route_commands_total",
+                                        "route scripts sent to Redis", "result=\"sent\"");
+    l->m.route_errors = metrics_counter(m, "lcs_route_commands_total",
+                                        "route scripts sent to Redis", "result=\"error\"");
 }
 
 static void
@@ -104,12 +102,12 @@ admin_healthz(struct http_req *r, void *ctx)
     bool cmd_up = redis_connected(l->redis);
     bool sub_up = l->sub != NULL && redis_connected(l->sub);
     bool redis_up = cmd_up && sub_up;
-    json_t *body = json_pack(
-        "{s:s, s:s, s:s, s:I, s:{s:b, s:b, s:b}, s:I, s:b}", "status", redis_up ? "ok" : "degraded",
-        "service", "lcsd", "node", l->cfg.node_id, "uptime_s",
-        (json_int_t)((lcs_now_us() - l->started_us) / 1000000), "redis", "up", redis_up,
-        "commands", cmd_up, "subscriber", sub_up, "connections", (json_int_t)conn_count(l),
-        "stopping", l->stopping);
+    json_t *body =
+        json_pack("{s:s, s:s, s:s, s:I, s:{s:b, s:b, s:b}, s:I, s:b}", "status",
+                  redis_up ? "ok" : "degraded", "service", "lcsd", "node", l->cfg.node_id,
+                  "uptime_s", (json_int_t)((lcs_now_us() - l->started_us) / 1000000), "redis", "up",
+                  redis_up, "commands", cmd_up, "subscriber", sub_up, "connections",
+                  (json_int_t)conn_count(l), "stopping", l->stopping);
     http_reply_json(r, redis_up ? 200 : 503, body);
 }
 

@@ -14,7 +14,8 @@
 #include "metrics.h"
 #include "session.h"
 
-/* Connections looked at per pacer and tick at most, so other apps' connections cannot stall the loop. */
+/* Connections looked at per pacer and tick at most, so other apps' connections cannot stall the
+ * loop. */
 #define PACE_SCAN_MAX 50000
 
 struct pacer {
@@ -59,7 +60,8 @@ pacer_run(struct lcs *l, struct pacer *p, int64_t now_ms)
         /* Advance first: the notify may end c (a write error frees it after this tick). */
         p->cursor = c->all_next;
         scanned++;
-        if (c->state == CONN_ACTIVE && c->app_id == p->app && session_notify(c, p->app, p->msg_id)) {
+        if (c->state == CONN_ACTIVE && c->app_id == p->app &&
+            session_notify(c, p->app, p->msg_id)) {
             p->credit -= 1.0;
             p->sent++;
             metric_inc(l->m.paced_sent);
@@ -109,8 +111,8 @@ pace_start(struct lcs *l, uint64_t app, uint64_t notice, uint64_t msg_id, uint64
     if (p == NULL) {
         p = calloc(1, sizeof(*p));
         if (p == NULL) {
-            log_error("pace_failed", "app=%" PRIu64 " notice=%" PRIu64 " reason=out_of_memory",
-                      app, notice);
+            log_error("pace_failed", "app=%" PRIu64 " notice=%" PRIu64 " reason=out_of_memory", app,
+                      notice);
             return;
         }
         p->next = l->pacers;

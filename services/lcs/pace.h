@@ -19,8 +19,7 @@
 struct lcs;
 
 /* Starts (or restarts) the paced notify of (app, notice) with msg_id at rate_per_s. */
-void pace_start(struct lcs *l, uint64_t app, uint64_t notice, uint64_t msg_id,
-                uint64_t rate_per_s);
+void pace_start(struct lcs *l, uint64_t app, uint64_t notice, uint64_t msg_id, uint64_t rate_per_s);
 
 /* Stops it (the notice was stopped or retracted meanwhile). */
 void pace_stop(struct lcs *l, uint64_t app, uint64_t notice);

@@ -45,21 +45,19 @@ static const char script_register[] =
  * Refresh and re-register after a reconnect: write only if the field is
  * missing or still ours, so a newer login elsewhere is never overwritten.
  */
-static const char script_refresh[] =
-    "local cur = redis.call('HGET', KEYS[1], ARGV[1])\n"
-    "if cur == false or cur == ARGV[2] then\n"
-    "  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
-    "  redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
-    "  return 1\n"
-    "end\n"
-    "return 0\n";
+static const char script_refresh[] = "local cur = redis.call('HGET', KEYS[1], ARGV[1])\n"
+                                     "if cur == false or cur == ARGV[2] then\n"
+                                     "  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+                                     "  redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
+                                     "  return 1\n"
+                                     "end\n"
+                                     "return 0\n";
 
 /* Close: compare and delete. */
-static const char script_unregister[] =
-    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then\n"
-    "  return redis.call('HDEL', KEYS[1], ARGV[1])\n"
-    "end\n"
-    "return 0\n";
+static const char script_unregister[] = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then\n"
+                                        "  return redis.call('HDEL', KEYS[1], ARGV[1])\n"
+                                        "end\n"
+                                        "return 0\n";
 
 /* Who a pending register reply belongs to: looked up again, the conn may be gone. */
 struct route_wait {
@@ -84,8 +82,8 @@ route_eval(struct conn *c, const char *script, bool extra, redis_cb cb, void *ar
     snprintf(ttl, sizeof(ttl), "%" PRId64, l->cfg.route_ttl_s);
     snprintf(app, sizeof(app), "%" PRIu64, c->app_id);
     snprintf(uid, sizeof(uid), "%" PRIu64, c->uid);
-    const char *argv[10] = {"EVAL", script, "1", key, c->device, value, ttl, l->cfg.node_id,
-                            app, uid};
+    const char *argv[10] = {"EVAL", script,         "1", key, c->device, value,
+                            ttl,    l->cfg.node_id, app, uid};
     size_t lens[10];
     for (int i = 0; i < 10; i++)
         lens[i] = strlen(argv[i]);
@@ -234,9 +232,8 @@ route_line(struct lcs *l, const char *line, size_t n)
     }
     switch (f[0].s[0]) {
     case 'n':
-        if (k == 6 && field_u64(&f[1], &app) && field_u64(&f[2], &uid) &&
-            field_u64(&f[3], &msg) && field_str(&f[4], device, sizeof(device)) &&
-            field_u64(&f[5], &conn_id)) {
+        if (k == 6 && field_u64(&f[1], &app) && field_u64(&f[2], &uid) && field_u64(&f[3], &msg) &&
+            field_str(&f[4], device, sizeof(device)) && field_u64(&f[5], &conn_id)) {
             session_notify_line(l, app, uid, msg, device, conn_id);
             return;
         }

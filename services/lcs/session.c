@@ -134,8 +134,8 @@ session_login(struct conn *c, const Mbox__Frame *f)
     }
     conn_session_add(c);
     conn_set_state(c, CONN_ACTIVE);
-    metric_inc(
-        metrics_counter(l->metrics, "lcs_logins_total", "login frames, by result", "result=\"ok\""));
+    metric_inc(metrics_counter(l->metrics, "lcs_logins_total", "login frames, by result",
+                               "result=\"ok\""));
     char qd[160], qp[48], qv[48];
     log_info("conn_login",
              "conn=%" PRIu64 " app=%" PRIu64 " uid=%" PRIu64
@@ -219,10 +219,10 @@ session_notify(struct conn *c, uint64_t app_id, uint64_t msg_id)
     if (c->format == CONN_FMT_JSON) {
         /* Hot path: the exact text pbjson would write for these three fields. */
         char buf[128];
-        int n = snprintf(buf, sizeof(buf),
-                         "{\"type\":\"notify\",\"app_id\":\"%" PRIu64 "\",\"msg_id\":\"%" PRIu64
-                         "\"}",
-                         app_id, msg_id);
+        int n =
+            snprintf(buf, sizeof(buf),
+                     "{\"type\":\"notify\",\"app_id\":\"%" PRIu64 "\",\"msg_id\":\"%" PRIu64 "\"}",
+                     app_id, msg_id);
         return conn_send(c, WS_OP_TEXT, buf, (size_t)n);
     }
     Mbox__Frame f = MBOX__FRAME__INIT;
@@ -234,8 +234,8 @@ session_notify(struct conn *c, uint64_t app_id, uint64_t msg_id)
 }
 
 void
-session_notify_line(struct lcs *l, uint64_t app, uint64_t uid, uint64_t msg_id,
-                    const char *device, uint64_t conn_id)
+session_notify_line(struct lcs *l, uint64_t app, uint64_t uid, uint64_t msg_id, const char *device,
+                    uint64_t conn_id)
 {
     struct conn *c = conn_find(l, conn_id);
     if (c == NULL) {
@@ -252,8 +252,7 @@ session_notify_line(struct lcs *l, uint64_t app, uint64_t uid, uint64_t msg_id,
 }
 
 void
-session_kick_line(struct lcs *l, uint64_t app, uint64_t uid, const char *device,
-                  uint64_t conn_id)
+session_kick_line(struct lcs *l, uint64_t app, uint64_t uid, const char *device, uint64_t conn_id)
 {
     struct conn *c = conn_find(l, conn_id);
     if (c == NULL || c->state != CONN_ACTIVE || c->app_id != app || c->uid != uid ||

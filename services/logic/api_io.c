@@ -140,7 +140,12 @@ api_decode(struct http_req *r, const ProtobufCMessageDescriptor *desc, ProtobufC
         }
         return true;
     }
-    if (ct != NULL && strncasecmp(ct, "application/json", 16) != 0 && len > 0) {
+    /* curl -d sends application/x-www-form-urlencoded unless told otherwise;
+     * the body is still JSON, so that default (and text/plain) is read as
+     * JSON. Anything else names a format this service does not speak. */
+    if (ct != NULL && len > 0 && strncasecmp(ct, "application/json", 16) != 0 &&
+        strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0 &&
+        strncasecmp(ct, "text/plain", 10) != 0) {
         http_reply_error(r, 415, "unsupported_media_type",
                          "Content-Type must be application/json or " PROTOBUF_TYPE);
         return false;

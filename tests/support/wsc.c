@@ -304,9 +304,9 @@ wsc_wait_close(struct wsc *c, int timeout_ms)
 json_t *
 wsc_login_json(struct wsc *c, const char *token, const char *device)
 {
-    json_t *login = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "type", "login", "token", token,
-                              "device_id", device, "platform", "ios", "app_version", "8.0.25",
-                              "core_level", "220819");
+    json_t *login =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "type", "login", "token", token, "device_id",
+                  device, "platform", "ios", "app_version", "8.0.25", "core_level", "220819");
     char *s = json_dumps(login, JSON_COMPACT);
     json_decref(login);
     bool ok = wsc_send_text(c, s);

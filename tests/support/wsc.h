@@ -17,8 +17,8 @@
 
 struct wsc {
     int fd;
-    int http_status;  /* status of the handshake response (101 when open), -1 none */
-    char *http_body;  /* body of a non-101 response, NUL-terminated (or NULL) */
+    int http_status; /* status of the handshake response (101 when open), -1 none */
+    char *http_body; /* body of a non-101 response, NUL-terminated (or NULL) */
     struct ws_parser p;
     uint8_t *buf; /* received bytes not yet parsed */
     size_t len, cap;
