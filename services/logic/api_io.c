@@ -239,6 +239,16 @@ api_int8_array(const uint64_t *v, size_t n)
     return s;
 }
 
+bool
+api_query(struct http_req *r, struct logic_worker *w, const char *stmt, const struct pg_params *p,
+          pg_cb cb, void *arg)
+{
+    if (pg_query(w->pg, stmt, p, cb, arg))
+        return true;
+    http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    return false;
+}
+
 void
 api_reply_pg_error(struct http_req *r, const struct pg_error *err)
 {

@@ -14,6 +14,8 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include <libpq-fe.h>
+
 #include "http.h"
 #include "token.h"
 
@@ -60,8 +62,19 @@ bool api_param_u64(struct http_req *r, const char *name, uint64_t *out)
  */
 char *api_int8_array(const uint64_t *v, size_t n);
 
-/* Replies 503 for a dependency error, 500-ish for the rest (logged). */
+struct pg_params;
 struct pg_error;
+/*
+ * Runs a prepared statement for request r on w's pool. When no connection
+ * can take it, replies 503 (with Retry-After) and returns false; the
+ * caller then frees its own state (callers without state may ignore the
+ * result: the request is answered either way). Otherwise cb(arg) follows.
+ */
+bool api_query(struct http_req *r, struct logic_worker *w, const char *stmt,
+               const struct pg_params *p,
+               void (*cb)(const PGresult *, const struct pg_error *, void *), void *arg);
+
+/* Replies 503 for a dependency error, 500-ish for the rest (logged). */
 void api_reply_pg_error(struct http_req *r, const struct pg_error *err);
 
 #endif

@@ -25,9 +25,9 @@
 #include "redis.h"
 #include "sql.h"
 
-#define TITLE_MAX 512
-#define LIST_MAX 500
-#define AUDIT_BODY_MAX 65536
+#define TITLE_MAX          512
+#define LIST_MAX           500
+#define AUDIT_BODY_MAX     65536
 #define WHITELIST_MAX_UIDS 100000
 
 /* ---- rows to Notice messages ---- */
@@ -49,15 +49,15 @@ notice_from_row(const PGresult *res, int row, struct notice_out *o)
     mbox__notice__init(&o->n);
     mbox__targeting__init(&o->t);
     mbox__notify_policy__init(&o->p);
-#define U64(f)                                                                                 \
-    do {                                                                                       \
-        o->n.has_##f = 1;                                                                      \
-        o->n.f = (uint64_t)pg_get_i64(res, row, pg_col(res, #f));                              \
+#define U64(f)                                                                                     \
+    do {                                                                                           \
+        o->n.has_##f = 1;                                                                          \
+        o->n.f = (uint64_t)pg_get_i64(res, row, pg_col(res, #f));                                  \
     } while (0)
-#define I32(f)                                                                                 \
-    do {                                                                                       \
-        o->n.has_##f = 1;                                                                      \
-        o->n.f = (int32_t)pg_get_i64(res, row, pg_col(res, #f));                               \
+#define I32(f)                                                                                     \
+    do {                                                                                           \
+        o->n.has_##f = 1;                                                                          \
+        o->n.f = (int32_t)pg_get_i64(res, row, pg_col(res, #f));                                   \
     } while (0)
     U64(notice_id);
     U64(app_id);
@@ -156,8 +156,7 @@ validate_notice(struct http_req *r, const struct logic_config *c, const Mbox__No
                          n->content.len, c->max_content_bytes);
         return false;
     }
-    if (n->has_start_at && n->has_expire_at && n->expire_at != 0 &&
-        n->expire_at <= n->start_at) {
+    if (n->has_start_at && n->has_expire_at && n->expire_at != 0 && n->expire_at <= n->start_at) {
         http_reply_error(r, 400, "invalid_argument", "expire_at must be after start_at");
         return false;
     }
@@ -179,7 +178,8 @@ validate_notice(struct http_req *r, const struct logic_config *c, const Mbox__No
         for (size_t i = 0; i < t->n_platforms; i++) {
             const char *p = t->platforms[i];
             size_t len = strlen(p);
-            bool ok = len > 0 && len < 16 && strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_-") == len;
+            bool ok =
+                len > 0 && len < 16 && strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_-") == len;
             if (!ok) {
                 http_reply_error(r, 400, "invalid_argument",
                                  "targeting.platforms[%zu]: lower-case [a-z0-9_-], 1..15 chars", i);
@@ -288,10 +288,8 @@ api_notice_create(struct http_req *r, void *ctx)
     pg_param_text(&p, actor);
     pg_param_i64(&p, logic_now_us());
     pg_param_text(&p, audit_body(r));
-    bool sent = pg_query(w->pg, SQL_NOTICE_CREATE, &p, on_created, r);
+    api_query(r, w, SQL_NOTICE_CREATE, &p, on_created, r);
     api_msg_free(m);
-    if (!sent)
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
 }
 
 /* ---- GET /v1/notices, GET /v1/notices/{id} ---- */
@@ -347,8 +345,7 @@ api_notice_list(struct http_req *r, void *ctx)
     pg_param_i64(&p, (int64_t)app);
     pg_param_text(&p, state ? state : "");
     pg_param_i32(&p, (int32_t)limit);
-    if (!pg_query(w->pg, SQL_NOTICE_LIST, &p, on_list, r))
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    api_query(r, w, SQL_NOTICE_LIST, &p, on_list, r);
 }
 
 static void
@@ -377,8 +374,7 @@ api_notice_get(struct http_req *r, void *ctx)
     struct pg_params p;
     pg_params_init(&p);
     pg_param_i64(&p, (int64_t)id);
-    if (!pg_query(w->pg, SQL_NOTICE_GET, &p, on_get, r))
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    api_query(r, w, SQL_NOTICE_GET, &p, on_get, r);
 }
 
 /* ---- lifecycle: prepublish, publish, stop, retract, delete ---- */
@@ -414,8 +410,8 @@ broadcast_pacing(struct logic_worker *w, const PGresult *res, const struct trans
     size_t len;
     const char *mode = pg_get_bytes(res, 0, pg_col(res, "notify_mode"), &len);
     if (strcmp(t->action, "publish") == 0 && strcmp(mode, "paced") == 0) {
-        snprintf(line, sizeof(line), "p %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRId64 "\n", app,
-                 id, (uint64_t)pg_get_i64(res, 0, pg_col(res, "msg_id")),
+        snprintf(line, sizeof(line), "p %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRId64 "\n", app, id,
+                 (uint64_t)pg_get_i64(res, 0, pg_col(res, "msg_id")),
                  pg_get_i64(res, 0, pg_col(res, "notify_rate")));
     } else if (strcmp(t->action, "stop") == 0 || strcmp(t->action, "retract") == 0 ||
                strcmp(t->action, "delete") == 0) {
@@ -493,8 +489,7 @@ run_transition(struct http_req *r, struct logic_worker *w, const struct transiti
     pg_param_text(&p, t->action);
     pg_param_text(&p, audit_body(r));
     pg_param_bool(&p, t->del);
-    if (!pg_query(w->pg, SQL_NOTICE_TRANSITION, &p, on_transition, op)) {
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    if (!api_query(r, w, SQL_NOTICE_TRANSITION, &p, on_transition, op)) {
         free(op);
     }
 }
@@ -630,8 +625,8 @@ on_patch_read(const PGresult *res, const struct pg_error *err, void *arg)
         return;
     }
     const char *mode = e->notify && e->notify->mode ? e->notify->mode : cur.p.mode;
-    uint32_t rate = e->notify && e->notify->has_rate_per_s ? e->notify->rate_per_s
-                                                           : cur.p.rate_per_s;
+    uint32_t rate =
+        e->notify && e->notify->has_rate_per_s ? e->notify->rate_per_s : cur.p.rate_per_s;
     char plats[256];
     platforms_literal(t, plats, sizeof(plats));
     struct pg_params p;
@@ -659,8 +654,7 @@ on_patch_read(const PGresult *res, const struct pg_error *err, void *arg)
     pg_param_text(&p, op->actor);
     pg_param_i64(&p, logic_now_us());
     pg_param_text(&p, audit_body(r));
-    if (!pg_query(op->w->pg, SQL_NOTICE_PATCH, &p, on_patched, op)) {
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    if (!api_query(r, op->w, SQL_NOTICE_PATCH, &p, on_patched, op)) {
         patch_free(op);
     }
 }
@@ -714,8 +708,7 @@ api_notice_patch(struct http_req *r, void *ctx)
     struct pg_params p;
     pg_params_init(&p);
     pg_param_i64(&p, (int64_t)id);
-    if (!pg_query(w->pg, SQL_NOTICE_GET, &p, on_patch_read, op)) {
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    if (!api_query(r, w, SQL_NOTICE_GET, &p, on_patch_read, op)) {
         patch_free(op);
     }
 }
@@ -842,8 +835,7 @@ api_whitelist(struct http_req *r, void *ctx)
         struct pg_params p;
         pg_params_init(&p);
         pg_param_i64(&p, (int64_t)app);
-        if (!pg_query(w->pg, SQL_WHITELIST_LIST, &p, on_whitelist_list, r))
-            http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+        api_query(r, w, SQL_WHITELIST_LIST, &p, on_whitelist_list, r);
         return;
     }
     ProtobufCMessage *m;
@@ -878,12 +870,11 @@ api_whitelist(struct http_req *r, void *ctx)
     pg_param_text(&p, actor);
     pg_param_i64(&p, logic_now_us());
     pg_param_text(&p, audit_body(r));
-    bool sent = pg_query(w->pg, SQL_WHITELIST_CHANGE, &p, on_whitelist_changed, op);
+    bool sent = api_query(r, w, SQL_WHITELIST_CHANGE, &p, on_whitelist_changed, op);
     free(arr);
     api_msg_free(m);
     if (!sent) {
         free(op);
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
     }
 }
 
@@ -908,9 +899,9 @@ on_audit(const PGresult *res, const struct pg_error *err, void *arg)
         const char *actor = pg_get_bytes(res, i, 2, &len);
         const char *action = pg_get_bytes(res, i, 3, &len);
         const char *body = pg_get_bytes(res, i, 6, &len);
-        json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s%}", "id", id, "at", at, "actor",
-                              actor, "action", action, "notice_id", nid, "app_id", app, "body",
-                              body, len);
+        json_t *e =
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s%}", "id", id, "at", at, "actor", actor,
+                      "action", action, "notice_id", nid, "app_id", app, "body", body, len);
         if (e != NULL)
             json_array_append_new(entries, e);
     }
@@ -932,6 +923,5 @@ api_audit(struct http_req *r, void *ctx)
     pg_params_init(&p);
     pg_param_i64(&p, (int64_t)nid);
     pg_param_i32(&p, (int32_t)limit);
-    if (!pg_query(w->pg, SQL_AUDIT_LIST, &p, on_audit, r))
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    api_query(r, w, SQL_AUDIT_LIST, &p, on_audit, r);
 }

@@ -6,9 +6,11 @@
 #include "fanout.h"
 
 const struct http_route logic_sdk_routes[] = {
-    {HTTP_POST, "/v1/sync", api_sync},   {HTTP_GET, "/v1/history", api_history},
+    {HTTP_POST, "/v1/sync", api_sync},
+    {HTTP_GET, "/v1/history", api_history},
     {HTTP_POST, "/v1/read", api_read},
-    {HTTP_POST, "/v1/notices/{id}/hide", api_notice_hide},   {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
+    {HTTP_POST, "/v1/notices/{id}/hide", api_notice_hide},
+    {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
     {HTTP_GET, "/metrics", api_metrics},
 };
 const size_t logic_sdk_nroutes = sizeof(logic_sdk_routes) / sizeof(logic_sdk_routes[0]);

@@ -225,8 +225,7 @@ send_issue(struct send_op *op)
     pg_param_bytea(&p, q->content.data, q->content.len);
     op->attempts++;
     op->nfresh = 0;
-    if (!pg_query(op->w->pg, SQL_SEND, &p, on_sent, op)) {
-        http_reply_error(op->r, 503, "unavailable", "database unavailable, retry later");
+    if (!api_query(op->r, op->w, SQL_SEND, &p, on_sent, op)) {
         send_op_free(op);
     }
 }
@@ -464,10 +463,9 @@ api_recall(struct http_req *r, void *ctx)
     pg_param_text(&p, q->msgkey ? q->msgkey : "");
     pg_param_i64(&p, now);
     pg_param_i64(&p, now + w->app->cfg.default_expire_s * 1000000);
-    bool sent = pg_query(w->pg, SQL_RECALL, &p, on_recalled, op);
+    bool sent = api_query(r, w, SQL_RECALL, &p, on_recalled, op);
     api_msg_free(m);
     if (!sent) {
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
         free(op);
     }
 }

@@ -252,8 +252,7 @@ query_private(struct pull_op *op)
         pg_param_i64(&p, logic_now_us());
         stmt = SQL_SYNC;
     }
-    if (!pg_query(op->w->pg, stmt, &p, on_private_rows, op)) {
-        http_reply_error(op->r, 503, "unavailable", "database unavailable, retry later");
+    if (!api_query(op->r, op->w, stmt, &p, on_private_rows, op)) {
         pull_free(op);
     }
 }
@@ -262,8 +261,8 @@ query_private(struct pull_op *op)
 static void
 after_public(struct pull_op *op)
 {
-    bool private_empty = !op->history && op->hint.usable && op->hint.has_m &&
-                         op->hint.m <= op->cur.p;
+    bool private_empty =
+        !op->history && op->hint.usable && op->hint.has_m && op->hint.m <= op->cur.p;
     if (!op->history && (private_empty || op->npub >= op->limit)) {
         /* npub == limit: the private side waits for the next call (has_more). */
         bool more = !private_empty && op->npub >= op->limit;
@@ -320,10 +319,9 @@ public_state(struct pull_op *op)
     pg_param_i64(&p, (int64_t)op->who.app_id);
     pg_param_i64(&p, (int64_t)op->who.uid);
     pg_param_text(&p, arr);
-    bool sent = pg_query(op->w->pg, SQL_NOTICE_USER_STATE, &p, on_user_state, op);
+    bool sent = api_query(op->r, op->w, SQL_NOTICE_USER_STATE, &p, on_user_state, op);
     free(arr);
     if (!sent) {
-        http_reply_error(op->r, 503, "unavailable", "database unavailable, retry later");
         pull_free(op);
     }
 }
@@ -363,8 +361,8 @@ api_sync(struct http_req *r, void *ctx)
         limit = limit == 0 ? 1 : (uint32_t)c->sync_max_limit;
     op->limit = limit;
     const char *cs = q->cursor ? q->cursor : "";
-    bool bad = strlen(cs) > CURSOR_MAX_LEN ||
-               cursor_decode(cs, (uint32_t)c->epoch, &op->cur) != CURSOR_OK;
+    bool bad =
+        strlen(cs) > CURSOR_MAX_LEN || cursor_decode(cs, (uint32_t)c->epoch, &op->cur) != CURSOR_OK;
     api_msg_free(m);
     if (bad) {
         http_reply_error(r, 400, "invalid_argument",
@@ -376,8 +374,7 @@ api_sync(struct http_req *r, void *ctx)
      * rows it points after may be gone; the client reloads from scratch. */
     int64_t now = logic_now_us();
     int64_t horizon = now - c->retention_s * 1000000;
-    if (op->cur.epoch != (uint32_t)c->epoch ||
-        (op->cur.p != 0 && (int64_t)op->cur.p < horizon)) {
+    if (op->cur.epoch != (uint32_t)c->epoch || (op->cur.p != 0 && (int64_t)op->cur.p < horizon)) {
         struct cursor fresh = {.epoch = (uint32_t)c->epoch};
         char cbuf[CURSOR_STR_LEN];
         cursor_encode(&fresh, cbuf);
@@ -398,9 +395,9 @@ api_sync(struct http_req *r, void *ctx)
             pull_free(op);
             return;
         }
-        op->npub = pub_select((const struct pub_notice *const *)op->snap->notices,
-                              op->snap->count, op->snap->max_seq, &v, op->cur.g, now, op->pub,
-                              limit, &op->new_g, &op->pub_truncated);
+        op->npub = pub_select((const struct pub_notice *const *)op->snap->notices, op->snap->count,
+                              op->snap->max_seq, &v, op->cur.g, now, op->pub, limit, &op->new_g,
+                              &op->pub_truncated);
     }
     hint_read(w, op->who.app_id, op->who.uid, on_sync_hint, op);
 }
@@ -505,8 +502,7 @@ api_notice_hide(struct http_req *r, void *ctx)
     pg_param_text(&p, arr);
     pg_param_bool(&p, false);
     pg_param_bool(&p, true);
-    if (!pg_query(w->pg, SQL_NOTICE_USER_MARK, &p, on_marked, r))
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    api_query(r, w, SQL_NOTICE_USER_MARK, &p, on_marked, r);
 }
 
 /* ---- POST /v1/read: private msg_ids and notice_ids ---- */
@@ -552,11 +548,10 @@ on_read_step(const PGresult *res, const struct pg_error *err, void *arg)
     pg_param_text(&p, op->notice_arr);
     pg_param_bool(&p, true);
     pg_param_bool(&p, false);
-    bool sent = pg_query(op->w->pg, SQL_NOTICE_USER_MARK, &p, on_read_step, op);
+    bool sent = api_query(op->r, op->w, SQL_NOTICE_USER_MARK, &p, on_read_step, op);
     free(op->notice_arr);
     op->notice_arr = NULL;
     if (!sent) {
-        http_reply_error(op->r, 503, "unavailable", "database unavailable, retry later");
         free(op);
     }
 }
@@ -606,10 +601,9 @@ api_read(struct http_req *r, void *ctx)
     pg_param_i64(&p, (int64_t)op->who.app_id);
     pg_param_i64(&p, (int64_t)op->who.uid);
     pg_param_text(&p, msgs);
-    bool sent = pg_query(w->pg, SQL_READ, &p, on_read_step, op);
+    bool sent = api_query(r, w, SQL_READ, &p, on_read_step, op);
     free(msgs);
     if (!sent) {
-        http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
         free(op->notice_arr);
         free(op);
     }

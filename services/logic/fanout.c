@@ -215,8 +215,8 @@ run_job(struct fanout *f, struct fanout_job *j)
     snprintf(num[5], 24, "%d", j->type);
     snprintf(num[6], 24, "%d", j->priority);
     snprintf(num[7], 24, "%d", j->business_type);
-    const char *values[9] = {num[0], num[1], num[2], num[3], num[4], num[5], num[6], num[7],
-                             (const char *)j->content};
+    const char *values[9] = {
+        num[0], num[1], num[2], num[3], num[4], num[5], num[6], num[7], (const char *)j->content};
     int lengths[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)j->content_len};
     int formats[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
 
@@ -386,8 +386,8 @@ api_fanout(struct http_req *r, void *ctx)
     const char *nl = memchr(body, '\n', len);
     char err[256];
     Mbox__SendRequest *q = (Mbox__SendRequest *)pbjson_decode_bytes(
-        &mbox__send_request__descriptor, body, nl ? (size_t)(nl - body) : len, 65536 * 8, NULL,
-        err, sizeof(err));
+        &mbox__send_request__descriptor, body, nl ? (size_t)(nl - body) : len, 65536 * 8, NULL, err,
+        sizeof(err));
     if (q == NULL) {
         http_reply_error(r, 400, "invalid_argument", "line 1: %s", err);
         return;
@@ -429,8 +429,8 @@ api_fanout(struct http_req *r, void *ctx)
     if (j->content != NULL)
         memcpy(j->content, q->content.data, q->content.len);
     j->create_time = logic_now_us();
-    j->expire_at = j->create_time +
-                   (q->has_expire_s ? (int64_t)q->expire_s : c->default_expire_s) * 1000000;
+    j->expire_at =
+        j->create_time + (q->has_expire_s ? (int64_t)q->expire_s : c->default_expire_s) * 1000000;
     api_msg_free(&q->base);
     if (j->content == NULL) {
         http_reply_error(r, 503, "unavailable", "out of memory");

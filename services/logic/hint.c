@@ -27,9 +27,9 @@ static const char set_script[] = "local g = redis.call('HGET', KEYS[1], 'g') or 
 
 /* INVALIDATE: a new generation without m. */
 const char hint_invalidate_lua[] = "redis.call('HINCRBY', KEYS[1], 'g', 1)\n"
-                                        "redis.call('HDEL', KEYS[1], 'm')\n"
-                                        "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
-                                        "return 1\n";
+                                   "redis.call('HDEL', KEYS[1], 'm')\n"
+                                   "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
+                                   "return 1\n";
 
 struct hint_mbox {
     uint64_t app_id, uid;

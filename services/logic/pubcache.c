@@ -30,9 +30,9 @@ struct pubcache {
     int64_t last_ok_us;       /* atomic */
 };
 
-#define NOTICE_COLS                                                                            \
-    "notice_id, app_id, state, version, seq, msg_id, title, content, category, type, "         \
-    "priority, business_type, start_at, expire_at, platforms, min_core_level, "                \
+#define NOTICE_COLS                                                                                \
+    "notice_id, app_id, state, version, seq, msg_id, title, content, category, type, "             \
+    "priority, business_type, start_at, expire_at, platforms, min_core_level, "                    \
     "max_core_level, login_only, activated, deleted, gray_seq"
 
 /* Changes since $1, with the head seq of the same snapshot in column 0. */
@@ -392,8 +392,8 @@ poll_once(struct pubcache *c)
         PQclear(wl);
     }
     if (notices_changed || white_changed || c->cur == NULL || head != c->cur->max_seq) {
-        struct pub_snapshot *s = snap_build(c->cur, notices_changed ? ch : NULL, head, white,
-                                            nwhite, wver);
+        struct pub_snapshot *s =
+            snap_build(c->cur, notices_changed ? ch : NULL, head, white, nwhite, wver);
         if (s != NULL) {
             log_debug("pubcache_snapshot", "max_seq=%" PRIu64 " notices=%zu whitelist=%zu",
                       s->max_seq, s->count, s->nwhite);

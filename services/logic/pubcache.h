@@ -63,7 +63,7 @@ bool pubsnap_whitelisted(const struct pub_snapshot *s, uint64_t app_id, uint64_t
 const struct pub_notice *pubsnap_find(const struct pub_snapshot *s, uint64_t notice_id);
 
 /* Loads whitelist_file ("app_id uid" lines) into the database at start. */
-bool pubcache_load_whitelist_file(const char *conninfo, const char *path, char *err,
-                                  size_t errlen) __attribute__((warn_unused_result));
+bool pubcache_load_whitelist_file(const char *conninfo, const char *path, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -67,8 +67,8 @@ pub_visible(const struct pub_notice *n, const struct pub_viewer *v, int64_t now_
 
 size_t
 pub_select(const struct pub_notice *const *notices, size_t count, uint64_t max_seq,
-           const struct pub_viewer *v, uint64_t g, int64_t now_us, struct pub_item *out,
-           size_t cap, uint64_t *new_g, bool *truncated)
+           const struct pub_viewer *v, uint64_t g, int64_t now_us, struct pub_item *out, size_t cap,
+           uint64_t *new_g, bool *truncated)
 {
     *new_g = g;
     *truncated = false;

@@ -32,10 +32,10 @@ struct pub_notice {
     int32_t category, type, priority, business_type;
     int64_t start_at, expire_at; /* expire_at 0: no end */
     char platforms[PUB_MAX_PLATFORMS][16];
-    int nplatforms; /* 0: every platform */
+    int nplatforms;                          /* 0: every platform */
     uint64_t min_core_level, max_core_level; /* 0: no bound */
     bool login_only;
-    bool activated; /* start_at reached and its seq taken */
+    bool activated;    /* start_at reached and its seq taken */
     uint64_t gray_seq; /* seq at which this version reached the whitelist (0: not) */
 };
 
@@ -43,9 +43,9 @@ struct pub_notice {
 struct pub_viewer {
     uint64_t app_id, uid;
     bool guest;
-    const char *platform;  /* "" when unknown */
-    uint64_t core_level;   /* 0 when unknown */
-    bool whitelisted;      /* (app_id, uid) is on the gray-release whitelist */
+    const char *platform; /* "" when unknown */
+    uint64_t core_level;  /* 0 when unknown */
+    bool whitelisted;     /* (app_id, uid) is on the gray-release whitelist */
 };
 
 /* True when n is visible to v at now_us (state, window, targeting, whitelist). */

@@ -25,11 +25,11 @@
     "msg_id, kind, from_uid, to_uid, contacter, create_time, expire_at, is_read, category, "       \
     "type, priority, business_type, msgkey, content, recalled_msg_id"
 
-#define NOTICE_COLS                                                                            \
-    "notice_id, app_id, state, version, seq, msg_id, title, content, category, type, "         \
+#define NOTICE_COLS                                                                                \
+    "notice_id, app_id, state, version, seq, msg_id, title, content, category, type, "             \
     "priority, business_type, start_at, expire_at, array_to_string(platforms, ',') AS platforms, " \
-    "min_core_level, max_core_level, " \
-    "login_only, notify_mode, notify_rate, template, created_by, created_at, updated_by, "       \
+    "min_core_level, max_core_level, "                                                             \
+    "login_only, notify_mode, notify_rate, template, created_by, created_at, updated_by, "         \
     "updated_at"
 /* Every visible notice change takes the next seq under the head row lock (migrations/0002). */
 #define NEXT_SEQ "UPDATE public_head SET seq = seq + 1 WHERE id = 1"
@@ -169,8 +169,8 @@ static const struct sql_stmt statements[] = {
      "  RETURNING n.*),"
      " aud AS (INSERT INTO audit_log (at, actor, action, notice_id, app_id, body)"
      "  SELECT $19::int8, $18::text, 'edit', notice_id, app_id, $20::text FROM upd)"
-     " SELECT (SELECT state FROM cur) AS prev_state, (SELECT version FROM cur) AS prev_version, "
-     NOTICE_COLS " FROM (SELECT 1) one LEFT JOIN upd ON true"},
+     " SELECT (SELECT state FROM cur) AS prev_state, (SELECT version FROM cur) AS "
+     "prev_version, " NOTICE_COLS " FROM (SELECT 1) one LEFT JOIN upd ON true"},
     {SQL_NOTICE_USER_STATE, 3,
      "SELECT notice_id, is_read, hidden FROM notice_user_state"
      " WHERE uid = $2::int8 AND app_id = $1::int8 AND notice_id = ANY($3::int8[])"},
