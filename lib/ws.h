@@ -2,7 +2,7 @@
  * ws: a pure, allocation-free RFC 6455 (WebSocket) codec.
  *
  * No sockets and no libevent: every function works on caller-owned byte
- * buffers, so lcsd wraps it around its own bufferevents and one idle
+ * buffers, so lcsd wraps it around its own socket buffers (services/lcs/conn.c) and one idle
  * connection costs only the few bytes of a struct ws_parser (24 bytes on
  * LP64) on top of the connection's own buffers. It owns:
  *

@@ -28,12 +28,13 @@
  * connection lazily when its old slot comes up, so a busy connection costs
  * nothing per frame.
  *
- * Memory per connection (LP64, glibc): sizeof(struct conn) is 280 bytes
+ * Memory per connection (LP64, glibc): sizeof(struct conn) is 288 bytes
  * (128 of them the struct event), reported as the gauge
  * lcs_conn_struct_bytes. An idle logged-in connection also holds its
  * device_id string (malloc'd, typically 32-48 bytes with malloc's header)
  * and two hash-bucket pointers (16 bytes amortized): about 350 bytes of
- * user space, well under the 4 KiB target at 100k connections (~35 MB).
+ * user space, well under the 4 KiB target at 100k connections (~35 MB;
+ * measured: see the note in services/lcs/lcsd.c).
  * Input is read into one shared 64 KiB scratch buffer; only a partial frame
  * left at the end of a read is copied into a per-connection buffer sized to
  * what the parser says it needs (at most WS_MESSAGE_BUF_MAX(max_message),
@@ -90,6 +91,7 @@ struct conn_registry {
     struct conn *reap; /* DEAD connections, linked through wheel_next */
     struct event *reap_ev;
     uint64_t next_id;
+    bool all_closed; /* lcs_all_closed() was called */
 };
 
 static void conn_cb(struct conn *c, enum conn_event ev);
@@ -380,8 +382,10 @@ reap_cb(evutil_socket_t fd, short what, void *arg)
         free(c->device);
         free(c);
     }
-    if (l->stopping && r->count == 0)
+    if (l->stopping && r->count == 0 && !r->all_closed) {
+        r->all_closed = true;
         lcs_all_closed(l);
+    }
 }
 
 bool
@@ -415,6 +419,7 @@ conn_registry_free(struct lcs *l)
     struct conn_registry *r = l->reg;
     if (r == NULL)
         return;
+    r->all_closed = true; /* freeing is not a shutdown event */
     while (r->head != NULL) {
         struct conn *c = r->head;
         conn_set_state(c, CONN_DEAD);
@@ -503,7 +508,6 @@ conn_set_state(struct conn *c, enum conn_state to)
         c->deadline = now + ms_to_ticks(l->cfg.login_timeout_ms);
         break;
     case CONN_ACTIVE:
-        c->last_rx = now;
         c->deadline = now + ms_to_ticks(3 * 1000 * l->cfg.heartbeat_s);
         break;
     case CONN_CLOSING:
@@ -818,7 +822,6 @@ conn_frame(struct conn *c, struct ws_frame *f)
     if (c->state == CONN_ACTIVE) {
         /* Any frame is a sign of life; the wheel picks the new deadline up lazily. */
         uint32_t now = conn_now_tick(l);
-        c->last_rx = now;
         c->deadline = now + ms_to_ticks(3 * 1000 * l->cfg.heartbeat_s);
         route_maybe_refresh(c, now);
     }
@@ -919,6 +922,8 @@ conn_on_readable(struct conn *c)
         n = recv(fd, l->scratch, SCRATCH_SIZE, 0);
         if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
             return;
+        log_debug("conn_drained", "conn=%" PRIu64 " eof=%d error=\"%s\"", c->id, n == 0,
+                  n < 0 ? strerror(errno) : "");
         conn_set_state(c, CONN_DEAD);
         return;
     }
@@ -940,7 +945,9 @@ conn_on_readable(struct conn *c)
         return;
     }
     if (n < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        if (errno == ECONNRESET)
+            conn_disconnect(c, 0, 0, "peer gone");
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             conn_disconnect(c, 0, 0, "io error");
         return;
     }

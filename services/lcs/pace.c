@@ -44,8 +44,12 @@ pacer_run(struct lcs *l, struct pacer *p, int64_t now_ms)
 {
     p->credit += p->rate * (double)(now_ms - p->last_ms) / 1000.0;
     p->last_ms = now_ms;
-    /* After a stall, catch up at most two ticks' worth: smooth beats exact. */
-    double max_credit = p->rate * 2.0 * (double)l->cfg.paced_tick_ms / 1000.0;
+    /*
+     * After a stall (a busy loop, a descheduled process) catch up on at most
+     * 250 ms worth: the per-second rate holds, and a long stall does not turn
+     * into a burst of pulls.
+     */
+    double max_credit = p->rate / 4.0;
     if (max_credit < 1.0)
         max_credit = 1.0;
     if (p->credit > max_credit)

@@ -8,14 +8,19 @@
  *   2  max_output_bytes = 4096, so_sndbuf = 4096 (slow reader)
  *   3  default config, stopped by the SIGTERM case
  */
+#include <arpa/inet.h>
 #include <check.h>
+#include <dirent.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -598,6 +603,61 @@ START_TEST(slow_reader_is_closed)
 }
 END_TEST
 
+/* Open descriptors of a process. */
+static int
+count_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+START_TEST(accept_backs_off_on_emfile)
+{
+    pid_t pid = h.lcsd[3].pid;
+    struct rlimit old, tight;
+    ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, NULL, &old), 0);
+    tight = old;
+    tight.rlim_cur = (rlim_t)count_fds(pid) + 2;
+    ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, &tight, NULL), 0);
+    enum { N = 8 };
+    int fds[N];
+    const char *req = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n";
+    for (int i = 0; i < N; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)ws_port(3)),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        /* The kernel completes the connection from the backlog even when lcsd cannot accept. */
+        ck_assert_int_eq(connect(fds[i], (struct sockaddr *)&a, sizeof(a)), 0);
+        ck_assert_int_eq(send(fds[i], req, strlen(req), 0), (ssize_t)strlen(req));
+    }
+    usleep(300 * 1000);
+    ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, &old, NULL), 0);
+    /* Accepting resumes after the back-off: every client gets its 101. */
+    for (int i = 0; i < N; i++) {
+        struct pollfd p = {.fd = fds[i], .events = POLLIN};
+        ck_assert_int_eq(poll(&p, 1, 3000), 1);
+        char buf[256];
+        ssize_t n = recv(fds[i], buf, sizeof(buf) - 1, 0);
+        ck_assert_int_gt(n, 12);
+        ck_assert(memcmp(buf, "HTTP/1.1 101", 12) == 0);
+        close(fds[i]);
+    }
+    ck_assert_double_ge(mt_metric(admin_port(3), "lcs_accept_backoff_total", ""), 1);
+    assert_serving(3);
+}
+END_TEST
+
 START_TEST(sigterm_closes_with_1001)
 {
     struct wsc *a = login(3, APP, 5011, "a");
@@ -730,6 +790,7 @@ lcs_suite(void)
     tcase_add_test(tc, paced_notify_rate);
     tcase_add_test(tc, healthz_and_memory_gauges);
     tcase_add_test(tc, redis_restart_notifies_resume);
+    tcase_add_test(tc, accept_backs_off_on_emfile);
     tcase_add_test(tc, sigterm_closes_with_1001);
     suite_add_tcase(s, tc);
     return s;
