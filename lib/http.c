@@ -413,6 +413,16 @@ http_req_path(const struct http_req *r)
     return r->path != NULL ? r->path : "";
 }
 
+void
+http_req_set_timeout(struct http_req *r, int seconds)
+{
+    if (r->evreq == NULL || r->conn_gone)
+        return;
+    struct evhttp_connection *c = evhttp_request_get_connection(r->evreq);
+    if (c != NULL)
+        evhttp_connection_set_timeout(c, seconds);
+}
+
 const char *
 http_req_id(const struct http_req *r)
 {

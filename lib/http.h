@@ -143,6 +143,13 @@ const char *http_req_bearer(const struct http_req *r);
  * asked for after the server was freed. */
 const unsigned char *http_req_body(struct http_req *r, size_t *len);
 
+/*
+ * Gives this request's connection a longer read/write timeout (seconds),
+ * for a handler that legitimately takes longer than the server's
+ * timeout_s (POST /v1/fanout). No effect once the client is gone.
+ */
+void http_req_set_timeout(struct http_req *r, int seconds);
+
 /* Caller data attached to the request (handlers' per-request state). */
 void http_req_set_data(struct http_req *r, void *data);
 void *http_req_data(const struct http_req *r);

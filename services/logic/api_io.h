@@ -20,6 +20,11 @@
 #include "token.h"
 
 struct logic_worker;
+struct token_cache;
+
+/* A worker's cache of verified user tokens (see api_io.c). */
+struct token_cache *api_token_cache_new(void);
+void api_token_cache_free(struct token_cache *c);
 
 /* SDK listener: verifies the user token; claims fix app_id and uid. */
 bool api_auth_user(struct http_req *r, struct logic_worker *w, struct token_claims *claims)

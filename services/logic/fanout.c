@@ -22,6 +22,7 @@
 #include "mbox.pb-c.h"
 #include "pbjson.h"
 
+#define FANOUT_TIMEOUT_S 3600
 #define NOW_US "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"
 
 static const char fanout_insert_sql[] =
@@ -437,6 +438,9 @@ api_fanout(struct http_req *r, void *ctx)
         job_free(j);
         return;
     }
+    /* A million uids take tens of seconds: the connection must outlive
+     * http_timeout_s while the job runs, or the reply is lost. */
+    http_req_set_timeout(r, FANOUT_TIMEOUT_S);
     struct fanout *f = w->app->fanout;
     pthread_mutex_lock(&f->mu);
     if (f->tail)

@@ -27,6 +27,7 @@ struct hint_dirty;
 struct fanout;
 struct pubcache;
 struct pub_snapshot;
+struct token_cache;
 struct retention;
 
 struct logic_config {
@@ -104,6 +105,7 @@ struct logic_worker {
     struct hint_dirty *dirty;    /* hint invalidations to replay (hint.h) */
     struct retention *retention; /* worker 0 only */
     struct pub_snapshot *snap;   /* public cache as this worker sees it (pubcache.h) */
+    struct token_cache *tokens;  /* verified user tokens (api_io.c) */
     struct event *stop_ev;
     bool started;
 };

@@ -9,6 +9,7 @@
 #include <event2/event.h>
 
 #include "api.h"
+#include "api_io.h"
 #include "hint.h"
 #include "log.h"
 #include "logic.h"
@@ -100,7 +101,8 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
     };
     w->redis = redis_new(w->base, &rc, app->metrics);
     w->dirty = hint_dirty_new();
-    if (w->redis == NULL || w->dirty == NULL) {
+    w->tokens = api_token_cache_new();
+    if (w->redis == NULL || w->dirty == NULL || w->tokens == NULL) {
         snprintf(err, errlen, "bad Redis settings or out of memory");
         return false;
     }
@@ -160,6 +162,7 @@ logic_worker_free(struct logic_worker *w)
     if (w->redis != NULL)
         redis_free(w->redis);
     hint_dirty_free(w->dirty);
+    api_token_cache_free(w->tokens);
     if (w->pg != NULL)
         pg_pool_free(w->pg);
     if (w->stop_ev != NULL)
