@@ -19,6 +19,7 @@
 #include "log.h"
 #include "logic.h"
 #include "mbox.pb-c.h"
+#include "pbjson.h"
 #include "pg.h"
 #include "pubcache.h"
 #include "pubfilter.h"
@@ -226,13 +227,23 @@ platforms_literal(const Mbox__Targeting *t, char *out, size_t len)
     snprintf(out + o, len - o, "}");
 }
 
-/* The request body as the audit log keeps it (truncated). */
-static const char *
-audit_body(struct http_req *r)
+/*
+ * What the audit log keeps of a request: the decoded message as compact
+ * JSON (so a protobuf body is readable, and bytes that are not UTF-8 can
+ * never fail the audit insert), or "" for requests without a body. The
+ * caller frees it.
+ */
+static char *
+audit_json(const ProtobufCMessage *m)
 {
-    size_t len;
-    const char *b = (const char *)http_req_body(r, &len);
-    return len <= AUDIT_BODY_MAX ? b : "(body larger than 64 KiB)";
+    json_t *j = m != NULL ? pbjson_encode(m) : NULL;
+    char *s = j != NULL ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(j);
+    if (s != NULL && strlen(s) > AUDIT_BODY_MAX) {
+        free(s);
+        s = strdup("(request larger than 64 KiB)");
+    }
+    return s != NULL ? s : strdup("");
 }
 
 /* ---- POST /v1/notices ---- */
@@ -287,8 +298,10 @@ api_notice_create(struct http_req *r, void *ctx)
     pg_param_bool(&p, n->has_template_ && n->template_);
     pg_param_text(&p, actor);
     pg_param_i64(&p, logic_now_us());
-    pg_param_text(&p, audit_body(r));
+    char *audit = audit_json(m);
+    pg_param_text(&p, audit);
     api_query(r, w, SQL_NOTICE_CREATE, &p, on_created, r);
+    free(audit);
     api_msg_free(m);
 }
 
@@ -409,7 +422,11 @@ broadcast_pacing(struct logic_worker *w, const PGresult *res, const struct trans
     uint64_t id = (uint64_t)pg_get_i64(res, 0, pg_col(res, "notice_id"));
     size_t len;
     const char *mode = pg_get_bytes(res, 0, pg_col(res, "notify_mode"), &len);
-    if (strcmp(t->action, "publish") == 0 && strcmp(mode, "paced") == 0) {
+    int64_t start_at = pg_get_i64(res, 0, pg_col(res, "start_at"));
+    if (strcmp(t->action, "publish") == 0 && strcmp(mode, "paced") == 0 &&
+        start_at <= logic_now_us()) {
+        /* A notice scheduled for later is not paced at publish (its clients
+         * would pull and find nothing); they see it at their next pull. */
         snprintf(line, sizeof(line), "p %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRId64 "\n", app, id,
                  (uint64_t)pg_get_i64(res, 0, pg_col(res, "msg_id")),
                  pg_get_i64(res, 0, pg_col(res, "notify_rate")));
@@ -487,7 +504,7 @@ run_transition(struct http_req *r, struct logic_worker *w, const struct transiti
     pg_param_text(&p, actor);
     pg_param_i64(&p, logic_now_us());
     pg_param_text(&p, t->action);
-    pg_param_text(&p, audit_body(r));
+    pg_param_text(&p, "");
     pg_param_bool(&p, t->del);
     if (!api_query(r, w, SQL_NOTICE_TRANSITION, &p, on_transition, op)) {
         free(op);
@@ -564,8 +581,9 @@ on_patched(const PGresult *res, const struct pg_error *err, void *arg)
         else
             http_reply_error(r, 409, "conflict",
                              "version mismatch: the notice is at version %" PRId64
-                             " (If-Match %u); re-read and retry",
-                             ver, op->if_match);
+                             " (%s %u); re-read and retry",
+                             ver, op->if_match ? "If-Match" : "changed while editing, read",
+                             op->if_match ? op->if_match : (unsigned)ver);
     } else {
         pubcache_kick(op->w->app->pubcache);
         struct notice_out o;
@@ -595,38 +613,33 @@ on_patch_read(const PGresult *res, const struct pg_error *err, void *arg)
     notice_from_row(res, 0, &cur);
     const Mbox__Notice *e = op->edit;
     uint32_t expect = op->if_match ? op->if_match : cur.n.version;
+    /* A targeting or notify object replaces the whole object (like a JSON
+     * merge patch of a nested value): {"targeting":{}} clears every bound,
+     * {"targeting":{"platforms":[]}} clears the platform set. */
+    Mbox__Targeting empty_t = MBOX__TARGETING__INIT;
     const Mbox__Targeting *t = e->targeting ? e->targeting : cur.n.targeting;
-    Mbox__Targeting merged_t = *cur.n.targeting;
-    if (e->targeting != NULL) {
-        /* A targeting object replaces the fields it names. */
-        if (e->targeting->n_platforms > 0 || e->targeting->platforms != NULL) {
-            merged_t.n_platforms = e->targeting->n_platforms;
-            merged_t.platforms = e->targeting->platforms;
-        }
-        if (e->targeting->has_min_core_level)
-            merged_t.min_core_level = e->targeting->min_core_level;
-        if (e->targeting->has_max_core_level)
-            merged_t.max_core_level = e->targeting->max_core_level;
-        if (e->targeting->has_login_only)
-            merged_t.login_only = e->targeting->login_only;
-        t = &merged_t;
-    }
+    if (t == NULL)
+        t = &empty_t;
     uint64_t start_at = e->has_start_at ? e->start_at : cur.n.start_at;
     uint64_t expire_at = e->has_expire_at ? e->expire_at : cur.n.expire_at;
-    if (expire_at != 0 && expire_at <= start_at) {
-        http_reply_error(r, 400, "invalid_argument", "expire_at must be after start_at");
+    const char *mode = cur.p.mode;
+    uint32_t rate = cur.p.rate_per_s;
+    if (e->notify != NULL) {
+        mode = e->notify->mode ? e->notify->mode : "none";
+        rate = e->notify->has_rate_per_s ? e->notify->rate_per_s : 0;
+    }
+    const char *bad = NULL;
+    if (expire_at != 0 && expire_at <= start_at)
+        bad = "expire_at must be after start_at";
+    else if (t->max_core_level != 0 && t->min_core_level > t->max_core_level)
+        bad = "targeting.min_core_level is above max_core_level";
+    else if (strcmp(mode, "paced") == 0 && rate == 0)
+        bad = "notify.rate_per_s must be 1..1000000 for paced";
+    if (bad != NULL) {
+        http_reply_error(r, 400, "invalid_argument", "%s", bad);
         patch_free(op);
         return;
     }
-    if (t->max_core_level != 0 && t->min_core_level > t->max_core_level) {
-        http_reply_error(r, 400, "invalid_argument",
-                         "targeting.min_core_level is above max_core_level");
-        patch_free(op);
-        return;
-    }
-    const char *mode = e->notify && e->notify->mode ? e->notify->mode : cur.p.mode;
-    uint32_t rate =
-        e->notify && e->notify->has_rate_per_s ? e->notify->rate_per_s : cur.p.rate_per_s;
     char plats[256];
     platforms_literal(t, plats, sizeof(plats));
     struct pg_params p;
@@ -653,8 +666,11 @@ on_patch_read(const PGresult *res, const struct pg_error *err, void *arg)
     pg_param_bool(&p, e->has_template_ ? e->template_ : cur.n.template_);
     pg_param_text(&p, op->actor);
     pg_param_i64(&p, logic_now_us());
-    pg_param_text(&p, audit_body(r));
-    if (!api_query(r, op->w, SQL_NOTICE_PATCH, &p, on_patched, op)) {
+    char *audit = audit_json(&op->edit->base);
+    pg_param_text(&p, audit);
+    bool sent = api_query(r, op->w, SQL_NOTICE_PATCH, &p, on_patched, op);
+    free(audit);
+    if (!sent) {
         patch_free(op);
     }
 }
@@ -828,7 +844,8 @@ api_whitelist(struct http_req *r, void *ctx)
         uint64_t app;
         if (!api_query_u64(r, "app_id", 0, &app))
             return;
-        if (http_req_query(r, "app_id") == NULL) {
+        const char *qa = http_req_query(r, "app_id");
+        if (qa == NULL || qa[0] == '\0') {
             http_reply_error(r, 400, "invalid_argument", "app_id is required");
             return;
         }
@@ -869,8 +886,10 @@ api_whitelist(struct http_req *r, void *ctx)
     pg_param_text(&p, mode);
     pg_param_text(&p, actor);
     pg_param_i64(&p, logic_now_us());
-    pg_param_text(&p, audit_body(r));
+    char *audit = audit_json(m);
+    pg_param_text(&p, audit);
     bool sent = api_query(r, w, SQL_WHITELIST_CHANGE, &p, on_whitelist_changed, op);
+    free(audit);
     free(arr);
     api_msg_free(m);
     if (!sent) {

@@ -185,6 +185,16 @@ on_sent(const PGresult *res, const struct pg_error *err, void *arg)
             send_issue(op);
             return;
         }
+        if (err->kind == PG_ERR_TIMEOUT || err->kind == PG_ERR_UNAVAILABLE) {
+            /* The statement may have committed before the connection was
+             * lost: drop the recipients' hints so a sync goes to the database. */
+            uint64_t *uids = calloc((size_t)op->nrows + 1, sizeof(*uids));
+            for (int i = 0; uids != NULL && i < op->nrows; i++)
+                uids[i] = op->rows[i].uid;
+            if (uids != NULL)
+                hint_invalidate(op->w, op->req->app_id, uids, op->nrows, NULL, NULL);
+            free(uids);
+        }
         api_reply_pg_error(op->r, err);
         send_op_free(op);
         return;
@@ -260,8 +270,10 @@ send_validate(struct http_req *r, const struct logic_config *c, const Mbox__Send
         http_reply_error(r, 400, "invalid_argument", "msgkey must be 1..%d bytes", MSGKEY_MAX);
         return false;
     }
-    if (q->has_expire_s && (q->expire_s == 0 || q->expire_s > EXPIRE_MAX_S)) {
-        http_reply_error(r, 400, "invalid_argument", "expire_s must be 1..%lld", EXPIRE_MAX_S);
+    if (q->has_expire_s && (q->expire_s == 0 || (int64_t)q->expire_s > c->retention_s)) {
+        /* Longer than retention would make cursors of old mailboxes reset forever. */
+        http_reply_error(r, 400, "invalid_argument",
+                         "expire_s must be 1..%" PRId64 " (retention_s)", c->retention_s);
         return false;
     }
     if (q->has_store_sender && q->store_sender && (!q->has_from_uid || q->from_uid == 0)) {
@@ -402,6 +414,8 @@ on_recalled(const PGresult *res, const struct pg_error *err, void *arg)
 {
     struct recall_op *op = arg;
     if (err->kind != PG_OK) {
+        if (err->kind == PG_ERR_TIMEOUT || err->kind == PG_ERR_UNAVAILABLE)
+            hint_invalidate(op->w, op->app_id, &op->uid, 1, NULL, NULL); /* may have committed */
         api_reply_pg_error(op->r, err);
         free(op);
         return;
@@ -412,6 +426,12 @@ on_recalled(const PGresult *res, const struct pg_error *err, void *arg)
         return;
     }
     op->target = (uint64_t)pg_get_i64(res, 0, 0);
+    if (pg_is_null(res, 0, 1) && pg_is_null(res, 0, 2)) {
+        /* Another recall of it is committing right now. */
+        http_reply_error(op->r, 409, "conflict", "message is being recalled; retry");
+        free(op);
+        return;
+    }
     if (pg_is_null(res, 0, 1)) {
         /* Already recalled: answer with the earlier recall (idempotent retry). */
         op->new_id = (uint64_t)pg_get_i64(res, 0, 2);

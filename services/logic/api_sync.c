@@ -404,6 +404,20 @@ api_sync(struct http_req *r, void *ctx)
 
 /* ---- GET /v1/history?from=&to=&order=asc|desc&limit= ---- */
 
+static int
+cmp_pub_asc(const void *a, const void *b)
+{
+    uint64_t x = ((const struct pub_item *)a)->n->msg_id,
+             y = ((const struct pub_item *)b)->n->msg_id;
+    return x < y ? -1 : x > y;
+}
+
+static int
+cmp_pub_desc(const void *a, const void *b)
+{
+    return -cmp_pub_asc(a, b);
+}
+
 void
 api_history(struct http_req *r, void *ctx)
 {
@@ -442,27 +456,29 @@ api_history(struct http_req *r, void *ctx)
     op->to = to;
     op->asc = order[0] == 'a';
     op->limit = (uint32_t)limit;
-    /* Currently visible notices with msg_id in range (up to limit + 1: the
-     * merge cuts to limit and reports has_more). */
+    /* Currently visible notices with msg_id in range. The snapshot is in seq
+     * order, so take them all, order them by msg_id as asked, and keep the
+     * first limit + 1 (the merge cuts to limit and reports has_more). */
     int64_t now = logic_now_us();
-    size_t cap = (size_t)limit + 1;
-    op->pub = calloc(cap, sizeof(*op->pub));
+    size_t count = op->snap != NULL ? op->snap->count : 0;
+    op->pub = calloc(count + 1, sizeof(*op->pub));
     if (op->pub == NULL) {
         http_reply_error(r, 503, "unavailable", "out of memory");
         pull_free(op);
         return;
     }
-    for (size_t i = 0; op->snap != NULL && i < op->snap->count; i++) {
+    for (size_t i = 0; i < count; i++) {
         const struct pub_notice *n = op->snap->notices[i];
         if (n->msg_id < from || n->msg_id > to || !pub_visible(n, &v, now))
             continue;
-        if (op->npub == cap) {
-            op->pub_truncated = true;
-            break;
-        }
         op->pub[op->npub].n = n;
         op->pub[op->npub].kind = PUB_ITEM_NOTICE;
         op->npub++;
+    }
+    qsort(op->pub, op->npub, sizeof(op->pub[0]), op->asc ? cmp_pub_asc : cmp_pub_desc);
+    if (op->npub > (size_t)limit + 1) {
+        op->npub = (size_t)limit + 1;
+        op->pub_truncated = true;
     }
     public_state(op);
 }
@@ -507,53 +523,18 @@ api_notice_hide(struct http_req *r, void *ctx)
 
 /* ---- POST /v1/read: private msg_ids and notice_ids ---- */
 
-struct read_op {
-    struct http_req *r;
-    struct logic_worker *w;
-    struct token_claims who;
-    char *notice_arr; /* still to mark, or NULL */
-    uint32_t updated;
-};
-
 static void
-read_finish(struct read_op *op)
+on_read_done(const PGresult *res, const struct pg_error *err, void *arg)
 {
+    struct http_req *r = arg;
+    if (err->kind != PG_OK) {
+        api_reply_pg_error(r, err);
+        return;
+    }
     Mbox__ReadResponse resp = MBOX__READ_RESPONSE__INIT;
     resp.has_updated = 1;
-    resp.updated = op->updated;
-    api_reply_msg(op->r, 200, &resp.base);
-    free(op->notice_arr);
-    free(op);
-}
-
-static void
-on_read_step(const PGresult *res, const struct pg_error *err, void *arg)
-{
-    struct read_op *op = arg;
-    if (err->kind != PG_OK) {
-        api_reply_pg_error(op->r, err);
-        free(op->notice_arr);
-        free(op);
-        return;
-    }
-    op->updated += (uint32_t)strtoul(PQcmdTuples((PGresult *)res), NULL, 10);
-    if (op->notice_arr == NULL) {
-        read_finish(op);
-        return;
-    }
-    struct pg_params p;
-    pg_params_init(&p);
-    pg_param_i64(&p, (int64_t)op->who.app_id);
-    pg_param_i64(&p, (int64_t)op->who.uid);
-    pg_param_text(&p, op->notice_arr);
-    pg_param_bool(&p, true);
-    pg_param_bool(&p, false);
-    bool sent = api_query(op->r, op->w, SQL_NOTICE_USER_MARK, &p, on_read_step, op);
-    free(op->notice_arr);
-    op->notice_arr = NULL;
-    if (!sent) {
-        free(op);
-    }
+    resp.updated = (uint32_t)(pg_get_i64(res, 0, 0) + pg_get_i64(res, 0, 1));
+    api_reply_msg(r, 200, &resp.base);
 }
 
 #define READ_MAX_IDS 1000
@@ -562,49 +543,33 @@ void
 api_read(struct http_req *r, void *ctx)
 {
     struct logic_worker *w = ctx;
-    struct read_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        http_reply_error(r, 503, "unavailable", "out of memory");
-        return;
-    }
-    op->r = r;
-    op->w = w;
+    struct token_claims who;
     ProtobufCMessage *m = NULL;
-    if (!api_auth_user(r, w, &op->who) || !api_decode(r, &mbox__read_request__descriptor, &m)) {
-        free(op);
+    if (!api_auth_user(r, w, &who) || !api_decode(r, &mbox__read_request__descriptor, &m))
         return;
-    }
     Mbox__ReadRequest *q = (Mbox__ReadRequest *)m;
     if (q->n_msg_ids + q->n_notice_ids == 0 || q->n_msg_ids > READ_MAX_IDS ||
         q->n_notice_ids > READ_MAX_IDS) {
         http_reply_error(r, 400, "invalid_argument",
-                         "msg_ids and notice_ids: 1..%d ids in all, at most %d each",
-                         2 * READ_MAX_IDS, READ_MAX_IDS);
+                         "msg_ids and notice_ids: at least one id, at most %d of each",
+                         READ_MAX_IDS);
         api_msg_free(m);
-        free(op);
         return;
     }
     char *msgs = api_int8_array(q->msg_ids, q->n_msg_ids);
-    op->notice_arr = q->n_notice_ids ? api_int8_array(q->notice_ids, q->n_notice_ids) : NULL;
-    bool oom = msgs == NULL || (q->n_notice_ids && op->notice_arr == NULL);
+    char *notices = api_int8_array(q->notice_ids, q->n_notice_ids);
     api_msg_free(m);
-    if (oom) {
-        free(msgs);
-        free(op->notice_arr);
-        free(op);
+    if (msgs != NULL && notices != NULL) {
+        struct pg_params p;
+        pg_params_init(&p);
+        pg_param_i64(&p, (int64_t)who.app_id);
+        pg_param_i64(&p, (int64_t)who.uid);
+        pg_param_text(&p, msgs);
+        pg_param_text(&p, notices);
+        api_query(r, w, SQL_READ, &p, on_read_done, r);
+    } else {
         http_reply_error(r, 503, "unavailable", "out of memory");
-        return;
     }
-    /* Private marks first (an empty list updates nothing), then notices. */
-    struct pg_params p;
-    pg_params_init(&p);
-    pg_param_i64(&p, (int64_t)op->who.app_id);
-    pg_param_i64(&p, (int64_t)op->who.uid);
-    pg_param_text(&p, msgs);
-    bool sent = api_query(r, w, SQL_READ, &p, on_read_step, op);
     free(msgs);
-    if (!sent) {
-        free(op->notice_arr);
-        free(op);
-    }
+    free(notices);
 }

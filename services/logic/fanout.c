@@ -23,7 +23,7 @@
 #include "pbjson.h"
 
 #define FANOUT_TIMEOUT_S 3600
-#define NOW_US "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"
+#define NOW_US           "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"
 
 static const char fanout_insert_sql[] =
     "WITH hdr AS ("
@@ -355,8 +355,10 @@ parse_uids(struct http_req *r, const char *p, const char *end, struct fanout_job
             if (j->nuids == cap) {
                 cap *= 2;
                 int64_t *grown = realloc(j->uids, cap * sizeof(int64_t));
-                if (grown == NULL)
-                    break;
+                if (grown == NULL) {
+                    http_reply_error(r, 503, "unavailable", "out of memory reading uids");
+                    return false;
+                }
                 j->uids = grown;
             }
             j->uids[j->nuids++] = (int64_t)uid;
@@ -400,9 +402,14 @@ api_fanout(struct http_req *r, void *ctx)
     } else if (!q->has_app_id || !q->has_content) {
         http_reply_error(r, 400, "invalid_argument", "line 1: app_id and content are required");
         ok = false;
-    } else if (q->n_to_uids > 0 || q->msgkey != NULL || q->has_store_sender) {
+    } else if (q->n_to_uids > 0 || q->msgkey != NULL || q->has_store_sender || q->has_contacter) {
         http_reply_error(r, 400, "invalid_argument",
-                         "line 1: to_uids, msgkey and store_sender are not fanout fields");
+                         "line 1: to_uids, msgkey, store_sender and contacter are not fanout "
+                         "fields");
+        ok = false;
+    } else if (q->has_expire_s && (q->expire_s == 0 || (int64_t)q->expire_s > c->retention_s)) {
+        http_reply_error(r, 400, "invalid_argument",
+                         "line 1: expire_s must be 1..%" PRId64 " (retention_s)", c->retention_s);
         ok = false;
     } else if ((int64_t)q->content.len > c->max_content_bytes) {
         http_reply_error(r, 413, "too_large", "content is %zu bytes, at most %" PRId64,

@@ -40,7 +40,8 @@ static const struct cfg_key logic_keys[] = {
     K(sdk_max_body, CFG_INT, "262144", 1024, 16777216, "largest SDK request body in bytes (413)"),
     K(internal_max_body, CFG_INT, "67108864", 1024, 1073741824,
       "largest internal request body in bytes (fanout uid lists are large)"),
-    K(max_header_bytes, CFG_INT, "16384", 1024, 1048576, "largest request header block (413)"),
+    K(max_header_bytes, CFG_INT, "16384", 1024, 1048576,
+      "largest request header block (larger: evhttp answers 400)"),
     K(http_timeout_s, CFG_INT, "30", 1, 3600, "HTTP connection read/write timeout"),
     K(max_recipients, CFG_INT, "1000", 1, 100000, "most recipients of one POST /v1/messages"),
     K(max_content_bytes, CFG_INT, "65536", 1, 16777216, "largest message or notice content"),
@@ -99,6 +100,10 @@ logic_config_validate(const struct logic_config *c, char *err, size_t errlen)
     }
     if ((c->token_prev_key[0] == '\0') != (c->token_prev_key_id[0] == '\0')) {
         snprintf(err, errlen, "keys 'token_prev_key' and 'token_prev_key_id' go together");
+        return false;
+    }
+    if (c->default_expire_s > c->retention_s) {
+        snprintf(err, errlen, "key 'default_expire_s': longer than retention_s");
         return false;
     }
     if (c->sync_default_limit > c->sync_max_limit) {

@@ -179,8 +179,11 @@ main(int argc, char **argv)
     while (sigwait(&sigs, &sig) != 0 && errno == EINTR)
         ;
     log_info("logicd_stopping", "signal=%d", sig);
-    /* The poller hands snapshots to the workers' loops: stop it first. */
+    /* The poller and the fanout thread hand work to the workers' loops:
+     * stop them first (fanout finishes the job in progress). */
     pubcache_stop(app.pubcache);
+    fanout_stop(app.fanout);
+    app.fanout = NULL;
     for (int i = 0; i < n; i++)
         logic_worker_stop(&workers[i]);
     for (int i = 0; i < n; i++)

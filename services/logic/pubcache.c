@@ -52,8 +52,10 @@ static const char activate_sql[] =
     "   AND NOT activated AND NOT deleted AND start_at <= $1::int8 ORDER BY notice_id LIMIT 100),"
     " num AS (SELECT notice_id, (SELECT seq FROM head) + row_number() OVER (ORDER BY notice_id)"
     "   AS seq FROM due),"
-    " upd AS (UPDATE notice n SET seq = num.seq, activated = true FROM num"
-    "   WHERE n.notice_id = num.notice_id AND NOT n.activated RETURNING n.notice_id),"
+    " upd AS (UPDATE notice n SET seq = num.seq, activated = true,"
+    "   gray_seq = CASE WHEN n.state = 'prepublished' THEN num.seq ELSE 0 END FROM num"
+    "   WHERE n.notice_id = num.notice_id AND NOT n.activated AND n.start_at <= $1::int8"
+    "   AND n.state IN ('prepublished', 'published') AND NOT n.deleted RETURNING n.notice_id),"
     " bump AS (UPDATE public_head SET seq = seq + (SELECT count(*) FROM num)"
     "   WHERE id = 1 AND EXISTS (SELECT 1 FROM num) RETURNING seq)"
     " SELECT (SELECT count(*) FROM upd), (SELECT seq FROM bump)";
@@ -175,8 +177,10 @@ notice_from_row(const PGresult *r, int row, bool *live)
     n->activated = PQgetvalue(r, row, c++)[0] == 't';
     bool deleted = PQgetvalue(r, row, c++)[0] == 't';
     n->gray_seq = (uint64_t)col_i64(r, row, c++);
-    *live = !deleted && (n->state == PUB_PREPUBLISHED || n->state == PUB_PUBLISHED ||
-                         n->state == PUB_RETRACTED);
+    /* A deleted notice stays as a tombstone when it was retracted (or
+     * deleted while prepublished), so holders still get the retract item. */
+    *live = n->state == PUB_RETRACTED ||
+            (!deleted && (n->state == PUB_PREPUBLISHED || n->state == PUB_PUBLISHED));
     if (n->title == NULL || n->content == NULL) {
         free(n->title);
         free(n->content);
@@ -240,17 +244,31 @@ snap_build(const struct pub_snapshot *old, const PGresult *changes, uint64_t hea
             if (!PQgetisnull(changes, k, 1))
                 changed = (uint64_t)col_i64(changes, k, 1) == old->notices[i]->notice_id;
         }
-        if (!changed && (s->notices[s->count] = notice_copy(old->notices[i])) != NULL)
-            s->count++;
+        if (changed)
+            continue;
+        if ((s->notices[s->count] = notice_copy(old->notices[i])) == NULL) {
+            free(white);
+            snap_free(s);
+            return NULL;
+        }
+        s->count++;
     }
     for (int k = 0; k < rows; k++) {
         if (PQgetisnull(changes, k, 1))
             continue;
         bool live;
         struct pub_notice *n = notice_from_row(changes, k, &live);
-        if (n != NULL && live) {
+        if (n == NULL) {
+            /* Out of memory: a snapshot without this change would let max_seq
+             * pass it. Build nothing; the next poll tries again. */
+            free(white);
+            s->white = NULL;
+            snap_free(s);
+            return NULL;
+        }
+        if (live) {
             s->notices[s->count++] = n;
-        } else if (n != NULL) {
+        } else {
             free(n->title);
             free(n->content);
             free(n);
@@ -384,7 +402,12 @@ poll_once(struct pubcache *c)
         }
         nwhite = (size_t)PQntuples(wl);
         white = calloc(nwhite + 1, sizeof(*white));
-        for (size_t i = 0; white != NULL && i < nwhite; i++) {
+        if (white == NULL) {
+            PQclear(wl);
+            PQclear(ch);
+            return false; /* out of memory: keep the old snapshot, retry next poll */
+        }
+        for (size_t i = 0; i < nwhite; i++) {
             white[i][0] = (uint64_t)col_i64(wl, (int)i, 0);
             white[i][1] = (uint64_t)col_i64(wl, (int)i, 1);
         }

@@ -58,7 +58,10 @@ pub_visible(const struct pub_notice *n, const struct pub_viewer *v, int64_t now_
     } else if (n->state != PUB_PUBLISHED) {
         return false;
     }
-    if (!n->activated || n->start_at > now_us)
+    /* activated is set by the database when start_at came (or at publish if
+     * it had already): trusting it, not this host's clock, keeps every
+     * logicd consistent with the seq the activation took. */
+    if (!n->activated)
         return false;
     if (n->expire_at != 0 && n->expire_at <= now_us)
         return false;

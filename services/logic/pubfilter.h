@@ -48,7 +48,7 @@ struct pub_viewer {
     bool whitelisted;     /* (app_id, uid) is on the gray-release whitelist */
 };
 
-/* True when n is visible to v at now_us (state, window, targeting, whitelist). */
+/* True when n is visible to v at now_us (state, activation, expiry, targeting, whitelist). */
 bool pub_visible(const struct pub_notice *n, const struct pub_viewer *v, int64_t now_us);
 
 enum pub_item_kind { PUB_ITEM_NOTICE, PUB_ITEM_RETRACT };

@@ -82,9 +82,19 @@ static const struct sql_stmt statements[] = {
      " WHERE uid = $2 AND app_id = $1 AND kind = 0 AND NOT recalled"
      " AND msg_id >= $3 AND msg_id <= $4 AND expire_at > $6"
      " ORDER BY msg_id DESC LIMIT $5::int4"},
-    {SQL_READ, 3,
-     "UPDATE message SET is_read = true"
-     " WHERE uid = $2 AND app_id = $1 AND msg_id = ANY($3::int8[]) AND kind = 0 AND NOT is_read"},
+    {SQL_READ, 4,
+     /* One statement: both kinds of marks, or neither. Notice ids are
+      * de-duplicated and limited to live notices of the user's app. */
+     "WITH m AS (UPDATE message SET is_read = true"
+     "  WHERE uid = $2::int8 AND app_id = $1::int8 AND msg_id = ANY($3::int8[]) AND kind = 0"
+     "  AND NOT is_read RETURNING 1),"
+     " n AS (INSERT INTO notice_user_state (uid, app_id, notice_id, is_read, hidden)"
+     "  SELECT $2::int8, $1::int8, x.notice_id, true, false FROM notice x"
+     "  WHERE x.notice_id IN (SELECT DISTINCT unnest($4::int8[])) AND x.app_id = $1::int8"
+     "  AND NOT x.deleted"
+     "  ON CONFLICT (uid, app_id, notice_id) DO UPDATE SET is_read = true"
+     "  WHERE NOT notice_user_state.is_read RETURNING 1)"
+     " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"},
     {SQL_RECALL, 6,
      "WITH target AS ("
      "  SELECT msg_id, recalled FROM message"
@@ -99,10 +109,12 @@ static const struct sql_stmt statements[] = {
      "  RETURNING h.last_msg_id"
      "), mark AS ("
      "  UPDATE message SET recalled = true WHERE uid = $2 AND app_id = $1"
-     "  AND msg_id = (SELECT msg_id FROM target) AND EXISTS (SELECT 1 FROM hdr) RETURNING 1"
+     "  AND msg_id = (SELECT msg_id FROM target) AND NOT recalled AND EXISTS (SELECT 1 FROM hdr)"
+     "  RETURNING 1"
      "), ins AS ("
      "  INSERT INTO message (uid, app_id, msg_id, kind, recalled_msg_id, create_time, expire_at)"
      "  SELECT $2, $1, hdr.last_msg_id, 1, (SELECT msg_id FROM target), $5, $6 FROM hdr"
+     "  WHERE EXISTS (SELECT 1 FROM mark)"
      "  RETURNING msg_id"
      ")"
      " SELECT (SELECT msg_id FROM target), (SELECT msg_id FROM ins), (SELECT msg_id FROM prev),"
@@ -130,9 +142,13 @@ static const struct sql_stmt statements[] = {
      " head AS (" NEXT_SEQ " AND EXISTS (SELECT 1 FROM cur WHERE state = ANY($3::text[]))"
      "  RETURNING seq),"
      " upd AS (UPDATE notice n SET"
-     "  state = CASE WHEN $8::bool THEN n.state ELSE $2::text END,"
+     "  state = CASE WHEN NOT $8::bool THEN $2::text"
+     "   WHEN n.state = 'prepublished' THEN 'retracted' ELSE n.state END,"
      "  deleted = $8::bool, seq = head.seq,"
-     "  gray_seq = CASE WHEN $2::text = 'prepublished' THEN head.seq ELSE n.gray_seq END,"
+     /* gray_seq: the seq at which this version reached the whitelist, only
+      * when it was visible then (activated); a publish keeps it. */
+     "  gray_seq = CASE WHEN $2::text = 'prepublished' AND (n.activated OR n.start_at <= $5::int8)"
+     "   THEN head.seq ELSE n.gray_seq END,"
      "  msg_id = CASE WHEN n.msg_id = 0 AND $2::text IN ('prepublished', 'published')"
      "   THEN GREATEST($5::int8, n.start_at) ELSE n.msg_id END,"
      "  activated = CASE WHEN $2::text IN ('prepublished', 'published')"
@@ -154,8 +170,9 @@ static const struct sql_stmt statements[] = {
      "  RETURNING seq),"
      " upd AS (UPDATE notice n SET version = n.version + 1,"
      "  seq = COALESCE((SELECT seq FROM head), n.seq),"
-     "  gray_seq = CASE n.state WHEN 'prepublished' THEN (SELECT seq FROM head)"
-     "   WHEN 'published' THEN 0 ELSE n.gray_seq END,"
+     "  gray_seq = CASE WHEN n.state = 'prepublished' AND $9::int8 <= $19::int8"
+     "   THEN (SELECT seq FROM head) WHEN n.state IN ('prepublished', 'published') THEN 0"
+     "   ELSE n.gray_seq END,"
      "  title = $3::text, content = $4::bytea, category = $5::int4, type = $6::int4,"
      "  priority = $7::int4, business_type = $8::int4, start_at = $9::int8,"
      "  expire_at = $10::int8, platforms = $11::text[], min_core_level = $12::int8,"
@@ -165,7 +182,10 @@ static const struct sql_stmt statements[] = {
      "   THEN $9::int8 <= $19::int8 ELSE n.activated END,"
      "  updated_by = $18::text, updated_at = $19::int8"
      "  WHERE n.notice_id = $1::int8 AND EXISTS (SELECT 1 FROM ok)"
-     "  AND n.version = $2::int4 AND n.state IN ('draft', 'prepublished', 'published')"
+     /* The state read with the version must still hold (a transition
+      * racing the edit makes this a 409, not an edit without a seq). */
+     "  AND n.version = $2::int4 AND n.state = (SELECT state FROM cur)"
+     "  AND n.state IN ('draft', 'prepublished', 'published')"
      "  RETURNING n.*),"
      " aud AS (INSERT INTO audit_log (at, actor, action, notice_id, app_id, body)"
      "  SELECT $19::int8, $18::text, 'edit', notice_id, app_id, $20::text FROM upd)"
@@ -181,30 +201,9 @@ static const struct sql_stmt statements[] = {
      " is_read = notice_user_state.is_read OR EXCLUDED.is_read,"
      " hidden = notice_user_state.hidden OR EXCLUDED.hidden"},
     {SQL_WHITELIST_CHANGE, 6,
-     /* PUT keeps the uids it names (a DELETE and an INSERT of the same row in
-      * one statement would both act on the old snapshot). The app's
-      * prepublished notices take new seqs, so a user just added receives
-      * them even if their cursor had passed them; whitelisted users who
-      * already hold them get the same version again and de-duplicate. */
-     "WITH del AS (DELETE FROM whitelist WHERE app_id = $1::int8 AND ("
-     "  ($3::text = 'replace' AND uid <> ALL($2::int8[]))"
-     "  OR ($3::text = 'remove' AND uid = ANY($2::int8[])))"
-     "  RETURNING 1),"
-     " ins AS (INSERT INTO whitelist (app_id, uid)"
-     "  SELECT $1::int8, u FROM unnest($2::int8[]) AS u WHERE $3::text IN ('add', 'replace')"
-     "  ON CONFLICT DO NOTHING RETURNING 1),"
-     " ver AS (UPDATE whitelist_version SET version = version + 1 WHERE id = 1 RETURNING version),"
-     " head AS (SELECT seq FROM public_head WHERE id = 1 FOR UPDATE),"
-     " pre AS (SELECT notice_id, (SELECT seq FROM head) + row_number() OVER (ORDER BY notice_id)"
-     "  AS seq FROM notice WHERE app_id = $1::int8 AND state = 'prepublished' AND NOT deleted),"
-     " renum AS (UPDATE notice n SET seq = pre.seq, gray_seq = pre.seq FROM pre"
-     "  WHERE n.notice_id = pre.notice_id RETURNING 1),"
-     " bump AS (UPDATE public_head SET seq = seq + (SELECT count(*) FROM pre)"
-     "  WHERE id = 1 AND EXISTS (SELECT 1 FROM pre) RETURNING seq),"
-     " aud AS (INSERT INTO audit_log (at, actor, action, app_id, body)"
-     "  SELECT $5::int8, $4::text, 'whitelist_' || $3::text, $1::int8, $6::text)"
-     " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM del), (SELECT version FROM ver),"
-     " (SELECT count(*) FROM renum), (SELECT count(*) FROM bump)"},
+     /* migrations/0003: takes the head lock first, then reads. */
+     "SELECT added, removed, renumbered FROM mbox_whitelist_change($1::int8, $2::int8[],"
+     " $3::text, $4::text, $5::int8, $6::text)"},
     {SQL_WHITELIST_LIST, 1, "SELECT uid FROM whitelist WHERE app_id = $1::int8 ORDER BY uid"},
     {SQL_AUDIT_LIST, 2,
      "SELECT id, at, actor, action, notice_id, app_id, body FROM audit_log"

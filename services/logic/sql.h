@@ -25,7 +25,7 @@ struct pg_pool;
 /* $1 app, $2 uid, $3 from, $4 to, $5 limit, $6 now -> message columns */
 #define SQL_HISTORY_ASC  "history_asc"
 #define SQL_HISTORY_DESC "history_desc"
-/* $1 app, $2 uid, $3 msg_ids[] -> command tag count */
+/* $1 app, $2 uid, $3 msg_ids[], $4 notice_ids[] -> (messages marked, notices marked) */
 #define SQL_READ "read"
 /* $1 app, $2 uid, $3 msg_id (0: by msgkey), $4 msgkey, $5 now, $6 expire_at
  * -> (target, new_msg_id, previous_recall_msg_id, marked) */

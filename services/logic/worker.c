@@ -157,14 +157,16 @@ logic_worker_free(struct logic_worker *w)
     w->started = false;
     http_server_free(w->sdk);
     http_server_free(w->internal);
-    retention_free(w->retention);
-    pubsnap_unref(w->snap);
+    /* Clients first: freeing them completes their pending callbacks, which
+     * may still use the retention job and the snapshot. */
     if (w->redis != NULL)
         redis_free(w->redis);
-    hint_dirty_free(w->dirty);
-    api_token_cache_free(w->tokens);
     if (w->pg != NULL)
         pg_pool_free(w->pg);
+    retention_free(w->retention);
+    pubsnap_unref(w->snap);
+    hint_dirty_free(w->dirty);
+    api_token_cache_free(w->tokens);
     if (w->stop_ev != NULL)
         event_free(w->stop_ev);
     if (w->base != NULL)

@@ -449,6 +449,63 @@ START_TEST(bad_input_on_ops_endpoints)
 }
 END_TEST
 
+START_TEST(review_regressions)
+{
+    int st;
+    /* A whitelisted user added after prepublish and publish still gets the notice. */
+    uint64_t id = create(0, "{\"app_id\":\"7\",\"title\":\"gray\",\"content\":\"x\"}");
+    act(0, id, "prepublish", 200);
+    struct client late;
+    client_init(&late, 7, 701, false, NULL);
+    usleep(400 * 1000);
+    ck_assert_int_eq(count_kind(&late, 0, "notice", id, NULL), 0); /* cursor passes the prepublish */
+    act(0, id, "publish", 200);
+    json_decref(ops(0, "POST", "/v1/whitelist", "{\"app_id\":\"7\",\"uids\":[\"701\"]}", &st));
+    ck_assert_int_eq(st, 200);
+    ck_assert_int_ge(wait_for(&late, 1, "notice", id, 2000), 1);
+
+    /* Reading the same notice twice in one request is fine, and counts once. */
+    char body[128];
+    snprintf(body, sizeof(body), "{\"notice_ids\":[\"%" PRIu64 "\",\"%" PRIu64 "\",\"999999\"]}", id,
+             id);
+    json_t *j = httpc_json("POST", h.logicd[0].port[0], "/v1/read", late.tok, body, &st);
+    ck_assert_int_eq(st, 200);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "updated")), 1);
+    json_decref(j);
+
+    /* Deleting a retracted notice keeps its tombstone for holders. */
+    act(0, id, "retract", 200);
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/notices/%" PRIu64, id);
+    j = ops(0, "DELETE", path, NULL, &st);
+    ck_assert_int_eq(st, 204);
+    json_decref(j);
+    ck_assert_int_eq(wait_for(&late, 1, "retract", id, 2000), 1);
+
+    /* A protobuf body on an operator route (its bytes are not UTF-8) is audited, not a 500. */
+    uint8_t pb[] = {0x10, 0xc8, 0x01, 0x3a, 0x02, 'p', 'b'}; /* app_id = 200, title = "pb" */
+    char headers[512];
+    snprintf(headers, sizeof(headers),
+             "Content-Type: application/x-protobuf\r\nAccept: application/json\r\n"
+             "Authorization: Bearer %s\r\n",
+             h.ops_token);
+    struct httpc_resp r;
+    ck_assert_int_eq(httpc_request("POST", h.logicd[0].port[1], "/v1/notices", headers, pb,
+                                   sizeof(pb), &r),
+                     201);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"title\":\"pb\""));
+    httpc_resp_free(&r);
+
+    /* PATCH: a paced policy without a rate is refused after the merge. */
+    uint64_t id2 = create(0, "{\"app_id\":\"7\",\"title\":\"p\",\"content\":\"x\","
+                             "\"notify\":{\"mode\":\"paced\",\"rate_per_s\":10}}");
+    snprintf(path, sizeof(path), "/v1/notices/%" PRIu64, id2);
+    j = ops(0, "PATCH", path, "{\"notify\":{\"mode\":\"paced\"}}", &st);
+    ck_assert_int_eq(st, 400);
+    json_decref(j);
+}
+END_TEST
+
 /* ---- the invariant under concurrency ---- */
 
 #define INV_APP 9
@@ -598,6 +655,7 @@ public_suite(void)
     tcase_add_test(tc, scheduled_activation_after_cursor_passed);
     tcase_add_test(tc, hide_read_and_history);
     tcase_add_test(tc, bad_input_on_ops_endpoints);
+    tcase_add_test(tc, review_regressions);
     tcase_add_test(tc, invariant_sends_and_publishes);
     suite_add_tcase(s, tc);
     return s;

@@ -56,16 +56,17 @@ START_TEST(window_and_targeting)
 {
     struct pub_viewer v = viewer();
     struct pub_notice n = mk(1, PUB_PUBLISHED, 1);
+    /* Scheduled: invisible until the database activates it (not this host's clock). */
     n.start_at = NOW + 1;
-    ck_assert(!pub_visible(&n, &v, NOW));
+    n.activated = false;
+    ck_assert(!pub_visible(&n, &v, NOW + 5));
+    n.activated = true;
+    ck_assert(pub_visible(&n, &v, NOW));
     n.start_at = NOW - 10;
     n.expire_at = NOW;
     ck_assert(!pub_visible(&n, &v, NOW));
     n.expire_at = NOW + 1;
     ck_assert(pub_visible(&n, &v, NOW));
-    n.activated = false; /* start_at passed but the activation seq is not taken yet */
-    ck_assert(!pub_visible(&n, &v, NOW));
-    n.activated = true;
 
     strcpy(n.platforms[0], "android");
     n.nplatforms = 1;
