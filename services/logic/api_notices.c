@@ -578,12 +578,16 @@ on_patched(const PGresult *res, const struct pg_error *err, void *arg)
                              "cannot edit a notice in state '%s'; allowed in: draft, "
                              "prepublished, published",
                              st);
-        else
+        else if (op->if_match != 0)
             http_reply_error(r, 409, "conflict",
                              "version mismatch: the notice is at version %" PRId64
-                             " (%s %u); re-read and retry",
-                             ver, op->if_match ? "If-Match" : "changed while editing, read",
-                             op->if_match ? op->if_match : (unsigned)ver);
+                             " (If-Match %u); re-read and retry",
+                             ver, op->if_match);
+        else
+            http_reply_error(r, 409, "conflict",
+                             "the notice changed while this edit was applied (now version %" PRId64
+                             "); re-read and retry",
+                             ver);
     } else {
         pubcache_kick(op->w->app->pubcache);
         struct notice_out o;

@@ -457,8 +457,7 @@ api_history(struct http_req *r, void *ctx)
     op->asc = order[0] == 'a';
     op->limit = (uint32_t)limit;
     /* Currently visible notices with msg_id in range. The snapshot is in seq
-     * order, so take them all, order them by msg_id as asked, and keep the
-     * first limit + 1 (the merge cuts to limit and reports has_more). */
+     * order, so take them all and order them by msg_id as asked. */
     int64_t now = logic_now_us();
     size_t count = op->snap != NULL ? op->snap->count : 0;
     op->pub = calloc(count + 1, sizeof(*op->pub));
@@ -475,11 +474,10 @@ api_history(struct http_req *r, void *ctx)
         op->pub[op->npub].kind = PUB_ITEM_NOTICE;
         op->npub++;
     }
+    /* No cut here: the user's hidden notices are dropped first and the
+     * merged page is cut to limit in pull_reply, so paging by msg_id never
+     * skips a notice. */
     qsort(op->pub, op->npub, sizeof(op->pub[0]), op->asc ? cmp_pub_asc : cmp_pub_desc);
-    if (op->npub > (size_t)limit + 1) {
-        op->npub = (size_t)limit + 1;
-        op->pub_truncated = true;
-    }
     public_state(op);
 }
 

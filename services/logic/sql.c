@@ -97,7 +97,7 @@ static const struct sql_stmt statements[] = {
      " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"},
     {SQL_RECALL, 6,
      "WITH target AS ("
-     "  SELECT msg_id, recalled FROM message"
+     "  SELECT msg_id, recalled, expire_at FROM message"
      "  WHERE uid = $2 AND app_id = $1 AND kind = 0"
      "  AND (($3::int8 <> 0 AND msg_id = $3::int8) OR ($3::int8 = 0 AND msgkey = $4::text))"
      "), prev AS ("
@@ -113,7 +113,9 @@ static const struct sql_stmt statements[] = {
      "  RETURNING 1"
      "), ins AS ("
      "  INSERT INTO message (uid, app_id, msg_id, kind, recalled_msg_id, create_time, expire_at)"
-     "  SELECT $2, $1, hdr.last_msg_id, 1, (SELECT msg_id FROM target), $5, $6 FROM hdr"
+     /* The recall lives at least as long as the message it recalls. */
+     "  SELECT $2, $1, hdr.last_msg_id, 1, (SELECT msg_id FROM target), $5,"
+     "  GREATEST($6::int8, (SELECT expire_at FROM target)) FROM hdr"
      "  WHERE EXISTS (SELECT 1 FROM mark)"
      "  RETURNING msg_id"
      ")"
