@@ -1,4 +1,4 @@
--- report.lua: shared by the wrk scripts of ops/bench/private. done() prints
+-- report.lua: shared by the wrk scripts of ops/bench/private and public. done() prints
 -- one machine-readable line the bench script parses (wrk's own report is
 -- kept for humans). Latencies are in microseconds inside wrk.
 function done(summary, latency, requests)
