@@ -276,6 +276,18 @@ static void
 on_user_state(const PGresult *res, const struct pg_error *err, void *arg)
 {
     struct pull_op *op = arg;
+    if (err->kind == PG_ERR_UNAVAILABLE || err->kind == PG_ERR_TIMEOUT) {
+        /* The cache keeps serving while PostgreSQL is away: deliver the
+         * notices without the user's read/hidden marks (a hidden notice can
+         * reappear; nothing is lost). The private side then decides, from
+         * the hint or with a 503 of its own. */
+        metric_inc(metrics_counter(op->w->app->metrics, "mbox_notice_state_degraded_total",
+                                   "syncs that served notices without the user's read/hidden "
+                                   "marks because PostgreSQL was unavailable",
+                                   NULL));
+        after_public(op);
+        return;
+    }
     if (err->kind != PG_OK) {
         api_reply_pg_error(op->r, err);
         pull_free(op);
@@ -319,10 +331,12 @@ public_state(struct pull_op *op)
     pg_param_i64(&p, (int64_t)op->who.app_id);
     pg_param_i64(&p, (int64_t)op->who.uid);
     pg_param_text(&p, arr);
-    bool sent = api_query(op->r, op->w, SQL_NOTICE_USER_STATE, &p, on_user_state, op);
+    bool sent = pg_query(op->w->pg, SQL_NOTICE_USER_STATE, &p, on_user_state, op);
     free(arr);
     if (!sent) {
-        pull_free(op);
+        /* No connection: the same degraded path as a failed query. */
+        struct pg_error down = {.kind = PG_ERR_UNAVAILABLE, .message = "no connection"};
+        on_user_state(NULL, &down, op);
     }
 }
 

@@ -506,6 +506,60 @@ START_TEST(review_regressions)
 }
 END_TEST
 
+START_TEST(cache_serves_while_postgres_is_down)
+{
+    /* fresh syncs before the notice exists: its private hint is set and its
+     * cursor is before the notice. */
+    struct client u, fresh;
+    client_init(&u, 8, 801, false, NULL);
+    client_init(&fresh, 8, 802, false, NULL);
+    ck_assert_int_eq(count_kind(&fresh, 1, "notice", 0, NULL), 0);
+    ck_assert_int_eq(count_kind(&fresh, 1, "notice", 0, NULL), 0); /* now from the hint */
+    uint64_t id = create(0, "{\"app_id\":\"8\",\"title\":\"still here\",\"content\":\"x\"}");
+    act(0, id, "publish", 200);
+    ck_assert_int_eq(wait_for(&u, 1, "notice", id, 2000), 1);
+
+    ck_assert(harness_pg_pause(&h));
+    int st;
+    json_t *j = NULL;
+    for (int i = 0; i < 40; i++) {
+        json_decref(j);
+        j = httpc_json("GET", h.logicd[1].port[0], "/healthz", NULL, NULL, &st);
+        if (st == 503)
+            break;
+        usleep(100 * 1000);
+    }
+    ck_assert_int_eq(st, 503);
+    ck_assert(json_is_false(json_object_get(json_object_get(j, "postgres"), "up")));
+    ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(j, "public_cache"), "notices")), 1);
+    json_decref(j);
+    /* The last snapshot keeps serving: the notice reaches fresh with PostgreSQL down
+     * (private side from the Redis hint, the notice from the cache). */
+    ck_assert_int_eq(count_kind(&fresh, 1, "notice", id, NULL), 1);
+    ck_assert_int_eq(count_kind(&u, 1, "notice", id, NULL), 0);
+    ck_assert_double_ge(mt_metric(h.logicd[1].port[0], "mbox_notice_state_degraded_total", NULL), 1);
+    /* The poller's age grows while the database is away. */
+    sleep(2);
+    j = httpc_json("GET", h.logicd[1].port[0], "/healthz", NULL, NULL, &st);
+    ck_assert_int_ge(json_integer_value(json_object_get(json_object_get(j, "public_cache"), "age_ms")), 1500);
+    json_decref(j);
+
+    ck_assert(harness_pg_resume(&h));
+    /* Back: both processes reconnect (on their own backoff) and answer again. */
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 150; i++) {
+            j = httpc_json("GET", h.logicd[k].port[0], "/healthz", NULL, NULL, &st);
+            json_decref(j);
+            if (st == 200)
+                break;
+            usleep(100 * 1000);
+        }
+        ck_assert_int_eq(st, 200);
+    }
+    ck_assert_int_eq(count_kind(&fresh, 0, "notice", id, NULL), 0);
+}
+END_TEST
+
 /* ---- the invariant under concurrency ---- */
 
 #define INV_APP 9
@@ -657,6 +711,7 @@ public_suite(void)
     tcase_add_test(tc, bad_input_on_ops_endpoints);
     tcase_add_test(tc, review_regressions);
     tcase_add_test(tc, invariant_sends_and_publishes);
+    tcase_add_test(tc, cache_serves_while_postgres_is_down); /* last: it stops PostgreSQL */
     suite_add_tcase(s, tc);
     return s;
 }

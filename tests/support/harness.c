@@ -111,11 +111,25 @@ start_pg(struct harness *h)
                         pass)) {
             snprintf(h->pg_conninfo, sizeof(h->pg_conninfo),
                      "host=127.0.0.1 port=%d dbname=mbox user=mbox password=%s", h->pg_port, pass);
+            memcpy(h->pg_password, pass, sizeof(h->pg_password));
             return true;
         }
     }
     hfail("PostgreSQL did not start");
     return false;
+}
+
+bool
+harness_pg_pause(struct harness *h)
+{
+    return run_servers("pg-pause '%s'", h->dir);
+}
+
+bool
+harness_pg_resume(struct harness *h)
+{
+    return run_servers("pg-resume '%s' %d %s fsync=off full_page_writes=off", h->dir, h->pg_port,
+                       h->pg_password);
 }
 
 bool

@@ -36,6 +36,7 @@ struct harness {
     char dir[256]; /* temporary directory holding everything */
     int pg_port;
     char pg_conninfo[512];
+    char pg_password[33];
     int redis_port;
     char server_key[65];
     char ops_token[65];
@@ -51,6 +52,10 @@ bool harness_start(struct harness *h, unsigned what);
 /* Starts one more logicd / lcsd (index returned, -1 on failure), extra config lines appended. */
 int harness_add_logicd(struct harness *h, const char *extra_config);
 int harness_add_lcsd(struct harness *h, const char *extra_config);
+
+/* Stops and restarts PostgreSQL on the same port, keeping its data (fault tests). */
+bool harness_pg_pause(struct harness *h);
+bool harness_pg_resume(struct harness *h);
 
 /* Stops and restarts Redis on the same port (fault tests). */
 bool harness_redis_stop(struct harness *h);
