@@ -85,6 +85,8 @@ local_token(uint64_t app, uint64_t uid, char *out, size_t outlen)
 }
 
 /* Runs redis-cli against the harness's Redis; returns its stdout (caller frees). */
+static char *redis_cli(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 static char *
 redis_cli(const char *fmt, ...)
 {

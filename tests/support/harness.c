@@ -20,6 +20,8 @@
 
 #include "httpc.h"
 
+static void hfail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 static void
 hfail(const char *fmt, ...)
 {
@@ -85,6 +87,8 @@ random_hex(char *out, size_t bytes)
 }
 
 /* Runs ops/servers with arguments; true on exit status 0. */
+static bool run_servers(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 static bool
 run_servers(const char *fmt, ...)
 {
