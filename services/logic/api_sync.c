@@ -348,9 +348,7 @@ on_sync_hint(const struct hint_read *h, void *arg)
     struct pull_op *op = arg;
     op->hint = *h;
     bool private_empty = h->usable && h->has_m && h->m <= op->cur.p;
-    metric_inc(metrics_counter(op->w->app->metrics, "mbox_sync_total",
-                               "syncs by how the private side was answered",
-                               private_empty ? "path=\"hint\"" : "path=\"db\""));
+    metric_inc(private_empty ? op->w->m_sync_hint : op->w->m_sync_db);
     public_state(op);
 }
 
@@ -402,7 +400,9 @@ api_sync(struct http_req *r, void *ctx)
     }
     /* Public side first: it decides how much room the private side gets. */
     op->new_g = op->cur.g;
-    if (op->snap != NULL) {
+    if (op->snap != NULL && op->snap->max_seq <= op->cur.g) {
+        /* Nothing public after g (the common case): nothing to select. */
+    } else if (op->snap != NULL) {
         op->pub = calloc(limit, sizeof(*op->pub));
         if (op->pub == NULL) {
             http_reply_error(r, 503, "unavailable", "out of memory");

@@ -28,6 +28,7 @@ struct fanout;
 struct pubcache;
 struct pub_snapshot;
 struct token_cache;
+struct metric;
 struct retention;
 
 struct logic_config {
@@ -106,6 +107,8 @@ struct logic_worker {
     struct retention *retention; /* worker 0 only */
     struct pub_snapshot *snap;   /* public cache as this worker sees it (pubcache.h) */
     struct token_cache *tokens;  /* verified user tokens (api_io.c) */
+    /* hot-path counters, looked up once (a lookup takes the registry mutex) */
+    struct metric *m_sync_hint, *m_sync_db;
     struct event *stop_ev;
     bool started;
 };

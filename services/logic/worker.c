@@ -102,6 +102,10 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
     w->redis = redis_new(w->base, &rc, app->metrics);
     w->dirty = hint_dirty_new();
     w->tokens = api_token_cache_new();
+    w->m_sync_hint = metrics_counter(app->metrics, "mbox_sync_total",
+                                     "syncs by how the private side was answered", "path=\"hint\"");
+    w->m_sync_db = metrics_counter(app->metrics, "mbox_sync_total",
+                                   "syncs by how the private side was answered", "path=\"db\"");
     if (w->redis == NULL || w->dirty == NULL || w->tokens == NULL) {
         snprintf(err, errlen, "bad Redis settings or out of memory");
         return false;
