@@ -130,8 +130,8 @@ migrate_run(const char *conninfo, const char *dir, char *err, size_t errlen)
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL && n < MIGRATE_MAX_FILES) {
-        if (is_migration(e->d_name))
-            names[n++] = strdup(e->d_name);
+        if (is_migration(e->d_name) && (names[n] = strdup(e->d_name)) != NULL)
+            n++;
     }
     closedir(d);
     qsort(names, (size_t)n, sizeof(names[0]), cmp_names);
