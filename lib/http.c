@@ -1,52 +1,62 @@
 /*
- * http: routing, request objects and replies on top of evhttp (see http.h).
+ * http: an HTTP/1.1 server on libevent events (see http.h).
  *
- * evhttp calls dispatch() for every complete request. dispatch() wraps the
- * evhttp_request in a struct http_req, finds the route and calls the
- * handler. A handler that returns without replying leaves the request
- * pending; watch_pending() then arranges to hear about the connection
- * closing (conn_closed()), so that a late reply never touches an
- * evhttp_request that libevent has already freed.
+ * Why not evhttp: libevent's evhttp re-arms a connection's socket in epoll
+ * around every request (about four epoll_ctl calls each), allocates a
+ * dozen objects per request, answers its own errors with HTML, and aborts
+ * the process when bytes of a pipelined request arrive while a handler is
+ * still working. An empty sync, the commonest request of the service,
+ * spent more CPU in that machinery than in its own work. This server keeps
+ * one persistent EV_READ event per connection, reads with one recv() and
+ * answers with one send() in the common case, and allocates nothing per
+ * request once a connection is warm.
  *
- * What libevent 2.1.12 does with a pending request, and why the code below
- * looks the way it does (each point checked against the installed library;
- * tests/unit/test_http.c covers them):
+ * A connection (struct conn) owns one input buffer. Bytes are read into
+ * it; lib/http_parse.c finds the request head and frames the body
+ * (Content-Length or chunked, decoded in place); dispatch() then
+ * NUL-terminates the pieces inside the buffer (path, query, header names
+ * and values, body) and hands the embedded struct http_req to the route's
+ * handler. Nothing moves in the buffer until the reply: bytes arriving
+ * meanwhile (a pipelined request, or the EOF that tells us the client is
+ * gone) are appended behind the request, never by reallocation.
  *
- * - Once a request is read, evhttp stops reading its connection until the
- *   reply is written, so on its own it never notices a client that went
- *   away; the reply would just be written into a dead socket.
- * - Turning reading back on is not enough: evhttp's read callback aborts
- *   the process (event_errx "illegal connection state") when bytes of a
- *   pipelined request arrive while the first one is pending.
- * - So watch_pending() removes the read callback and turns EV_READ on with
- *   a read high-water mark one byte above what is already buffered: an
- *   EOF, a reset or the read timeout (limits.timeout_s) reaches evhttp's
- *   event callback, pipelined bytes are neither parsed nor buffered beyond
- *   one byte. evhttp_send_reply() installs evhttp's callbacks again, and
- *   reply_sent() lifts the water mark once the reply is out.
- * - On EOF, reset or timeout of a pending request libevent detaches the
- *   evhttp_request from the connection (evhttp_request_get_connection()
- *   becomes NULL), frees the connection, calls its close callback
- *   (conn_closed()) and never frees that request: it is ours, and the
- *   reply frees it.
- * - evhttp_free() frees connections with their requests still attached, so
- *   those evhttp_requests die with them; http_server_free() forgets them
- *   first.
+ * States of a connection:
+ *   CS_READ     reading a request, or idle between two;
+ *   CS_HANDLER  a request is with its handler (replied to synchronously or
+ *               later from another callback on the same thread);
+ *   CS_LINGER   the last reply is out and our write side shut down: the
+ *               input is read and dropped until EOF, so that a client still
+ *               sending (a refused oversized body) reads the reply instead
+ *               of a reset.
+ * A connection that fails (EOF, reset, timeout, server freed) in
+ * CS_HANDLER becomes a zombie: its socket is closed, the struct and its
+ * buffer stay so that the handler's request stays valid, and the reply
+ * frees it (counted as status 499).
+ *
+ * Replies are written straight to the socket; what the kernel does not
+ * take is queued in the connection's output buffer and an EV_WRITE event
+ * drains it. Pipelined requests are answered in order: the next request is
+ * dispatched only once the previous reply is fully written.
+ *
+ * Timeouts: each server has one timer that sweeps its connections a few
+ * times per timeout period and drops those whose deadline passed. The
+ * deadline moves forward on read and write progress and on dispatch
+ * (limits.timeout_s, or http_req_set_timeout()'s value for that connection).
  */
 #include "http.h"
 
+#include "http_parse.h"
 #include "log.h"
 #include "metrics.h"
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <event2/event_struct.h>
 
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,10 +65,18 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #define ALLOWED_METHODS (HTTP_GET | HTTP_POST | HTTP_PUT | HTTP_PATCH | HTTP_DELETE | HTTP_HEAD)
+
+_Static_assert((int)HTTP_GET == (int)HTTP_PARSE_GET && (int)HTTP_POST == (int)HTTP_PARSE_POST &&
+                   (int)HTTP_PUT == (int)HTTP_PARSE_PUT &&
+                   (int)HTTP_PATCH == (int)HTTP_PARSE_PATCH &&
+                   (int)HTTP_DELETE == (int)HTTP_PARSE_DELETE &&
+                   (int)HTTP_HEAD == (int)HTTP_PARSE_HEAD,
+               "http_parse uses the same method bits");
 
 /* Most {name} parameters in one pattern (http.h says 8). */
 #define HTTP_MAX_PARAMS 8
@@ -69,6 +87,17 @@
 /* Distinct statuses whose counter a route caches; others are looked up. */
 #define ROUTE_STATUS_CACHE 8
 
+/* Input buffer of a new connection, and what a grown one shrinks back to. */
+#define IN_INITIAL       4096
+#define BUF_SHRINK_ABOVE 65536
+
+/* Connections taken per wakeup of a listener. */
+#define ACCEPT_BATCH 64
+
+/* How long a closing connection reads and drops input, and how much. */
+#define LINGER_MS        2000
+#define LINGER_MAX_BYTES (1 << 20)
+
 /* Metric series of one route (index nroutes: requests no route took). */
 struct route_metrics {
     struct metric *duration;
@@ -76,20 +105,25 @@ struct route_metrics {
     struct metric *requests[ROUTE_STATUS_CACHE];
 };
 
+struct conn;
+
 struct http_server {
     struct event_base *base;
-    struct evhttp *evh;
+    int listen_fd;
+    struct event *accept_ev;
+    struct event *accept_pause_ev; /* re-enables accepting after EMFILE */
+    struct event *sweep_ev;
     char *name;
     const struct http_route *routes;
     size_t nroutes;
     size_t max_pattern_len;
     struct http_limits limits;
+    size_t in_limit; /* most bytes a connection buffers */
     void *ctx;
     struct metrics *metrics;
     struct route_metrics *rmetrics; /* nroutes + 1 */
     uint64_t id_seed, id_counter;
-    struct http_req *live;       /* every request not yet replied to */
-    struct http_req *in_handler; /* set while a handler runs and has not replied */
+    struct conn *conns; /* every connection, zombies included */
 };
 
 struct query_param {
@@ -97,34 +131,72 @@ struct query_param {
 };
 
 struct http_req {
-    struct evhttp_request *evreq;    /* NULL once libevent freed it */
-    struct evhttp_connection *evcon; /* while a pending request's close is watched */
-    bool conn_gone;                  /* the connection closed before the reply */
-    bool evreq_owned;                /* evreq was detached by libevent: we free it */
-    struct http_server *server;      /* NULL once the server was freed */
-    struct event_base *base;
-    struct http_req *prev, *next; /* server->live */
-
+    struct conn *c;
+    bool active; /* dispatched, not yet replied to */
     enum http_method method;
     size_t route_index; /* for metrics; nroutes = "unmatched" */
     char id[9];
     struct timespec start;
 
-    char *path;      /* decoded */
-    char *raw_query; /* as received, NULL when none */
+    const char *path; /* decoded, NUL-terminated (in the input buffer) */
+    const char *raw_query;
     int nparams;
     const char *pnames[HTTP_MAX_PARAMS];
     const char *pvalues[HTTP_MAX_PARAMS];
-    char *valbuf;
 
     bool query_parsed;
     struct query_param *query;
     size_t nquery;
 
-    unsigned char *body;
+    unsigned char *body; /* in the input buffer, NUL-terminated */
     size_t body_len;
 
+    bool retry_after; /* a Retry-After header was added */
     void *data;
+};
+
+enum conn_state { CS_READ, CS_HANDLER, CS_LINGER };
+
+struct conn {
+    struct http_server *s; /* NULL once the server is freed */
+    struct event_base *base;
+    struct conn *prev, *next;
+    int fd; /* -1 once closed (zombie) */
+    enum conn_state state;
+    struct event rev, wev;
+    bool wev_on, read_paused;
+    bool in_dispatch;    /* a handler runs on the stack: closing waits */
+    bool close_deferred; /* a close was asked for while in_dispatch */
+    bool keep_alive;     /* of the current request */
+    bool close_pending;  /* close once the output is written */
+    bool must_linger;    /* the client may still be sending */
+    bool broken;         /* a write failed */
+    bool sent_continue;
+    int timeout_ms;
+    int64_t deadline_ms;
+    int64_t linger_left; /* declared body bytes still to drop, -1 unknown */
+    size_t lingered;
+
+    /* input: [0, in_len) of in_cap; the request is the first bytes */
+    unsigned char *in;
+    size_t in_len, in_cap;
+    size_t scan; /* where the search for the head's end resumes */
+    bool head_done;
+    size_t head_len;
+    size_t consumed; /* bytes of the dispatched request (with its NUL slot) */
+    struct http_chunked chunked;
+
+    /* output not yet taken by the kernel: out[out_off, out_len) */
+    unsigned char *out;
+    size_t out_off, out_len, out_cap;
+
+    char *xhdr; /* extra response headers, "Name: value\r\n" each */
+    size_t xhdr_len, xhdr_cap;
+    char *valbuf; /* path parameter values */
+    size_t valbuf_cap;
+
+    struct http_head head;
+    struct http_req req;
 };
 
 /* ---- pure helpers ---- */
@@ -215,9 +287,13 @@ http_status_code_name(int status)
     case 412:
         return "failed_precondition";
     case 413:
+    case 431:
         return "too_large";
     case 429:
         return "rate_limited";
+    case 501:
+    case 505:
+        return "not_implemented";
     case 503:
         return "unavailable";
     default:
@@ -326,79 +402,27 @@ method_name(enum http_method m)
     return "-";
 }
 
-static enum http_method
-method_from_evhttp(enum evhttp_cmd_type cmd)
+static int64_t
+now_ms(void)
 {
-    switch (cmd) {
-    case EVHTTP_REQ_GET:
-        return HTTP_GET;
-    case EVHTTP_REQ_POST:
-        return HTTP_POST;
-    case EVHTTP_REQ_PUT:
-        return HTTP_PUT;
-    case EVHTTP_REQ_PATCH:
-        return HTTP_PATCH;
-    case EVHTTP_REQ_DELETE:
-        return HTTP_DELETE;
-    case EVHTTP_REQ_HEAD:
-        return HTTP_HEAD;
-    default:
-        return 0;
-    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* 8 hex digits: a per-server counter through a 64-bit mixer, seeded at random. */
 static void
 make_request_id(struct http_server *s, char out[9])
 {
+    static const char hex[] = "0123456789abcdef";
     uint64_t x = s->id_seed + ++s->id_counter * 0x9e3779b97f4a7c15ULL;
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
     x ^= x >> 31;
-    snprintf(out, 9, "%08x", (unsigned)(x >> 32));
-}
-
-/* Allocates the request for evreq and links it into the server's live list. */
-static struct http_req *
-req_new(struct http_server *s, struct evhttp_request *evreq)
-{
-    struct http_req *r = calloc(1, sizeof(*r));
-    if (r == NULL)
-        return NULL;
-    clock_gettime(CLOCK_MONOTONIC, &r->start);
-    r->evreq = evreq;
-    r->server = s;
-    r->base = s->base;
-    r->route_index = s->nroutes;
-    make_request_id(s, r->id);
-    r->next = s->live;
-    if (s->live != NULL)
-        s->live->prev = r;
-    s->live = r;
-    return r;
-}
-
-static void
-req_free(struct http_req *r)
-{
-    if (r->server != NULL) {
-        if (r->prev != NULL)
-            r->prev->next = r->next;
-        else
-            r->server->live = r->next;
-        if (r->next != NULL)
-            r->next->prev = r->prev;
-    }
-    for (size_t i = 0; i < r->nquery; i++) {
-        free(r->query[i].name);
-        free(r->query[i].value);
-    }
-    free(r->query);
-    free(r->path);
-    free(r->raw_query);
-    free(r->valbuf);
-    free(r->body);
-    free(r);
+    uint32_t v = (uint32_t)(x >> 32);
+    for (int i = 7; i >= 0; i--, v >>= 4)
+        out[i] = hex[v & 15];
+    out[8] = '\0';
 }
 
 enum http_method
@@ -416,11 +440,11 @@ http_req_path(const struct http_req *r)
 void
 http_req_set_timeout(struct http_req *r, int seconds)
 {
-    if (r->evreq == NULL || r->conn_gone)
+    struct conn *c = r->c;
+    if (c->fd < 0 || seconds <= 0)
         return;
-    struct evhttp_connection *c = evhttp_request_get_connection(r->evreq);
-    if (c != NULL)
-        evhttp_connection_set_timeout(c, seconds);
+    c->timeout_ms = seconds * 1000;
+    c->deadline_ms = now_ms() + c->timeout_ms;
 }
 
 const char *
@@ -432,7 +456,7 @@ http_req_id(const struct http_req *r)
 struct event_base *
 http_req_base(const struct http_req *r)
 {
-    return r->base;
+    return r->c->base;
 }
 
 const char *
@@ -449,13 +473,8 @@ http_req_param(const struct http_req *r, const char *name)
 static char *
 query_decode(const char *s, size_t len)
 {
-    char *tmp = strndup(s, len);
-    if (tmp == NULL)
-        return NULL;
-    size_t outlen;
-    char *out = evhttp_uridecode(tmp, 1, &outlen);
-    free(tmp);
-    if (out != NULL && strlen(out) != outlen) {
+    char *out = malloc(len + 1);
+    if (out != NULL && http_percent_decode(s, len, out, true) < 0) {
         free(out);
         return NULL;
     }
@@ -515,9 +534,8 @@ http_req_query(const struct http_req *r, const char *name)
 const char *
 http_req_header(const struct http_req *r, const char *name)
 {
-    if (r->evreq == NULL)
-        return NULL;
-    return evhttp_find_header(evhttp_request_get_input_headers(r->evreq), name);
+    const struct http_field *f = http_head_field(&r->c->head, name);
+    return f != NULL ? f->value : NULL;
 }
 
 const char *
@@ -529,25 +547,6 @@ http_req_bearer(const struct http_req *r)
 const unsigned char *
 http_req_body(struct http_req *r, size_t *len)
 {
-    if (r->body == NULL) {
-        struct evbuffer *in = r->evreq != NULL ? evhttp_request_get_input_buffer(r->evreq) : NULL;
-        size_t n = in != NULL ? evbuffer_get_length(in) : 0;
-        r->body = malloc(n + 1);
-        if (r->body == NULL) {
-            if (len != NULL)
-                *len = 0;
-            return NULL;
-        }
-        if (n > 0 && evbuffer_copyout(in, r->body, n) != (ev_ssize_t)n) {
-            free(r->body);
-            r->body = NULL;
-            if (len != NULL)
-                *len = 0;
-            return NULL;
-        }
-        r->body[n] = '\0';
-        r->body_len = n;
-    }
     if (len != NULL)
         *len = r->body_len;
     return r->body;
@@ -565,12 +564,52 @@ http_req_data(const struct http_req *r)
     return r->data;
 }
 
+/* Grows *buf (capacity *cap) to hold at least need bytes; false when out of memory. */
+static bool
+grow(void *buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return true;
+    size_t n = *cap > 0 ? *cap : 256;
+    while (n < need)
+        n *= 2;
+    void *p = realloc(*(void **)buf, n);
+    if (p == NULL)
+        return false;
+    *(void **)buf = p;
+    *cap = n;
+    return true;
+}
+
+/* No CR, LF or NUL: a header name or value cannot split the response. */
+static bool
+header_safe(const char *s)
+{
+    return strpbrk(s, "\r\n") == NULL;
+}
+
 void
 http_req_add_header(struct http_req *r, const char *name, const char *value)
 {
-    if (r == NULL || r->conn_gone || r->evreq == NULL)
+    if (r == NULL || !r->active || name == NULL || value == NULL || !header_safe(name) ||
+        !header_safe(value))
         return;
-    evhttp_add_header(evhttp_request_get_output_headers(r->evreq), name, value);
+    struct conn *c = r->c;
+    size_t nl = strlen(name), vl = strlen(value);
+    if (!grow(&c->xhdr, &c->xhdr_cap, c->xhdr_len + nl + vl + 4))
+        return;
+    char *p = c->xhdr + c->xhdr_len;
+    memcpy(p, name, nl);
+    p += nl;
+    *p++ = ':';
+    *p++ = ' ';
+    memcpy(p, value, vl);
+    p += vl;
+    *p++ = '\r';
+    *p++ = '\n';
+    c->xhdr_len = (size_t)(p - c->xhdr);
+    if (strcasecmp(name, "Retry-After") == 0)
+        r->retry_after = true;
 }
 
 /* ---- metrics and the access log ---- */
@@ -668,82 +707,468 @@ elapsed_us(const struct timespec *start)
     return (int64_t)(now.tv_sec - start->tv_sec) * 1000000 + (now.tv_nsec - start->tv_nsec) / 1000;
 }
 
-/* Records, logs and frees r: the end of every request. */
+/* Writes the methods of mask into out as an Allow header value. */
+static void
+allow_header(unsigned mask, char *out, size_t outlen)
+{
+    static const enum http_method order[] = {HTTP_GET, HTTP_HEAD,  HTTP_POST,
+                                             HTTP_PUT, HTTP_PATCH, HTTP_DELETE};
+    size_t pos = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+        if ((mask & order[i]) == 0)
+            continue;
+        int n = snprintf(out + pos, outlen - pos, "%s%s", pos ? ", " : "", method_name(order[i]));
+        if (n < 0 || (size_t)n >= outlen - pos)
+            break;
+        pos += (size_t)n;
+    }
+}
+
+/* Records and logs the end of a request; releases its per-request state. */
 static void
 req_finish(struct http_req *r, int status)
 {
     int64_t us = elapsed_us(&r->start);
     if (us < 0)
         us = 0;
-    record_request(r->server, r, status, (double)us / 1e6);
+    record_request(r->c->s, r, status, (double)us / 1e6);
     if (log_enabled(LOG_DEBUG)) {
         char qpath[256];
         log_debug("http_request", "req=%s method=%s path=%s status=%d us=%lld", r->id,
                   method_name(r->method), log_q(qpath, sizeof(qpath), http_req_path(r)), status,
                   (long long)us);
     }
-    req_free(r);
+    for (size_t i = 0; i < r->nquery; i++) {
+        free(r->query[i].name);
+        free(r->query[i].value);
+    }
+    free(r->query);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ---- connections ---- */
+
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
+static bool conn_process(struct conn *c);
+
+static void
+conn_unlink(struct conn *c)
+{
+    if (c->s == NULL)
+        return;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        c->s->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* Closes the socket and stops its events; the struct stays. */
+static void
+conn_close_socket(struct conn *c)
+{
+    if (c->fd < 0)
+        return;
+    event_del(&c->rev);
+    event_del(&c->wev);
+    c->wev_on = false;
+    close(c->fd);
+    c->fd = -1;
+    free(c->out);
+    c->out = NULL;
+    c->out_off = c->out_len = c->out_cap = 0;
+}
+
+static void
+conn_free(struct conn *c)
+{
+    conn_close_socket(c);
+    conn_unlink(c);
+    free(c->in);
+    free(c->xhdr);
+    free(c->valbuf);
+    free(c);
+}
+
+/*
+ * Ends a connection. A pending request keeps the struct alive (a zombie,
+ * freed by the reply); otherwise everything goes. While a handler runs on
+ * the stack the close waits for it to return.
+ */
+static void
+conn_close(struct conn *c)
+{
+    if (c->in_dispatch) {
+        c->close_deferred = true;
+        return;
+    }
+    if (c->state == CS_HANDLER) {
+        if (c->fd >= 0)
+            log_debug("http_client_gone", "req=%s", c->req.id);
+        conn_close_socket(c);
+        return;
+    }
+    conn_free(c);
+}
+
+static void
+conn_set_write(struct conn *c, bool on)
+{
+    if (on == c->wev_on || c->fd < 0)
+        return;
+    if (on)
+        event_add(&c->wev, NULL);
+    else
+        event_del(&c->wev);
+    c->wev_on = on;
+}
+
+static void
+conn_set_read(struct conn *c, bool on)
+{
+    if (on == !c->read_paused || c->fd < 0)
+        return;
+    if (on)
+        event_add(&c->rev, NULL);
+    else
+        event_del(&c->rev);
+    c->read_paused = !on;
+}
+
+/* Shuts our side and drops input until EOF (see CS_LINGER at the top). */
+static void
+conn_linger(struct conn *c)
+{
+    shutdown(c->fd, SHUT_WR);
+    c->state = CS_LINGER;
+    c->in_len = 0;
+    c->deadline_ms = now_ms() + LINGER_MS;
+    if (c->linger_left == 0) {
+        conn_free(c);
+        return;
+    }
+    conn_set_read(c, true);
+}
+
+/* The reply is out and the connection is not kept: close, lingering if needed. */
+static void
+conn_end(struct conn *c)
+{
+    if (c->broken || (!c->must_linger && c->in_len == 0))
+        conn_free(c);
+    else
+        conn_linger(c);
+}
+
+/*
+ * Writes iov to the socket, queueing in the output buffer what the kernel
+ * does not take now (and everything when output is already queued).
+ */
+static void
+conn_send(struct conn *c, struct iovec *iov, int niov)
+{
+    if (c->fd < 0 || c->broken)
+        return;
+    size_t total = 0;
+    for (int i = 0; i < niov; i++)
+        total += iov[i].iov_len;
+    size_t sent = 0;
+    if (c->out_len == c->out_off) {
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
+        ssize_t n;
+        do
+            n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            c->broken = true;
+            return;
+        }
+        sent = n > 0 ? (size_t)n : 0;
+        if (sent == total)
+            return;
+        c->deadline_ms = now_ms() + c->timeout_ms;
+    }
+    if (c->out_off > 0 && c->out_off == c->out_len)
+        c->out_off = c->out_len = 0;
+    if (!grow(&c->out, &c->out_cap, c->out_len + total - sent)) {
+        c->broken = true;
+        return;
+    }
+    for (int i = 0; i < niov; i++) {
+        size_t l = iov[i].iov_len;
+        if (sent >= l) {
+            sent -= l;
+            continue;
+        }
+        memcpy(c->out + c->out_len, (const char *)iov[i].iov_base + sent, l - sent);
+        c->out_len += l - sent;
+        sent = 0;
+    }
+    conn_set_write(c, true);
+}
+
+static void
+conn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct conn *c = arg;
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            c->broken = true;
+            conn_close(c);
+            return;
+        }
+        c->out_off += (size_t)n;
+        c->deadline_ms = now_ms() + c->timeout_ms;
+    }
+    conn_set_write(c, false);
+    c->out_off = c->out_len = 0;
+    if (c->out_cap > BUF_SHRINK_ABOVE) {
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
+    }
+    if (c->close_pending) {
+        conn_end(c);
+        return;
+    }
+    if (c->state == CS_READ)
+        conn_process(c);
 }
 
 /* ---- replies ---- */
 
+static const char *
+reason_phrase(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+static char *
+put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+#define PUT_LIT(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+static char *
+put_uint(char *p, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    while (n > 0)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* "Date: <IMF-fixdate>\r\n", formatted once per second per thread. */
+static const char *
+date_line(size_t *len)
+{
+    static __thread time_t cached_sec = -1;
+    static __thread char line[64];
+    static __thread size_t line_len;
+    time_t now = time(NULL);
+    if (now != cached_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        line_len = strftime(line, sizeof(line), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        cached_sec = now;
+    }
+    *len = line_len;
+    return line;
+}
+
+/* Moves the bytes after the finished request to the front of the buffer. */
+static void
+conn_consume_request(struct conn *c)
+{
+    size_t rest = c->in_len - c->consumed;
+    if (rest > 0)
+        memmove(c->in, c->in + c->consumed, rest);
+    c->in_len = rest;
+    c->consumed = 0;
+    c->scan = 0;
+    c->head_done = false;
+    c->head_len = 0;
+    c->sent_continue = false;
+    memset(&c->chunked, 0, sizeof(c->chunked));
+    c->xhdr_len = 0;
+    if (c->in_cap > BUF_SHRINK_ABOVE && rest < IN_INITIAL) {
+        unsigned char *p = realloc(c->in, IN_INITIAL);
+        if (p != NULL) {
+            c->in = p;
+            c->in_cap = IN_INITIAL;
+        }
+    }
+}
+
 /*
- * The single place a reply leaves: body is either (data, len) or the
- * contents of buf (moved out of it). Frees r.
+ * After a reply (or a zombie's end) outside of a handler's stack frame:
+ * go on with the connection.
  */
 static void
-send_reply(struct http_req *r, int status, const char *content_type, const void *data, size_t len,
-           struct evbuffer *buf)
+conn_after_reply(struct conn *c)
 {
-    if (r == NULL)
+    if (c->broken) {
+        conn_free(c);
         return;
+    }
+    if (!c->keep_alive) {
+        if (c->out_off < c->out_len)
+            c->close_pending = true;
+        else
+            conn_end(c);
+        return;
+    }
+    conn_set_read(c, true);
+    /* A pipelined request already buffered: take it from the loop, not from
+     * the stack of whoever replied. */
+    if (c->in_len > 0)
+        event_active(&c->rev, EV_READ, 0);
+}
+
+/*
+ * The single place a reply leaves. body is (data, len). Ends the request;
+ * r must not be used afterwards.
+ */
+static void
+send_reply(struct http_req *r, int status, const char *content_type, const void *data, size_t len)
+{
+    if (r == NULL || !r->active)
+        return;
+    struct conn *c = r->c;
     if (status < 100 || status > 599)
         status = 500;
-    if (r->server != NULL && r->server->in_handler == r)
-        r->server->in_handler = NULL;
 
-    if (r->conn_gone) {
-        /* Nothing to send to: free what libevent left to us. */
-        if (r->evreq_owned && r->evreq != NULL)
-            evhttp_request_free(r->evreq);
-        r->evreq = NULL;
+    if (c->fd < 0) {
+        /* Zombie: nothing to send to. */
         req_finish(r, STATUS_CLIENT_GONE);
+        conn_free(c);
         return;
     }
 
-    struct evhttp_request *evreq = r->evreq;
-    if (r->evcon != NULL) {
-        /* The close callback points at r, which is about to go. */
-        evhttp_connection_set_closecb(r->evcon, NULL, NULL);
-        r->evcon = NULL;
-    }
-    struct evkeyvalq *h = evhttp_request_get_output_headers(evreq);
-    if (content_type != NULL)
-        evhttp_add_header(h, "Content-Type", content_type);
-    evhttp_add_header(h, "X-Request-Id", r->id);
-    if (buf != NULL)
-        len = evbuffer_get_length(buf);
     bool no_body = r->method == HTTP_HEAD || status < 200 || status == 204 || status == 304;
-    if (no_body) {
-        if (r->method == HTTP_HEAD) {
-            char cl[32];
-            snprintf(cl, sizeof(cl), "%zu", len);
-            evhttp_add_header(h, "Content-Length", cl);
+    size_t ctlen = content_type != NULL ? strlen(content_type) : 0;
+    char stackbuf[512];
+    size_t need = 256 + ctlen;
+    char *head = need <= sizeof(stackbuf) ? stackbuf : malloc(need);
+    if (head == NULL) {
+        c->broken = true;
+    } else {
+        char *p = PUT_LIT(head, "HTTP/1.1 ");
+        p = put_uint(p, (uint64_t)status);
+        *p++ = ' ';
+        const char *reason = reason_phrase(status);
+        p = put(p, reason, strlen(reason));
+        p = PUT_LIT(p, "\r\n");
+        size_t dl;
+        const char *date = date_line(&dl);
+        p = put(p, date, dl);
+        if (content_type != NULL) {
+            p = PUT_LIT(p, "Content-Type: ");
+            p = put(p, content_type, ctlen);
+            p = PUT_LIT(p, "\r\n");
         }
-    } else if (buf != NULL) {
-        evbuffer_add_buffer(evhttp_request_get_output_buffer(evreq), buf);
-    } else if (len > 0) {
-        evbuffer_add(evhttp_request_get_output_buffer(evreq), data, len);
+        if (status >= 200 && status != 204 && status != 304) {
+            p = PUT_LIT(p, "Content-Length: ");
+            p = put_uint(p, len);
+            p = PUT_LIT(p, "\r\n");
+        }
+        p = PUT_LIT(p, "X-Request-Id: ");
+        p = put(p, r->id, 8);
+        p = PUT_LIT(p, "\r\n");
+        if (!c->keep_alive)
+            p = PUT_LIT(p, "Connection: close\r\n");
+        else if (c->head.minor == 0)
+            p = PUT_LIT(p, "Connection: keep-alive\r\n");
+        struct iovec iov[4] = {
+            {head, (size_t)(p - head)},
+            {c->xhdr, c->xhdr_len},
+            {(void *)"\r\n", 2},
+            {(void *)data, no_body ? 0 : len},
+        };
+        conn_send(c, iov, no_body || len == 0 ? 3 : 4);
+        if (head != stackbuf)
+            free(head);
     }
-    evhttp_send_reply(evreq, status, NULL, NULL);
-    r->evreq = NULL;
+
     req_finish(r, status);
+    conn_consume_request(c);
+    c->state = CS_READ;
+    c->deadline_ms = now_ms() + c->timeout_ms;
+    if (!c->in_dispatch)
+        conn_after_reply(c);
 }
 
 void
 http_reply(struct http_req *r, int status, const char *content_type, const void *body, size_t len)
 {
-    send_reply(r, status, content_type, body, len, NULL);
+    send_reply(r, status, content_type, body, len);
 }
 
 void
@@ -784,8 +1209,7 @@ http_reply_error(struct http_req *r, int status, const char *code, const char *f
     if (jcode == NULL)
         jcode = json_string("internal");
     json_t *body = json_pack("{s:{s:o,s:o}}", "error", "code", jcode, "message", jmsg);
-    if (status == 503 && !r->conn_gone && r->evreq != NULL &&
-        evhttp_find_header(evhttp_request_get_output_headers(r->evreq), "Retry-After") == NULL)
+    if (status == 503 && !r->retry_after)
         http_req_add_header(r, "Retry-After", "1");
     http_reply_json(r, status, body);
 }
@@ -799,129 +1223,153 @@ http_reply_metrics(struct http_req *r, struct metrics *m)
         return;
     }
     metrics_render(m, buf);
-    send_reply(r, 200, "text/plain; version=0.0.4", NULL, 0, buf);
+    size_t len = evbuffer_get_length(buf);
+    const unsigned char *text = evbuffer_pullup(buf, -1);
+    if (text == NULL && len > 0)
+        http_reply_error(r, 503, NULL, "out of memory");
+    else
+        send_reply(r, 200, "text/plain; version=0.0.4", text, len);
     evbuffer_free(buf);
 }
 
-/* ---- pending requests and closed connections ---- */
+/* ---- dispatch ---- */
+
+/* Starts the request object of c (for a dispatched request or a refusal). */
+static void
+req_start(struct conn *c)
+{
+    struct http_req *r = &c->req;
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->active = true;
+    r->route_index = c->s->nroutes;
+    clock_gettime(CLOCK_MONOTONIC, &r->start);
+    make_request_id(c->s, r->id);
+    c->state = CS_HANDLER;
+    c->deadline_ms = now_ms() + c->timeout_ms;
+}
 
 /*
- * Close callback of a connection whose request is pending. libevent either
- * detached the request (EOF, reset, timeout: it is now ours to free) or is
- * about to free it with the connection (it must not be touched again).
+ * Refuses what was read with status and closes the connection after the
+ * reply (a JSON error, like every other). The client may still be sending:
+ * the connection lingers.
  */
-static void
-conn_closed(struct evhttp_connection *evcon, void *arg)
-{
-    struct http_req *r = arg;
-    evhttp_connection_set_closecb(evcon, NULL, NULL);
-    r->evcon = NULL;
-    r->conn_gone = true;
-    if (r->evreq != NULL && evhttp_request_get_connection(r->evreq) == NULL)
-        r->evreq_owned = true;
-    else
-        r->evreq = NULL;
-    log_debug("http_client_gone", "req=%s", r->id);
-}
+static void conn_refuse(struct conn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
-/* Reply fully written: let the connection read the next request freely. */
 static void
-reply_sent(struct evhttp_request *evreq, void *arg)
+conn_refuse(struct conn *c, int status, const char *fmt, ...)
 {
-    (void)arg;
-    struct evhttp_connection *evcon = evhttp_request_get_connection(evreq);
-    if (evcon != NULL)
-        bufferevent_setwatermark(evhttp_connection_get_bufferevent(evcon), EV_READ, 0, 0);
-}
-
-/* The handler returned without replying: watch the connection (see the top). */
-static void
-watch_pending(struct http_req *r)
-{
-    struct evhttp_connection *evcon = evhttp_request_get_connection(r->evreq);
-    if (evcon == NULL)
-        return;
-    r->evcon = evcon;
-    evhttp_connection_set_closecb(evcon, conn_closed, r);
-
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-    bufferevent_data_cb readcb, writecb;
-    bufferevent_event_cb eventcb;
-    void *cbarg;
-    bufferevent_getcb(bev, &readcb, &writecb, &eventcb, &cbarg);
-    bufferevent_setcb(bev, NULL, writecb, eventcb, cbarg);
-    size_t buffered = evbuffer_get_length(bufferevent_get_input(bev));
-    bufferevent_setwatermark(bev, EV_READ, 0, buffered + 1);
-    bufferevent_enable(bev, EV_READ);
-    evhttp_request_set_on_complete_cb(r->evreq, reply_sent, NULL);
-}
-
-/* Last resort when even the request object cannot be allocated. */
-static void
-reply_oom(struct evhttp_request *evreq)
-{
-    static const char body[] =
-        "{\"error\":{\"code\":\"unavailable\",\"message\":\"out of memory\"}}";
-    struct evkeyvalq *h = evhttp_request_get_output_headers(evreq);
-    evhttp_add_header(h, "Content-Type", "application/json");
-    evhttp_add_header(h, "Retry-After", "1");
-    evbuffer_add(evhttp_request_get_output_buffer(evreq), body, sizeof(body) - 1);
-    evhttp_send_reply(evreq, 503, NULL, NULL);
-}
-
-/* Writes the methods of mask into out as an Allow header value. */
-static void
-allow_header(unsigned mask, char *out, size_t outlen)
-{
-    static const enum http_method order[] = {HTTP_GET, HTTP_HEAD,  HTTP_POST,
-                                             HTTP_PUT, HTTP_PATCH, HTTP_DELETE};
-    size_t pos = 0;
-    out[0] = '\0';
-    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
-        if ((mask & order[i]) == 0)
-            continue;
-        int n = snprintf(out + pos, outlen - pos, "%s%s", pos ? ", " : "", method_name(order[i]));
-        if (n < 0 || (size_t)n >= outlen - pos)
-            break;
-        pos += (size_t)n;
+    req_start(c);
+    struct http_req *r = &c->req;
+    r->method = c->head_done ? (enum http_method)c->head.method : 0;
+    c->keep_alive = false;
+    c->must_linger = true;
+    c->linger_left = -1;
+    if (c->head_done && !c->head.chunked && c->head.content_length >= 0) {
+        /* The declared body still to come; none when the client waits for
+         * a 100 Continue it will not get. */
+        int64_t have = (int64_t)(c->in_len - c->head_len);
+        int64_t rest = c->head.content_length - have;
+        c->linger_left = rest < 0 || (c->head.expect_continue && !c->sent_continue) ? 0 : rest;
     }
+    c->consumed = c->in_len;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    http_reply_error(r, status, NULL, "%s", msg);
 }
 
-/* evhttp's generic callback: every request that got through evhttp's checks. */
-static void
-dispatch(struct evhttp_request *evreq, void *arg)
+/* Makes room for at least need bytes of input (plus the NUL slot). */
+static bool
+conn_reserve(struct conn *c, size_t need)
 {
-    struct http_server *s = arg;
-    struct http_req *r = req_new(s, evreq);
-    if (r == NULL) {
-        reply_oom(evreq);
-        return;
+    if (need + 1 <= c->in_cap)
+        return true;
+    if (need + 1 > c->s->in_limit)
+        return false;
+    const unsigned char *old = c->in;
+    if (!grow(&c->in, &c->in_cap, need + 1))
+        return false;
+    if (c->head_done && c->in != old) {
+        /* The head's pointers moved with the buffer: parse it again in place. */
+        struct http_head h;
+        if (http_parse_head((const char *)c->in, c->in_len, c->s->limits.max_headers, &h) !=
+            (ssize_t)c->head_len)
+            return false;
+        c->head = h;
     }
-    r->method = method_from_evhttp(evhttp_request_get_command(evreq));
+    return true;
+}
 
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(evreq);
-    const char *rawpath = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
-    if (rawpath == NULL || rawpath[0] == '\0')
-        rawpath = "/";
-    size_t pathlen = 0;
-    r->path = evhttp_uridecode(rawpath, 0, &pathlen);
-    const char *query = uri != NULL ? evhttp_uri_get_query(uri) : NULL;
-    if (query != NULL)
-        r->raw_query = strdup(query);
-    size_t valbuflen = r->path != NULL ? s->max_pattern_len + pathlen + 2 * HTTP_MAX_PARAMS : 0;
-    if (r->path != NULL)
-        r->valbuf = malloc(valbuflen);
-    if (r->path == NULL || r->valbuf == NULL || (query != NULL && r->raw_query == NULL)) {
-        http_reply_error(r, 503, NULL, "out of memory");
+/* Sends "100 Continue" once when the client waits for it before its body. */
+static void
+conn_maybe_continue(struct conn *c)
+{
+    if (!c->head.expect_continue || c->sent_continue || c->head.minor == 0)
         return;
+    c->sent_continue = true;
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    struct iovec iov = {(void *)cont, sizeof(cont) - 1};
+    conn_send(c, &iov, 1);
+}
+
+/* NUL-terminates the head's pieces in the buffer; false when the path holds a NUL. */
+static bool
+terminate_head(struct conn *c, struct http_req *r)
+{
+    struct http_head *h = &c->head;
+    for (size_t i = 0; i < h->nfields; i++) {
+        ((char *)h->fields[i].name)[h->fields[i].name_len] = '\0';
+        ((char *)h->fields[i].value)[h->fields[i].value_len] = '\0';
     }
-    if (strlen(r->path) != pathlen) {
+    if (h->query != NULL) {
+        ((char *)h->query)[h->query_len] = '\0';
+        r->raw_query = h->query;
+    }
+    if (h->path_len == 1 && h->path[0] == '/' &&
+        (h->path < (const char *)c->in || h->path >= (const char *)c->in + c->head_len)) {
+        r->path = "/"; /* absolute-form without a path */
+        return true;
+    }
+    char *path = (char *)h->path;
+    if (http_percent_decode(path, h->path_len, path, false) < 0)
+        return false;
+    r->path = path;
+    return true;
+}
+
+/* Hands the complete request in c's buffer to its route. */
+static void
+dispatch(struct conn *c, size_t body_len)
+{
+    struct http_server *s = c->s;
+    /* The body's NUL goes in a slot of its own, ahead of any pipelined bytes. */
+    size_t end = c->head_len + body_len;
+    if (c->in_len > end)
+        memmove(c->in + end + 1, c->in + end, c->in_len - end);
+    c->in[end] = '\0';
+    c->in_len++;
+    c->consumed = end + 1;
+
+    req_start(c);
+    struct http_req *r = &c->req;
+    r->method = (enum http_method)c->head.method;
+    r->body = c->in + c->head_len;
+    r->body_len = body_len;
+    c->keep_alive = c->head.keep_alive;
+    c->must_linger = false;
+
+    if (!terminate_head(c, r)) {
         http_reply_error(r, 400, NULL, "path holds a NUL byte");
         return;
     }
-    /* evhttp enforces the cap while reading; this only guards against that changing. */
-    if (evbuffer_get_length(evhttp_request_get_input_buffer(evreq)) > s->limits.max_body) {
-        http_reply_error(r, 413, NULL, "body larger than %zu bytes", s->limits.max_body);
+    size_t pathlen = strlen(r->path);
+    size_t valbuflen = s->max_pattern_len + pathlen + 2 * HTTP_MAX_PARAMS;
+    if (!grow(&c->valbuf, &c->valbuf_cap, valbuflen)) {
+        http_reply_error(r, 503, NULL, "out of memory");
         return;
     }
 
@@ -931,7 +1379,7 @@ dispatch(struct evhttp_request *evreq, void *arg)
     for (size_t i = 0; i < s->nroutes; i++) {
         const struct http_route *rt = &s->routes[i];
         int n = http_match_pattern(rt->pattern, r->path, r->pnames, r->pvalues, HTTP_MAX_PARAMS,
-                                   r->valbuf, valbuflen);
+                                   c->valbuf, valbuflen);
         if (n < 0)
             continue;
         if (rt->methods & r->method) {
@@ -956,14 +1404,289 @@ dispatch(struct evhttp_request *evreq, void *arg)
         http_reply_error(r, 405, NULL, "%s not allowed here", method_name(r->method));
         return;
     }
-
-    s->in_handler = r;
     route->fn(r, s->ctx);
-    /* Replying clears in_handler; still set means the handler went async. */
-    if (s->in_handler != NULL) {
-        struct http_req *pending = s->in_handler;
-        s->in_handler = NULL;
-        watch_pending(pending);
+}
+
+/* Finds the end of a request head (an empty line) in the buffer. */
+static bool
+head_complete(struct conn *c)
+{
+    size_t i = c->scan;
+    for (; i < c->in_len; i++) {
+        if (c->in[i] != '\n')
+            continue;
+        if (i + 1 < c->in_len && c->in[i + 1] == '\n')
+            return true;
+        if (i + 2 < c->in_len && c->in[i + 1] == '\r' && c->in[i + 2] == '\n')
+            return true;
+        if (i + 2 >= c->in_len)
+            break; /* the line after this LF is not all here yet */
+    }
+    c->scan = i;
+    return false;
+}
+
+/*
+ * Drops CR and LF bytes in front of a request: RFC 9112 section 2.2 asks a
+ * server to ignore empty lines there (some clients send CRLF after a body).
+ */
+static void
+skip_leading_newlines(struct conn *c)
+{
+    size_t n = 0;
+    while (n < c->in_len && (c->in[n] == '\r' || c->in[n] == '\n'))
+        n++;
+    if (n > 0) {
+        memmove(c->in, c->in + n, c->in_len - n);
+        c->in_len -= n;
+    }
+}
+
+/*
+ * Takes one request from c's buffer: refuses it, dispatches it, or waits
+ * for more bytes. Returns false in the last case.
+ */
+static bool
+conn_step(struct conn *c)
+{
+    struct http_server *s = c->s;
+    if (!c->head_done) {
+        if (c->scan == 0)
+            skip_leading_newlines(c);
+        if (!head_complete(c)) {
+            if (c->in_len < s->limits.max_headers)
+                return false;
+            conn_refuse(c, 431, "request head larger than %zu bytes", s->limits.max_headers);
+            return true;
+        }
+        ssize_t hl =
+            http_parse_head((const char *)c->in, c->in_len, s->limits.max_headers, &c->head);
+        if (hl == -431)
+            conn_refuse(c, 431, "request head larger than %zu bytes or with more than %d fields",
+                        s->limits.max_headers, HTTP_MAX_FIELDS);
+        else if (hl == -501)
+            conn_refuse(c, 501, "transfer coding not implemented (only chunked is)");
+        else if (hl == -505)
+            conn_refuse(c, 505, "HTTP version not supported (1.0 and 1.1 are)");
+        else if (hl <= 0)
+            conn_refuse(c, 400, "malformed request head");
+        if (hl <= 0)
+            return true;
+        c->head_done = true;
+        c->head_len = (size_t)hl;
+        if (c->head.method == 0) {
+            conn_refuse(c, 501, "method %.*s not implemented",
+                        (int)(c->head.method_len < 32 ? c->head.method_len : 32),
+                        c->head.method_str);
+            return true;
+        }
+        if (c->head.content_length > (int64_t)s->limits.max_body) {
+            conn_refuse(c, 413, "body larger than %zu bytes", s->limits.max_body);
+            return true;
+        }
+    }
+    size_t body_len;
+    if (c->head.chunked) {
+        size_t raw = c->in_len - c->head_len;
+        int rc = http_chunked_decode(&c->chunked, c->in + c->head_len, &raw, s->limits.max_body);
+        c->in_len = c->head_len + raw;
+        if (rc == -413)
+            conn_refuse(c, 413, "body larger than %zu bytes", s->limits.max_body);
+        else if (rc < 0)
+            conn_refuse(c, 400, "malformed chunked body");
+        if (rc < 0)
+            return true;
+        if (rc == 0) {
+            conn_maybe_continue(c);
+            return false;
+        }
+        body_len = c->chunked.decoded;
+    } else {
+        body_len = c->head.content_length > 0 ? (size_t)c->head.content_length : 0;
+        if (c->in_len - c->head_len < body_len) {
+            if (!conn_reserve(c, c->head_len + body_len)) {
+                conn_refuse(c, 503, "out of memory");
+                return true;
+            }
+            conn_maybe_continue(c);
+            return false;
+        }
+    }
+    dispatch(c, body_len);
+    return true;
+}
+
+/*
+ * Takes the requests buffered in c, one at a time, while none is pending
+ * and no output is queued. Returns false when c was closed.
+ */
+static bool
+conn_process(struct conn *c)
+{
+    while (c->state == CS_READ && c->out_off == c->out_len && c->in_len > 0) {
+        c->in_dispatch = true;
+        bool took = conn_step(c);
+        c->in_dispatch = false;
+        if (c->close_deferred) {
+            c->close_deferred = false;
+            conn_close(c);
+            return false;
+        }
+        if (!took || c->state == CS_HANDLER)
+            return true; /* more bytes needed, or the handler replies later */
+        if (c->broken) {
+            conn_free(c);
+            return false;
+        }
+        if (!c->keep_alive) {
+            if (c->out_off < c->out_len)
+                c->close_pending = true;
+            else
+                conn_end(c);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void
+conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct conn *c = arg;
+    if (c->state == CS_LINGER) {
+        char drop[4096];
+        ssize_t n = recv(fd, drop, sizeof(drop), 0);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        if (n > 0) {
+            c->lingered += (size_t)n;
+            if (c->linger_left > 0)
+                c->linger_left -= n < c->linger_left ? n : c->linger_left;
+        }
+        if (n <= 0 || c->linger_left == 0 || c->lingered > LINGER_MAX_BYTES)
+            conn_free(c);
+        return;
+    }
+    for (;;) {
+        size_t room = c->in_cap - c->in_len;
+        if (room < 2) {
+            /* Grow only while reading a request; a pending one's pointers
+             * must not move. */
+            size_t want = c->in_cap * 2;
+            if (want > c->s->in_limit)
+                want = c->s->in_limit;
+            if (c->state != CS_READ || want <= c->in_len + 1 || !conn_reserve(c, want - 1)) {
+                conn_set_read(c, false);
+                break;
+            }
+            room = c->in_cap - c->in_len;
+        }
+        /* One byte stays free: dispatch() needs it for the body's NUL. */
+        ssize_t n = recv(fd, c->in + c->in_len, room - 1, 0);
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            if (c->state == CS_READ)
+                c->deadline_ms = now_ms() + c->timeout_ms;
+            if ((size_t)n < room - 1)
+                break;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        /* EOF or error. A client that only shut its sending side still
+         * gets the reply being written; a pending request's client is gone. */
+        if (n == 0 && c->state == CS_READ && c->out_off < c->out_len) {
+            conn_set_read(c, false);
+            c->keep_alive = false;
+            c->close_pending = true;
+            c->in_len = 0;
+            return;
+        }
+        conn_close(c);
+        return;
+    }
+    if (c->state == CS_READ)
+        conn_process(c);
+}
+
+/* ---- accepting and the timeout sweep ---- */
+
+static void
+accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_server *s = arg;
+    event_add(s->accept_ev, NULL);
+}
+
+static void
+accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+    (void)what;
+    struct http_server *s = arg;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            /* Out of descriptors or memory: stop accepting for a moment
+             * instead of spinning on a listener that stays readable. */
+            log_warn("http_accept_failed", "server=%s error=\"%s\"", s->name, strerror(errno));
+            event_del(s->accept_ev);
+            struct timeval tv = {0, 100000};
+            evtimer_add(s->accept_pause_ev, &tv);
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct conn *c = calloc(1, sizeof(*c));
+        unsigned char *in = malloc(IN_INITIAL);
+        if (c == NULL || in == NULL) {
+            free(c);
+            free(in);
+            close(fd);
+            continue;
+        }
+        c->s = s;
+        c->base = s->base;
+        c->fd = fd;
+        c->in = in;
+        c->in_cap = IN_INITIAL;
+        c->timeout_ms = s->limits.timeout_s * 1000;
+        c->deadline_ms = now_ms() + c->timeout_ms;
+        event_assign(&c->rev, s->base, fd, EV_READ | EV_PERSIST, conn_read_cb, c);
+        event_assign(&c->wev, s->base, fd, EV_WRITE | EV_PERSIST, conn_write_cb, c);
+        if (event_add(&c->rev, NULL) != 0) {
+            close(fd);
+            free(in);
+            free(c);
+            continue;
+        }
+        c->next = s->conns;
+        if (s->conns != NULL)
+            s->conns->prev = c;
+        s->conns = c;
+    }
+}
+
+static void
+sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_server *s = arg;
+    int64_t now = now_ms();
+    struct conn *next;
+    for (struct conn *c = s->conns; c != NULL; c = next) {
+        next = c->next;
+        if (c->fd >= 0 && !c->in_dispatch && now >= c->deadline_ms)
+            conn_close(c);
     }
 }
 
@@ -1017,9 +1740,10 @@ http_server_new(struct event_base *base, int fd, const char *name, const struct 
         set_err(err, errlen, "http_server_new: missing base, socket, limits or routes");
         goto fail;
     }
-    if (limits->max_headers == 0 || limits->timeout_s <= 0 ||
-        limits->max_body > (size_t)EV_SSIZE_MAX || limits->max_headers > (size_t)EV_SSIZE_MAX) {
-        set_err(err, errlen, "http_server_new: limits need max_headers > 0 and timeout_s > 0");
+    if (limits->max_headers == 0 || limits->timeout_s <= 0 || limits->timeout_s > 86400 ||
+        limits->max_body > ((size_t)1 << 40) || limits->max_headers > ((size_t)1 << 24)) {
+        set_err(err, errlen,
+                "http_server_new: limits need max_headers > 0 and 0 < timeout_s <= 86400");
         goto fail;
     }
     ssize_t maxlen = check_routes(routes, nroutes, err, errlen);
@@ -1030,10 +1754,14 @@ http_server_new(struct event_base *base, int fd, const char *name, const struct 
     if (s == NULL)
         goto oom;
     s->base = base;
+    s->listen_fd = -1;
     s->routes = routes;
     s->nroutes = nroutes;
     s->max_pattern_len = (size_t)maxlen;
     s->limits = *limits;
+    /* A head, a whole body, the framing of a chunked one and a pipelined
+     * request behind it. */
+    s->in_limit = limits->max_headers + limits->max_body + 16384;
     s->ctx = ctx;
     s->metrics = metrics;
     s->name = strdup(name != NULL ? name : "http");
@@ -1046,23 +1774,19 @@ http_server_new(struct event_base *base, int fd, const char *name, const struct 
         s->id_seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)s ^
                      ((uint64_t)getpid() << 40);
     }
-
-    s->evh = evhttp_new(base);
-    if (s->evh == NULL)
+    s->accept_ev = event_new(base, fd, EV_READ | EV_PERSIST, accept_cb, s);
+    s->accept_pause_ev = evtimer_new(base, accept_resume_cb, s);
+    s->sweep_ev = event_new(base, -1, EV_PERSIST, sweep_cb, s);
+    if (s->accept_ev == NULL || s->accept_pause_ev == NULL || s->sweep_ev == NULL)
         goto oom;
-    evhttp_set_max_body_size(s->evh, (ev_ssize_t)limits->max_body);
-    evhttp_set_max_headers_size(s->evh, (ev_ssize_t)limits->max_headers);
-    evhttp_set_timeout(s->evh, limits->timeout_s);
-    evhttp_set_allowed_methods(s->evh, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                           EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
-    evhttp_set_flags(s->evh, EVHTTP_SERVER_LINGERING_CLOSE);
-    /* Every reply here sets its type; no text/html guess for the rest. */
-    evhttp_set_default_content_type(s->evh, NULL);
-    evhttp_set_gencb(s->evh, dispatch, s);
-    if (evhttp_accept_socket_with_handle(s->evh, fd) == NULL) {
-        set_err(err, errlen, "http_server_new: cannot accept on fd %d", fd);
+    /* A few sweeps per timeout period: a connection overstays by at most a quarter. */
+    int sweep_ms = limits->timeout_s >= 4 ? 1000 : 250;
+    struct timeval tv = {sweep_ms / 1000, (sweep_ms % 1000) * 1000};
+    if (event_add(s->accept_ev, NULL) != 0 || event_add(s->sweep_ev, &tv) != 0) {
+        set_err(err, errlen, "http_server_new: cannot watch fd %d", fd);
         goto fail;
     }
+    s->listen_fd = fd;
     return s;
 
 oom:
@@ -1071,8 +1795,12 @@ fail:
     if (fd >= 0)
         close(fd);
     if (s != NULL) {
-        if (s->evh != NULL)
-            evhttp_free(s->evh);
+        if (s->accept_ev != NULL)
+            event_free(s->accept_ev);
+        if (s->accept_pause_ev != NULL)
+            event_free(s->accept_pause_ev);
+        if (s->sweep_ev != NULL)
+            event_free(s->sweep_ev);
         free(s->rmetrics);
         free(s->name);
         free(s);
@@ -1085,19 +1813,23 @@ http_server_free(struct http_server *s)
 {
     if (s == NULL)
         return;
-    /* Pending requests outlive the server: cut every link back to it first. */
-    for (struct http_req *r = s->live; r != NULL; r = r->next) {
-        if (!r->conn_gone) {
-            if (r->evcon != NULL)
-                evhttp_connection_set_closecb(r->evcon, NULL, NULL);
-            r->evcon = NULL;
-            r->conn_gone = true;
-            r->evreq = NULL; /* freed by evhttp_free() with its connection */
-        }
-        r->server = NULL;
+    /* Pending requests outlive the server (their reply frees them): close
+     * their sockets and cut their link back to it; free the rest. */
+    struct conn *next;
+    for (struct conn *c = s->conns; c != NULL; c = next) {
+        next = c->next;
+        c->prev = c->next = NULL;
+        c->s = NULL;
+        if (c->state == CS_HANDLER)
+            conn_close_socket(c);
+        else
+            conn_free(c);
     }
-    s->live = NULL;
-    evhttp_free(s->evh);
+    s->conns = NULL;
+    event_free(s->accept_ev);
+    event_free(s->accept_pause_ev);
+    event_free(s->sweep_ev);
+    close(s->listen_fd);
     free(s->rmetrics);
     free(s->name);
     free(s);

@@ -1,5 +1,7 @@
 /*
- * http: the HTTP server scaffolding of the daemons, on libevent's evhttp.
+ * http: the HTTP/1.1 server of the daemons: our own connection loop on
+ * libevent events, with lib/http_parse for the bytes (http.c says why not
+ * evhttp).
  *
  * Threading: a daemon opens one listening socket per worker thread with
  * http_listen() (SO_REUSEPORT, so the kernel spreads connections over the
@@ -7,15 +9,17 @@
  * http_server per thread on that thread's event_base. Nothing in an
  * http_server is shared with another thread except the metrics registry.
  *
- * Limits: every server has a body cap, a header cap and a timeout (evhttp
- * has none by default). A body over the cap gets 413. libevent 2.1 rejects
- * it itself, before the request reaches this module, and has no hook to
- * change the page it sends: that 413 carries evhttp's HTML body (and
- * "Connection: close"), not a JSON error. The server reads and discards a
- * declared oversized body first (EVHTTP_SERVER_LINGERING_CLOSE) so that a
- * client still sending gets the 413 instead of a reset. Headers over their
- * cap get evhttp's 400, methods other than GET POST PUT PATCH DELETE HEAD
- * its 501; those evhttp answers are not counted in the metrics below.
+ * Protocol: HTTP/1.1 and 1.0, persistent connections, pipelining (answered
+ * in order), Content-Length and chunked request bodies, Expect:
+ * 100-continue. Every error the server produces itself is a JSON error
+ * like the handlers' (http_reply_error), counted under route "unmatched":
+ * a malformed request 400, a request head over max_headers or with more
+ * than HTTP_MAX_FIELDS fields 431, a body over max_body 413 (sent as soon
+ * as the declared length is known, before the body is read), an unknown
+ * method or transfer coding 501, another HTTP version 505. After such an
+ * error the connection is closed; the server first reads and drops what
+ * the client is still sending (for a few seconds at most) so that the
+ * client reads the error instead of a reset.
  *
  * Routing: a table of (method, pattern, handler); the first route whose
  * pattern and method match wins, so list literal routes before parameter
@@ -34,11 +38,12 @@
  *
  * Client gone: while a handler works asynchronously the server watches the
  * connection. If the client closes it, or the handler has not replied
- * within timeout_s, libevent drops the connection; the http_req stays valid
- * and the handler still replies, but the reply only frees the request
- * (nothing is sent) and is counted with status "499". Pipelined requests
- * wait unread until the reply. Writing to a closed socket raises SIGPIPE:
- * a daemon using this module must ignore SIGPIPE.
+ * within timeout_s, the server closes the connection; the http_req and all
+ * its accessors stay valid and the handler still replies, but the reply
+ * only frees the request (nothing is sent) and is counted with status
+ * "499". Bytes of pipelined requests arriving meanwhile are buffered (up
+ * to the connection's buffer, then reading pauses) and answered after the
+ * reply. Writes use MSG_NOSIGNAL: a closed socket never raises SIGPIPE.
  *
  * Metrics (when a registry is given): http_requests_total{server,route,
  * status} and http_request_duration_seconds{server,route}, route being the
@@ -55,7 +60,6 @@
 #include <jansson.h>
 
 struct event_base;
-struct evhttp_request;
 struct metrics;
 struct http_server;
 struct http_req;
@@ -80,9 +84,11 @@ struct http_route {
 
 struct http_limits {
     size_t max_body;    /* bytes; larger bodies get 413 */
-    size_t max_headers; /* bytes of all header lines; larger get evhttp's 400 */
-    int timeout_s;      /* read/write timeout of a connection; also how long a
-                         * pending handler is waited for (see "Client gone") */
+    size_t max_headers; /* bytes of the request head (request line and
+                         * header fields); larger get 431 */
+    int timeout_s;      /* idle/read/write timeout of a connection (1..86400);
+                         * also how long a pending handler is waited for
+                         * (see "Client gone") */
 };
 
 /*
@@ -110,9 +116,9 @@ struct http_server *http_server_new(struct event_base *base, int fd, const char 
                                     struct metrics *metrics, char *err, size_t errlen);
 
 /*
- * Stops accepting, closes every connection and frees the server. Requests
- * still pending are dropped: their http_req stays valid until the handler
- * replies, and that reply only frees it.
+ * Stops accepting, closes every connection (and the listening socket) and
+ * frees the server. Requests still pending are dropped: their http_req
+ * stays valid until the handler replies, and that reply only frees it.
  */
 void http_server_free(struct http_server *s);
 
@@ -131,16 +137,15 @@ const char *http_req_param(const struct http_req *r, const char *name);
  * value "". */
 const char *http_req_query(const struct http_req *r, const char *name);
 
-/* A request header (case-insensitive name), or NULL (also once the
- * server has been freed). */
+/* A request header (case-insensitive name; the first of repeated ones),
+ * or NULL. */
 const char *http_req_header(const struct http_req *r, const char *name);
 
 /* The token of "Authorization: Bearer <token>", or NULL when absent/malformed. */
 const char *http_req_bearer(const struct http_req *r);
 
 /* The body, contiguous, NUL-terminated (the NUL is not counted in *len),
- * owned by the request. NULL when out of memory. Reads as empty if first
- * asked for after the server was freed. */
+ * owned by the request; chunked bodies arrive decoded. Never NULL. */
 const unsigned char *http_req_body(struct http_req *r, size_t *len);
 
 /*
@@ -181,7 +186,8 @@ void http_reply_error(struct http_req *r, int status, const char *code, const ch
 /* The standard error code for a status: 400 "invalid_argument", 401
  * "unauthenticated", 403 "permission_denied", 404 "not_found", 405
  * "method_not_allowed", 409 "conflict", 412 "failed_precondition", 413
- * "too_large", 429 "rate_limited", 503 "unavailable", else "internal". */
+ * "too_large", 429 "rate_limited", 431 "too_large", 501 and 505
+ * "not_implemented", 503 "unavailable", else "internal". */
 const char *http_status_code_name(int status);
 
 /* ---- pure helpers (unit tested without a server) ---- */

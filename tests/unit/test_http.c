@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -350,6 +351,21 @@ h_async_slow(struct http_req *r, void *ctx)
     defer(r, 1800);
 }
 
+/* 4 MiB, more than a socket buffer takes at once: the reply is queued. */
+#define BIG_LEN (4u << 20)
+
+static void
+h_big(struct http_req *r, void *ctx)
+{
+    (void)ctx;
+    char *b = malloc(BIG_LEN);
+    ck_assert_ptr_nonnull(b);
+    for (size_t i = 0; i < BIG_LEN; i++)
+        b[i] = (char)('a' + i % 26);
+    http_reply(r, 200, "application/octet-stream", b, BIG_LEN);
+    free(b);
+}
+
 static const struct http_route routes[] = {
     {HTTP_GET | HTTP_HEAD, "/hello", h_hello},
     {HTTP_GET, "/literal/stats", h_literal_stats},
@@ -365,6 +381,7 @@ static const struct http_route routes[] = {
     {HTTP_GET, "/nocontent", h_nocontent},
     {HTTP_GET | HTTP_POST, "/async", h_async},
     {HTTP_GET, "/async-slow", h_async_slow},
+    {HTTP_GET, "/big", h_big},
 };
 
 struct server {
@@ -887,7 +904,8 @@ END_TEST
 
 START_TEST(test_body_too_large)
 {
-    /* Honest Content-Length over the cap: evhttp drains it, then 413. */
+    /* Honest Content-Length over the cap: 413 as soon as the head is read;
+     * the server drops the body still coming, then closes. */
     struct conn c;
     conn_open(&c);
     char *big = malloc(5001);
@@ -897,7 +915,10 @@ START_TEST(test_body_too_large)
     conn_send_str(&c, big);
     struct resp r;
     ck_assert(read_response(&c, &r, false));
-    ck_assert_int_eq(r.status, 413);
+    assert_json_error(&r, 413, "too_large");
+    char v[64];
+    ck_assert(resp_header(&r, "Connection", v, sizeof(v)));
+    ck_assert_str_eq(v, "close");
     resp_free(&r);
     ck_assert(conn_closed_by_peer(&c));
     close(c.fd);
@@ -910,7 +931,7 @@ START_TEST(test_body_too_large)
     conn_send(&c, big, 0x400);
     conn_send_str(&c, "\r\n10\r\n");
     ck_assert(read_response(&c, &r, false));
-    ck_assert_int_eq(r.status, 413);
+    assert_json_error(&r, 413, "too_large");
     resp_free(&r);
     close(c.fd);
     free(big);
@@ -1141,16 +1162,24 @@ START_TEST(test_oversized_headers)
     int n = snprintf(req, cap, "GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: ");
     memset(req + n, 'a', 6000);
     memcpy(req + n + 6000, "\r\n\r\n", 4);
-    /* One send; evhttp may close before reading it all, so errors are fine. */
-    ssize_t sent = send(c.fd, req, (size_t)n + 6004, MSG_NOSIGNAL);
-    (void)sent;
+    conn_send(&c, req, (size_t)n + 6004);
     free(req);
     struct resp r;
-    /* evhttp answers 400 itself (or the connection just ends). */
-    if (read_response(&c, &r, false)) {
-        ck_assert_int_eq(r.status, 400);
-        resp_free(&r);
-    }
+    ck_assert(read_response(&c, &r, false));
+    assert_json_error(&r, 431, "too_large");
+    resp_free(&r);
+    ck_assert(conn_closed_by_peer(&c));
+    close(c.fd);
+
+    /* Too many fields, each small. */
+    conn_open(&c);
+    conn_send_str(&c, "GET /hello HTTP/1.1\r\nHost: t\r\n");
+    for (int i = 0; i < 80; i++)
+        conn_send_str(&c, "X-A: b\r\n");
+    conn_send_str(&c, "\r\n");
+    ck_assert(read_response(&c, &r, false));
+    assert_json_error(&r, 431, "too_large");
+    resp_free(&r);
     close(c.fd);
     exchange("GET", "/hello", NULL, NULL, &r);
     ck_assert_int_eq(r.status, 200);
@@ -1194,6 +1223,302 @@ START_TEST(test_pending_past_timeout)
         has_line(m, "http_requests_total{server=\"test\",route=\"/async-slow\",status=\"499\"} 1"),
         "%s", m);
     free(m);
+}
+END_TEST
+
+/* Sends raw bytes on a fresh connection and reads one response. */
+static void
+raw_exchange(const char *raw, struct resp *r)
+{
+    struct conn c;
+    conn_open(&c);
+    conn_send_str(&c, raw);
+    ck_assert_msg(read_response(&c, r, false), "no response to %s", raw);
+    close(c.fd);
+}
+
+START_TEST(test_refusals)
+{
+    static const struct {
+        const char *raw;
+        int status;
+        const char *code;
+    } cases[] = {
+        {"FOO /hello HTTP/1.1\r\nHost: t\r\n\r\n", 501, "not_implemented"},
+        {"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", 400, "invalid_argument"}, /* asterisk-form */
+        {"GET /hello HTTP/2.0\r\nHost: t\r\n\r\n", 505, "not_implemented"},
+        {"GET /hello HTTP/1.1\r\n\r\n", 400, "invalid_argument"}, /* no Host */
+        {"GET /hello HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n", 400, "invalid_argument"},
+        {"GET /hello HTTP/1.1\r\nHost: t\r\nX-A : x\r\n\r\n", 400, "invalid_argument"},
+        {"GET /hello HTTP/1.1\r\nHost: t\r\nX-A: x\r\n folded\r\n\r\n", 400, "invalid_argument"},
+        {"GET  /hello HTTP/1.1\r\nHost: t\r\n\r\n", 400, "invalid_argument"},
+        {"GET hello HTTP/1.1\r\nHost: t\r\n\r\n", 400, "invalid_argument"},
+        {"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400, "invalid_argument"},
+        {"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400,
+         "invalid_argument"},
+        {"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+         "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+         400, "invalid_argument"},
+        {"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+         "not_implemented"},
+        {"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
+         "invalid_argument"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct conn c;
+        conn_open(&c);
+        conn_send_str(&c, cases[i].raw);
+        struct resp r;
+        ck_assert_msg(read_response(&c, &r, false), "case %zu: no response", i);
+        ck_assert_msg(r.status == cases[i].status, "case %zu: status %d", i, r.status);
+        assert_json_error(&r, cases[i].status, cases[i].code);
+        char v[64];
+        ck_assert(resp_header(&r, "Connection", v, sizeof(v)));
+        ck_assert_str_eq(v, "close");
+        ck_assert(resp_header(&r, "X-Request-Id", v, sizeof(v)));
+        resp_free(&r);
+        ck_assert_msg(conn_closed_by_peer(&c), "case %zu: connection left open", i);
+        close(c.fd);
+    }
+    char *m = fetch_metrics();
+    ck_assert_msg(
+        has_line(m, "http_requests_total{server=\"test\",route=\"unmatched\",status=\"400\"} 11"),
+        "%s", m);
+    ck_assert(
+        has_line(m, "http_requests_total{server=\"test\",route=\"unmatched\",status=\"501\"} 2"));
+    free(m);
+    /* The server is fine afterwards. */
+    struct resp r;
+    exchange("GET", "/hello", NULL, NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+}
+END_TEST
+
+START_TEST(test_http10)
+{
+    /* HTTP/1.0 closes after the reply unless asked to keep the connection. */
+    struct conn c;
+    conn_open(&c);
+    conn_send_str(&c, "GET /hello HTTP/1.0\r\n\r\n");
+    struct resp r;
+    ck_assert(read_response(&c, &r, false));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(r.body, "{\"hello\":\"world\"}");
+    resp_free(&r);
+    ck_assert(conn_closed_by_peer(&c));
+    close(c.fd);
+
+    conn_open(&c);
+    for (int i = 0; i < 2; i++) {
+        conn_send_str(&c, "GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        ck_assert(read_response(&c, &r, false));
+        ck_assert_int_eq(r.status, 200);
+        char v[64];
+        ck_assert(resp_header(&r, "Connection", v, sizeof(v)));
+        ck_assert_str_eq(v, "keep-alive");
+        resp_free(&r);
+    }
+    close(c.fd);
+}
+END_TEST
+
+START_TEST(test_target_forms)
+{
+    struct resp r;
+    raw_exchange("GET http://t/items/7?x=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", &r);
+    ck_assert_int_eq(r.status, 200);
+    json_t *j = resp_json(&r);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "id")), "7");
+    json_decref(j);
+    resp_free(&r);
+
+    /* Empty lines before a request line are ignored. */
+    raw_exchange("\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+
+    /* Bare LF line ends. */
+    raw_exchange("GET /echo?q=1 HTTP/1.1\nHost: t\nX-Test: lf\nConnection: close\n\n", &r);
+    ck_assert_int_eq(r.status, 200);
+    j = resp_json(&r);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "h")), "lf");
+    json_decref(j);
+    resp_free(&r);
+}
+END_TEST
+
+START_TEST(test_expect_continue)
+{
+    struct conn c;
+    conn_open(&c);
+    conn_send_str(&c, "POST /body HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                      "Content-Length: 5\r\n\r\n");
+    struct resp r;
+    ck_assert(read_response(&c, &r, false));
+    ck_assert_int_eq(r.status, 100);
+    resp_free(&r);
+    conn_send_str(&c, "hello");
+    ck_assert(read_response(&c, &r, false));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(r.body, "hello");
+    resp_free(&r);
+    close(c.fd);
+
+    /* Over the cap: the final 413 instead of a 100, and no wait for a body. */
+    conn_open(&c);
+    conn_send_str(&c, "POST /body HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                      "Content-Length: 100000\r\n\r\n");
+    ck_assert(read_response(&c, &r, false));
+    assert_json_error(&r, 413, "too_large");
+    resp_free(&r);
+    ck_assert(conn_closed_by_peer(&c));
+    close(c.fd);
+}
+END_TEST
+
+START_TEST(test_pipelined_burst)
+{
+    /* 200 requests in one write, sync and deferred mixed: answers in order. */
+    enum { N = 200 };
+    size_t cap = N * 128, len = 0;
+    char *all = malloc(cap);
+    for (int i = 0; i < N; i++) {
+        if (i % 3 == 0)
+            len += (size_t)snprintf(all + len, cap - len,
+                                    "GET /items/%d HTTP/1.1\r\nHost: t\r\n\r\n", i);
+        else if (i % 3 == 1)
+            len +=
+                (size_t)snprintf(all + len, cap - len,
+                                 "POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%d",
+                                 i < 10    ? 1
+                                 : i < 100 ? 2
+                                           : 3,
+                                 i);
+        else
+            len += (size_t)snprintf(all + len, cap - len, "GET /async HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    struct conn c;
+    conn_open(&c);
+    conn_send(&c, all, len);
+    free(all);
+    for (int i = 0; i < N; i++) {
+        struct resp r;
+        ck_assert_msg(read_response(&c, &r, false), "reply %d missing", i);
+        ck_assert_int_eq(r.status, 200);
+        char want[64];
+        if (i % 3 == 0) {
+            json_t *j = resp_json(&r);
+            snprintf(want, sizeof(want), "%d", i);
+            ck_assert_str_eq(json_string_value(json_object_get(j, "id")), want);
+            json_decref(j);
+        } else if (i % 3 == 1) {
+            snprintf(want, sizeof(want), "%d", i);
+            ck_assert_str_eq(r.body, want);
+        } else {
+            ck_assert_str_eq(r.body, "{\"async\":true,\"tag\":\"deferred\"}");
+        }
+        resp_free(&r);
+    }
+    close(c.fd);
+}
+END_TEST
+
+START_TEST(test_byte_at_a_time)
+{
+    struct conn c;
+    conn_open(&c);
+    int one = 1;
+    setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    const char *req = "POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n";
+    for (const char *p = req; *p; p++) {
+        conn_send(&c, p, 1);
+        usleep(1000);
+    }
+    struct resp r;
+    ck_assert(read_response(&c, &r, false));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(r.body, "abcde");
+    resp_free(&r);
+    close(c.fd);
+}
+END_TEST
+
+START_TEST(test_slow_reader)
+{
+    /* The reply does not fit the socket buffers: it is queued and written
+     * as the client reads; a request pipelined behind it waits its turn. */
+    struct conn c;
+    conn_open(&c);
+    conn_send_str(&c,
+                  "GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /items/3 HTTP/1.1\r\nHost: t\r\n\r\n");
+    usleep(300000);
+    char *got = malloc(BIG_LEN + 65536);
+    size_t have = 0;
+    char *eoh = NULL;
+    while (eoh == NULL) {
+        ssize_t n = recv(c.fd, got + have, 65536, 0);
+        ck_assert_int_gt(n, 0);
+        have += (size_t)n;
+        got[have] = '\0';
+        eoh = strstr(got, "\r\n\r\n");
+    }
+    ck_assert(strncmp(got, "HTTP/1.1 200 ", 13) == 0);
+    size_t hlen = (size_t)(eoh - got) + 4;
+    while (have < hlen + BIG_LEN) {
+        ssize_t n = recv(c.fd, got + have, hlen + BIG_LEN - have, 0);
+        ck_assert_int_gt(n, 0);
+        have += (size_t)n;
+    }
+    for (size_t i = 0; i < BIG_LEN; i += 4093)
+        ck_assert_int_eq(got[hlen + i], 'a' + (int)(i % 26));
+    free(got);
+    struct resp r;
+    ck_assert(read_response(&c, &r, false));
+    ck_assert_int_eq(r.status, 200);
+    json_t *j = resp_json(&r);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "id")), "3");
+    json_decref(j);
+    resp_free(&r);
+    close(c.fd);
+}
+END_TEST
+
+START_TEST(test_half_close)
+{
+    /* A client that shuts its sending side after the request still gets a
+     * reply that is ready at once. */
+    struct conn c;
+    conn_open(&c);
+    conn_send_str(&c, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+    shutdown(c.fd, SHUT_WR);
+    struct resp r;
+    ck_assert(read_response(&c, &r, false));
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    ck_assert(conn_closed_by_peer(&c));
+    close(c.fd);
+}
+END_TEST
+
+START_TEST(test_idle_timeout)
+{
+    /* timeout_s = 1: an idle connection and a half-sent head are closed. */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct conn idle, partial;
+    conn_open(&idle);
+    conn_open(&partial);
+    conn_send_str(&partial, "GET /hello HTTP/1.1\r\nHo");
+    ck_assert(conn_closed_by_peer(&idle));
+    ck_assert(conn_closed_by_peer(&partial));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    ck_assert_int_ge(ms, 900);
+    ck_assert_int_le(ms, 3000);
+    close(idle.fd);
+    close(partial.fd);
 }
 END_TEST
 
@@ -1308,12 +1633,21 @@ http_suite(void)
     tcase_add_test(tc, test_metrics_counted);
     tcase_add_test(tc, test_oversized_headers);
     tcase_add_test(tc, test_server_freed_with_pending_request);
+    tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_http10);
+    tcase_add_test(tc, test_target_forms);
+    tcase_add_test(tc, test_expect_continue);
+    tcase_add_test(tc, test_pipelined_burst);
+    tcase_add_test(tc, test_byte_at_a_time);
+    tcase_add_test(tc, test_slow_reader);
+    tcase_add_test(tc, test_half_close);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("deadline");
     tcase_set_timeout(tc, 30);
     tcase_add_checked_fixture(tc, setup_short_timeout, teardown);
     tcase_add_test(tc, test_pending_past_timeout);
+    tcase_add_test(tc, test_idle_timeout);
     suite_add_tcase(s, tc);
     return s;
 }
