@@ -941,8 +941,10 @@ conn_write_cb(evutil_socket_t fd, short what, void *arg)
         conn_end(c);
         return;
     }
-    if (c->state == CS_READ)
+    if (c->state == CS_READ) {
+        conn_set_read(c, true);
         conn_process(c);
+    }
 }
 
 /* ---- replies ---- */
@@ -1160,6 +1162,8 @@ send_reply(struct http_req *r, int status, const char *content_type, const void 
     req_finish(r, status);
     conn_consume_request(c);
     c->state = CS_READ;
+    if (c->s != NULL)
+        c->timeout_ms = c->s->limits.timeout_s * 1000; /* undo http_req_set_timeout() */
     c->deadline_ms = now_ms() + c->timeout_ms;
     if (!c->in_dispatch)
         conn_after_reply(c);
@@ -1571,12 +1575,14 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
     for (;;) {
         size_t room = c->in_cap - c->in_len;
         if (room < 2) {
-            /* Grow only while reading a request; a pending one's pointers
-             * must not move. */
+            /* Grow only while reading a request: a pending one's pointers
+             * must not move, and a client that pipelines without reading
+             * its replies waits until they are written. */
             size_t want = c->in_cap * 2;
             if (want > c->s->in_limit)
                 want = c->s->in_limit;
-            if (c->state != CS_READ || want <= c->in_len + 1 || !conn_reserve(c, want - 1)) {
+            if (c->state != CS_READ || c->out_off < c->out_len || want <= c->in_len + 1 ||
+                !conn_reserve(c, want - 1)) {
                 conn_set_read(c, false);
                 break;
             }

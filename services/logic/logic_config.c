@@ -41,7 +41,7 @@ static const struct cfg_key logic_keys[] = {
     K(internal_max_body, CFG_INT, "67108864", 1024, 1073741824,
       "largest internal request body in bytes (fanout uid lists are large)"),
     K(max_header_bytes, CFG_INT, "16384", 1024, 1048576,
-      "largest request header block (larger: evhttp answers 400)"),
+      "largest request head, request line and header fields (larger: 431)"),
     K(http_timeout_s, CFG_INT, "30", 1, 3600, "HTTP connection read/write timeout"),
     K(max_recipients, CFG_INT, "1000", 1, 100000, "most recipients of one POST /v1/messages"),
     K(max_content_bytes, CFG_INT, "65536", 1, 16777216, "largest message or notice content"),
