@@ -1333,11 +1333,6 @@ terminate_head(struct conn *c, struct http_req *r)
         ((char *)h->query)[h->query_len] = '\0';
         r->raw_query = h->query;
     }
-    if (h->path_len == 1 && h->path[0] == '/' &&
-        (h->path < (const char *)c->in || h->path >= (const char *)c->in + c->head_len)) {
-        r->path = "/"; /* absolute-form without a path */
-        return true;
-    }
     char *path = (char *)h->path;
     if (http_percent_decode(path, h->path_len, path, false) < 0)
         return false;

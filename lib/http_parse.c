@@ -8,24 +8,23 @@
 
 /* Longest chunk-size line (with extensions) and trailer section. */
 #define CHUNK_LINE_MAX 4096
-#define TRAILER_MAX 4096
+#define TRAILER_MAX    4096
 
 /* Empty lines tolerated before a request line (RFC 9112 section 2.2). */
 #define LEADING_EMPTY_MAX 8
 
 /* tchar of RFC 9110 section 5.6.2: the bytes of a token. */
 static const unsigned char tchar[256] = {
-    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
-    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1,  ['|'] = 1,
-    ['~'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1,  ['5'] = 1,
-    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['A'] = 1, ['B'] = 1,  ['C'] = 1,
-    ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,  ['J'] = 1,
-    ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,  ['Q'] = 1,
-    ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1,  ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1,  ['e'] = 1,
-    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1,
-    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,  ['s'] = 1,
-    ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1,  ['z'] = 1,
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
 /* A field-value byte: VCHAR, obs-text, SP or HTAB. */
@@ -107,9 +106,10 @@ split_target(struct http_head *h)
     const char *q = memchr(path, '?', (size_t)(end - path));
     const char *pend = q != NULL ? q : end;
     if (pend == path || path[0] != '/') {
-        /* "http://host" or "http://host?q": the path is "/", pointed at in
-         * the "://" so that every pointer of the head lies in the buffer
-         * (a caller may move the buffer and rebase them) */
+        /* "http://host" or "http://host?q" (never origin-form, whose path
+         * starts with '/'): the path is "/", pointed at in the "://" so that
+         * every pointer of the head lies in the buffer (a caller may move
+         * the buffer and rebase them) */
         h->path = t + skip - 1;
         h->path_len = 1;
     } else {
@@ -176,7 +176,7 @@ parse_content_length(const char *v, size_t len, int64_t *out)
  * "close" wins wherever it appears (RFC 9112 section 9.3).
  */
 static void
-parse_connection(const char *v, size_t len, bool *close, bool *keep_alive)
+parse_connection(const char *v, size_t len, bool *saw_close, bool *saw_keep_alive)
 {
     const char *end = v + len;
     while (v < end) {
@@ -186,9 +186,9 @@ parse_connection(const char *v, size_t len, bool *close, bool *keep_alive)
         while (v < end && *v != ',' && !is_ows(*v))
             v++;
         if (span_ieq(t, (size_t)(v - t), "close"))
-            *close = true;
+            *saw_close = true;
         else if (span_ieq(t, (size_t)(v - t), "keep-alive"))
-            *keep_alive = true;
+            *saw_keep_alive = true;
     }
 }
 

@@ -55,7 +55,9 @@ struct http_head {
     const char *target;
     size_t target_len;
     /* The path and query of the target: for absolute-form the part after the
-     * authority ("/" when there is none). query is NULL without a '?'. */
+     * authority ("/" when there is none, pointing at the last '/' of "://":
+     * every pointer of the head lies in the parsed buffer). query is NULL
+     * without a '?'. */
     const char *path;
     size_t path_len;
     const char *query;
@@ -67,8 +69,8 @@ struct http_head {
 
     int64_t content_length; /* -1 when absent */
     bool chunked;           /* Transfer-Encoding: chunked */
-    bool keep_alive;        /* the connection persists after this request */
-    bool expect_continue;   /* Expect: 100-continue */
+    bool keep_alive;        /* the connection persists ("close" always wins) */
+    bool expect_continue;   /* Expect: 100-continue, in HTTP/1.1 (1.0 ignores it) */
 };
 
 /*
@@ -99,6 +101,8 @@ const struct http_field *http_head_field(const struct http_head *h, const char *
  * chunk data down over the framing, so that afterwards buf still holds the
  * decoded body followed by the raw bytes not yet consumed, and *len is
  * their new total.
+ *
+ * *st is zeroed before the first call of each body.
  *
  * Returns 1 when the body is complete (the last chunk and the trailer
  * section are consumed; buf[st->decoded, *len) are the bytes after the
