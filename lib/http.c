@@ -858,10 +858,13 @@ conn_linger(struct conn *c)
 static void
 conn_end(struct conn *c)
 {
-    if (c->broken || (!c->must_linger && c->in_len == 0))
+    if (c->broken || (!c->must_linger && c->in_len == 0)) {
         conn_free(c);
-    else
-        conn_linger(c);
+        return;
+    }
+    if (!c->must_linger)
+        c->linger_left = -1; /* unread pipelined bytes: more may be on the way */
+    conn_linger(c);
 }
 
 /*
