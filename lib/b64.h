@@ -25,21 +25,36 @@ b64url_encoded_len(size_t n)
     return n / 3 * 4 + (n % 3 == 0 ? 0 : n % 3 + 1);
 }
 
-/* Value of one base64url character, or -1 when c is not one. */
+/*
+ * Value of one base64url character, or -1 when c is not one. A table: a
+ * cursor is decoded on every sync.
+ */
 static inline int
 b64url_value(unsigned char c)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
+#define XX 0xff
+    /* clang-format off */
+    static const uint8_t values[256] = {
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, 62, XX, XX,
+        52, 53, 54, 55, 56, 57, 58, 59, 60, 61, XX, XX, XX, XX, XX, XX,
+        XX,  0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14,
+        15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, XX, XX, XX, XX, 63,
+        XX, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+        41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+        XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX, XX,
+    };
+    /* clang-format on */
+#undef XX
+    return values[c] == 0xff ? -1 : values[c];
 }
 
 /*
@@ -93,8 +108,18 @@ b64url_decode(const char *in, size_t inlen, uint8_t *out, size_t outcap, size_t 
     if (n > outcap)
         return false;
     size_t o = 0, i = 0;
-    for (; i < inlen; i += 4) {
-        size_t k = inlen - i < 4 ? inlen - i : 4; /* 2, 3 or 4 */
+    for (; i + 4 <= inlen; i += 4) {
+        int a = b64url_value((unsigned char)in[i]), b = b64url_value((unsigned char)in[i + 1]),
+            c = b64url_value((unsigned char)in[i + 2]), d = b64url_value((unsigned char)in[i + 3]);
+        if ((a | b | c | d) < 0)
+            return false;
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
+        out[o++] = (uint8_t)(v >> 16);
+        out[o++] = (uint8_t)(v >> 8);
+        out[o++] = (uint8_t)v;
+    }
+    if (i < inlen) {
+        size_t k = inlen - i; /* 2 or 3 */
         uint32_t v = 0;
         for (size_t j = 0; j < 4; j++) {
             int d = 0;
@@ -106,10 +131,8 @@ b64url_decode(const char *in, size_t inlen, uint8_t *out, size_t outcap, size_t 
             v = v << 6 | (uint32_t)d;
         }
         out[o++] = (uint8_t)(v >> 16);
-        if (k >= 3)
+        if (k == 3)
             out[o++] = (uint8_t)(v >> 8);
-        if (k == 4)
-            out[o++] = (uint8_t)v;
         /* The bits of a short group that fall past the last byte must be 0. */
         if ((k == 2 && (v & 0xffff) != 0) || (k == 3 && (v & 0xff) != 0))
             return false;

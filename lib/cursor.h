@@ -45,4 +45,7 @@ enum cursor_status cursor_decode(const char *s, uint32_t current_epoch, struct c
 /* Encodes c into out (CURSOR_STR_LEN bytes). */
 void cursor_encode(const struct cursor *c, char out[CURSOR_STR_LEN]);
 
+/* CRC-32C (Castagnoli; init and final xor 0xffffffff, reflected) of n bytes. Exposed for tests. */
+uint32_t cursor_crc32c(const void *data, size_t n);
+
 #endif

@@ -15,6 +15,7 @@
 #include <float.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <locale.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -234,162 +235,417 @@ utf8_seq_len(const unsigned char *s, size_t n)
     return len;
 }
 
-/*
- * A JSON string holding the n bytes at s, each byte that does not start a
- * well-formed UTF-8 sequence replaced by U+FFFD. NUL bytes are kept (they
- * become \u0000). NULL on OOM.
- */
-static json_t *
-text_to_json(const void *data, size_t n)
-{
-    const unsigned char *s = data != NULL ? data : (const unsigned char *)"";
-    size_t i = 0;
-    while (i < n) {
-        size_t l = utf8_seq_len(s + i, n - i);
-        if (l == 0)
-            break;
-        i += l;
-    }
-    if (i == n)
-        return json_stringn((const char *)s, n);
-
-    if (n > (SIZE_MAX - 1) / 3)
-        return NULL;
-    unsigned char *out = malloc(n * 3 + 1);
-    if (out == NULL)
-        return NULL;
-    memcpy(out, s, i);
-    size_t o = i;
-    while (i < n) {
-        size_t l = utf8_seq_len(s + i, n - i);
-        if (l == 0) {
-            out[o++] = 0xEF;
-            out[o++] = 0xBF;
-            out[o++] = 0xBD;
-            i++;
-        } else {
-            memcpy(out + o, s + i, l);
-            o += l;
-            i += l;
-        }
-    }
-    json_t *j = json_stringn((const char *)out, o);
-    free(out);
-    return j;
-}
-
 /* ---- encoding --------------------------------------------------------- */
 
-static json_t *encode_message(const ProtobufCMessage *msg);
+/*
+ * The encoder writes compact JSON text straight into a pbjson_buf: no
+ * json_t tree, no second pass. Its output is byte for byte what jansson's
+ * json_dumps(..., JSON_COMPACT) writes for the same values (string escapes,
+ * integer and real formats), so pbjson_encode can be derived from it and
+ * the two never disagree (tests/unit/test_pbjson.c checks both).
+ */
 
-/* A double as JSON: a number, or "NaN"/"Infinity"/"-Infinity". */
-static json_t *
-encode_double(double d)
+void
+pbjson_buf_init(struct pbjson_buf *b, char *storage, size_t size)
 {
-    if (isnan(d))
-        return json_string("NaN");
-    if (isinf(d))
-        return json_string(d > 0 ? "Infinity" : "-Infinity");
-    return json_real(d);
+    b->data = size > 0 ? storage : NULL;
+    b->cap = size > 0 ? size : 0;
+    b->len = 0;
+    b->owned = false;
+    b->oom = false;
+    if (b->cap > 0)
+        b->data[0] = '\0';
 }
 
-/* One value of field f stored at p, as a new JSON value (NULL on OOM). */
-static json_t *
-encode_value(const ProtobufCFieldDescriptor *f, const void *p)
+void
+pbjson_buf_free(struct pbjson_buf *b)
 {
-    char buf[24];
+    if (b->owned)
+        free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->owned = false;
+}
+
+/*
+ * Makes room for n more bytes and the NUL after them. After a failure the
+ * buffer is marked oom and every later append is a no-op, so writers check
+ * once at the end.
+ */
+static bool
+buf_reserve(struct pbjson_buf *b, size_t n)
+{
+    if (b->oom)
+        return false;
+    if (b->cap > b->len && n < b->cap - b->len)
+        return true;
+    if (n > SIZE_MAX / 2 - b->len - 1) {
+        b->oom = true;
+        return false;
+    }
+    size_t need = b->len + n + 1;
+    size_t cap = b->cap > 128 ? b->cap : 128;
+    while (cap < need)
+        cap *= 2;
+    char *p;
+    if (b->owned) {
+        p = realloc(b->data, cap);
+    } else {
+        p = malloc(cap);
+        if (p != NULL && b->len > 0)
+            memcpy(p, b->data, b->len);
+    }
+    if (p == NULL) {
+        b->oom = true;
+        return false;
+    }
+    b->data = p;
+    b->cap = cap;
+    b->owned = true;
+    return true;
+}
+
+static void
+buf_put(struct pbjson_buf *b, const void *p, size_t n)
+{
+    if (!buf_reserve(b, n))
+        return;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+static void
+buf_putc(struct pbjson_buf *b, char c)
+{
+    if (!buf_reserve(b, 1))
+        return;
+    b->data[b->len++] = c;
+    b->data[b->len] = '\0';
+}
+
+/* Decimal digits of v, written backwards ending at end; returns the first. */
+static char *
+u64_digits(uint64_t v, char *end)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return end;
+}
+
+/* v as a JSON number, or as a JSON string of digits when quoted. */
+static void
+write_int(struct pbjson_buf *b, uint64_t mag, bool neg, bool quoted)
+{
+    char tmp[24]; /* '"', '-', 20 digits, '"' */
+    char *end = tmp + sizeof(tmp);
+    if (quoted)
+        *--end = '"';
+    char *p = u64_digits(mag, end);
+    if (neg)
+        *--p = '-';
+    if (quoted)
+        *--p = '"';
+    buf_put(b, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
+static void
+write_i64(struct pbjson_buf *b, int64_t v, bool quoted)
+{
+    uint64_t mag = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    write_int(b, mag, v < 0, quoted);
+}
+
+/*
+ * A finite double as jansson writes a real: "%.17g", the locale's decimal
+ * point as '.', ".0" added when it would read back as an integer, and the
+ * exponent without '+' or leading zeros.
+ */
+static void
+write_real(struct pbjson_buf *b, double d)
+{
+    char s[64];
+    int r = snprintf(s, sizeof(s), "%.17g", d);
+    if (r < 0 || (size_t)r >= sizeof(s) - 3) {
+        b->oom = true; /* cannot happen for a double */
+        return;
+    }
+    size_t n = (size_t)r;
+    const char *point = localeconv()->decimal_point;
+    if (point[0] != '.' && point[0] != '\0') {
+        char *pos = strchr(s, point[0]);
+        if (pos != NULL)
+            *pos = '.';
+    }
+    if (strchr(s, '.') == NULL && strchr(s, 'e') == NULL) {
+        memcpy(s + n, ".0", 3);
+        n += 2;
+    }
+    char *start = strchr(s, 'e');
+    if (start != NULL) {
+        start++;
+        char *end = start + 1;
+        if (*start == '-')
+            start++;
+        while (*end == '0')
+            end++;
+        if (end != start) {
+            memmove(start, end, n - (size_t)(end - s));
+            n -= (size_t)(end - start);
+        }
+    }
+    buf_put(b, s, n);
+}
+
+/* A double as JSON: a number, or "NaN"/"Infinity"/"-Infinity". */
+static void
+write_double(struct pbjson_buf *b, double d)
+{
+    if (isnan(d))
+        buf_put(b, "\"NaN\"", 5);
+    else if (isinf(d) && d > 0)
+        buf_put(b, "\"Infinity\"", 10);
+    else if (isinf(d))
+        buf_put(b, "\"-Infinity\"", 11);
+    else
+        write_real(b, d);
+}
+
+/*
+ * Bytes that stand for themselves inside a JSON string, as jansson writes
+ * and reads them: printable ASCII and DEL, except '"' and '\\'.
+ */
+static const unsigned char json_plain[256] = {
+    [0x20 ... 0x21] = 1,
+    [0x23 ... 0x5B] = 1,
+    [0x5D ... 0x7F] = 1,
+};
+
+/*
+ * The n bytes at s as a JSON string: each byte that does not start a
+ * well-formed UTF-8 sequence becomes U+FFFD; '"', '\\' and control bytes
+ * (NUL included) are escaped as jansson escapes them; everything else,
+ * '/' and non-ASCII included, is copied.
+ */
+static void
+write_text(struct pbjson_buf *b, const void *data, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const unsigned char *s = data != NULL ? data : (const unsigned char *)"";
+    size_t i = 0;
+    while (i < n && json_plain[s[i]])
+        i++;
+    /* Worst case 6 bytes out per byte in (none when all were plain), reserved
+     * once: the loop needs no checks. */
+    size_t room = i == n ? n + 2 : n * 6 + 2;
+    if (n > (SIZE_MAX - 2) / 6 || !buf_reserve(b, room)) {
+        b->oom = true;
+        return;
+    }
+    char *o = b->data + b->len;
+    *o++ = '"';
+    memcpy(o, s, i);
+    o += i;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (json_plain[c]) {
+            *o++ = (char)c;
+            i++;
+        } else if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
+            i++;
+        } else if (c < 0x20) {
+            *o++ = '\\';
+            switch (c) {
+            case '\b':
+                *o++ = 'b';
+                break;
+            case '\f':
+                *o++ = 'f';
+                break;
+            case '\n':
+                *o++ = 'n';
+                break;
+            case '\r':
+                *o++ = 'r';
+                break;
+            case '\t':
+                *o++ = 't';
+                break;
+            default:
+                memcpy(o, "u00", 3);
+                o[3] = hex[c >> 4];
+                o[4] = hex[c & 15];
+                o += 5;
+            }
+            i++;
+        } else {
+            size_t l = utf8_seq_len(s + i, n - i);
+            if (l == 0) {
+                memcpy(o, "\xEF\xBF\xBD", 3);
+                o += 3;
+                i++;
+            } else {
+                memcpy(o, s + i, l);
+                o += l;
+                i += l;
+            }
+        }
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
+}
+
+static void write_message(struct pbjson_buf *b, const ProtobufCMessage *msg);
+
+/* One value of field f stored at p. */
+static void
+write_value(struct pbjson_buf *b, const ProtobufCFieldDescriptor *f, const void *p)
+{
     switch (f->type) {
     case PROTOBUF_C_TYPE_INT32:
     case PROTOBUF_C_TYPE_SINT32:
     case PROTOBUF_C_TYPE_SFIXED32:
-        return json_integer(*(const int32_t *)p);
+        write_i64(b, *(const int32_t *)p, false);
+        return;
     case PROTOBUF_C_TYPE_UINT32:
     case PROTOBUF_C_TYPE_FIXED32:
-        return json_integer(*(const uint32_t *)p);
+        write_int(b, *(const uint32_t *)p, false, false);
+        return;
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
     case PROTOBUF_C_TYPE_SFIXED64:
-        snprintf(buf, sizeof(buf), "%" PRId64, *(const int64_t *)p);
-        return json_string(buf);
+        write_i64(b, *(const int64_t *)p, true);
+        return;
     case PROTOBUF_C_TYPE_UINT64:
     case PROTOBUF_C_TYPE_FIXED64:
-        snprintf(buf, sizeof(buf), "%" PRIu64, *(const uint64_t *)p);
-        return json_string(buf);
+        write_int(b, *(const uint64_t *)p, false, true);
+        return;
     case PROTOBUF_C_TYPE_FLOAT:
-        return encode_double(*(const float *)p);
+        write_double(b, *(const float *)p);
+        return;
     case PROTOBUF_C_TYPE_DOUBLE:
-        return encode_double(*(const double *)p);
+        write_double(b, *(const double *)p);
+        return;
     case PROTOBUF_C_TYPE_BOOL:
-        return json_boolean(*(const protobuf_c_boolean *)p);
+        if (*(const protobuf_c_boolean *)p)
+            buf_put(b, "true", 4);
+        else
+            buf_put(b, "false", 5);
+        return;
     case PROTOBUF_C_TYPE_ENUM: {
         int32_t v = *(const int32_t *)p;
         const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(f->descriptor, v);
-        return ev != NULL ? json_string(ev->name) : json_integer(v);
+        if (ev != NULL)
+            write_text(b, ev->name, strlen(ev->name));
+        else
+            write_i64(b, v, false);
+        return;
     }
     case PROTOBUF_C_TYPE_STRING: {
         const char *s = *(const char *const *)p;
-        return text_to_json(s, s != NULL ? strlen(s) : 0);
+        write_text(b, s, s != NULL ? strlen(s) : 0);
+        return;
     }
     case PROTOBUF_C_TYPE_BYTES: {
         const ProtobufCBinaryData *bd = p;
-        return text_to_json(bd->data, bd->len);
+        write_text(b, bd->data, bd->len);
+        return;
     }
     case PROTOBUF_C_TYPE_MESSAGE: {
         const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
-        return sub != NULL ? encode_message(sub) : json_object();
+        if (sub != NULL)
+            write_message(b, sub);
+        else
+            buf_put(b, "{}", 2);
+        return;
     }
     }
-    return NULL;
+    b->oom = true; /* a type protobuf-c does not have */
 }
 
-/* Field f of msg (known to be set) as a new JSON value. */
-static json_t *
-encode_field(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f)
+/* Field f of msg (known to be set): a value, or an array of them. */
+static void
+write_field(struct pbjson_buf *b, const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f)
 {
-    if (f->label != PROTOBUF_C_LABEL_REPEATED)
-        return encode_value(f, cmember(msg, f->offset));
-
+    if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+        write_value(b, f, cmember(msg, f->offset));
+        return;
+    }
     size_t n = *(const size_t *)cmember(msg, f->quantifier_offset);
     const char *arr = *(const void *const *)cmember(msg, f->offset);
     size_t es = elem_size(f->type);
-    json_t *a = json_array();
-    if (a == NULL)
-        return NULL;
+    buf_putc(b, '[');
     for (size_t i = 0; i < n; i++) {
-        if (json_array_append_new(a, encode_value(f, arr + i * es)) != 0) {
-            json_decref(a);
-            return NULL;
-        }
+        if (i > 0)
+            buf_putc(b, ',');
+        write_value(b, f, arr + i * es);
     }
-    return a;
+    buf_putc(b, ']');
 }
 
-/* msg as a new JSON object holding its set fields (NULL on OOM). */
-static json_t *
-encode_message(const ProtobufCMessage *msg)
+/* msg as a JSON object of its set fields, in field order. */
+static void
+write_message(struct pbjson_buf *b, const ProtobufCMessage *msg)
 {
     const ProtobufCMessageDescriptor *desc = msg->descriptor;
-    json_t *obj = json_object();
-    if (obj == NULL)
-        return NULL;
-    for (unsigned i = 0; i < desc->n_fields; i++) {
+    bool first = true;
+    buf_putc(b, '{');
+    for (unsigned i = 0; i < desc->n_fields && !b->oom; i++) {
         const ProtobufCFieldDescriptor *f = &desc->fields[i];
         if (!field_is_set(msg, f))
             continue;
-        if (json_object_set_new(obj, f->name, encode_field(msg, f)) != 0) {
-            json_decref(obj);
-            return NULL;
-        }
+        if (!first)
+            buf_putc(b, ',');
+        first = false;
+        write_text(b, f->name, strlen(f->name));
+        buf_putc(b, ':');
+        write_field(b, msg, f);
     }
-    return obj;
+    buf_putc(b, '}');
+}
+
+bool
+pbjson_write(struct pbjson_buf *b, const ProtobufCMessage *msg)
+{
+    if (msg == NULL || b->oom)
+        return false;
+    write_message(b, msg);
+    return !b->oom;
+}
+
+char *
+pbjson_encode_text(const ProtobufCMessage *msg, size_t *len)
+{
+    struct pbjson_buf b;
+    pbjson_buf_init(&b, NULL, 0);
+    if (!pbjson_write(&b, msg)) {
+        pbjson_buf_free(&b);
+        return NULL;
+    }
+    if (len != NULL)
+        *len = b.len;
+    return b.data;
 }
 
 json_t *
 pbjson_encode(const ProtobufCMessage *msg)
 {
-    if (msg == NULL)
+    char stack[1024];
+    struct pbjson_buf b;
+    pbjson_buf_init(&b, stack, sizeof(stack));
+    if (!pbjson_write(&b, msg)) {
+        pbjson_buf_free(&b);
         return NULL;
-    return encode_message(msg);
+    }
+    /* NUL is allowed: bytes fields may hold it (written as \u0000). */
+    json_t *j = json_loadb(b.data, b.len, JSON_ALLOW_NUL, NULL);
+    pbjson_buf_free(&b);
+    return j;
 }
 
 /* ---- number and time parsing ------------------------------------------ */
@@ -580,6 +836,8 @@ __attribute__((format(printf, 2, 3))) static size_t
 path_push(struct dctx *c, const char *fmt, ...)
 {
     size_t old = c->pathlen;
+    if (c->err == NULL || c->errlen == 0)
+        return old; /* the path only serves error messages */
     size_t room = sizeof(c->path) - old;
     va_list ap;
     va_start(ap, fmt);
@@ -652,25 +910,91 @@ int_expectation(const ProtobufCFieldDescriptor *f)
 }
 
 /*
+ * One JSON value as the field decoders below see it, whichever reader
+ * produced it: the jansson tree (any JSON) or the fast reader (the plain
+ * subset clients send; see fast_decode). Objects and arrays are only a kind
+ * here: the readers walk them themselves and call the same field functions.
+ */
+enum jkind { JK_NULL, JK_TRUE, JK_FALSE, JK_INTEGER, JK_REAL, JK_STRING, JK_OBJECT, JK_ARRAY };
+
+struct jvalue {
+    enum jkind kind;
+    json_int_t i;  /* JK_INTEGER */
+    double d;      /* JK_REAL */
+    const char *s; /* JK_STRING: n bytes, may hold NUL */
+    size_t n;
+    bool terminated; /* s[n] is a NUL (jansson strings are; the fast reader's are not) */
+};
+
+/* A jansson value as a jvalue (pointing into v). */
+static void
+jvalue_of(const json_t *v, struct jvalue *out)
+{
+    memset(out, 0, sizeof(*out));
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        out->kind = JK_OBJECT;
+        break;
+    case JSON_ARRAY:
+        out->kind = JK_ARRAY;
+        break;
+    case JSON_STRING:
+        out->kind = JK_STRING;
+        out->s = json_string_value(v);
+        out->n = json_string_length(v);
+        out->terminated = true;
+        break;
+    case JSON_INTEGER:
+        out->kind = JK_INTEGER;
+        out->i = json_integer_value(v);
+        break;
+    case JSON_REAL:
+        out->kind = JK_REAL;
+        out->d = json_real_value(v);
+        break;
+    case JSON_TRUE:
+        out->kind = JK_TRUE;
+        break;
+    case JSON_FALSE:
+        out->kind = JK_FALSE;
+        break;
+    case JSON_NULL:
+    default:
+        out->kind = JK_NULL;
+        break;
+    }
+}
+
+/* Whether the string value reads as lit as a C string would (up to its first NUL). */
+static bool
+jstr_is(const struct jvalue *v, const char *lit)
+{
+    size_t n = strlen(lit);
+    return v->kind == JK_STRING && strnlen(v->s, v->n) == n && memcmp(v->s, lit, n) == 0;
+}
+
+/*
  * Decodes an integer field value (JSON integer, decimal string, or for
  * time fields an RFC 3339 string), range-checked for f's type, into the
  * int32/uint32/int64/uint64 at slot.
  */
 static bool
-decode_integer(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *v, void *slot)
+decode_integer(struct dctx *c, const ProtobufCFieldDescriptor *f, const struct jvalue *v,
+               void *slot)
 {
     bool neg;
     uint64_t mag;
     char shown[48]; /* the value as written, for range errors */
 
-    if (json_is_integer(v)) {
-        json_int_t x = json_integer_value(v);
+    if (v->kind == JK_INTEGER) {
+        json_int_t x = v->i;
         neg = x < 0;
         mag = neg ? (uint64_t)(-(x + 1)) + 1 : (uint64_t)x;
-        snprintf(shown, sizeof(shown), "%" JSON_INTEGER_FORMAT, x);
-    } else if (json_is_string(v)) {
-        const char *s = json_string_value(v);
-        size_t n = json_string_length(v);
+        if (c->err != NULL)
+            snprintf(shown, sizeof(shown), "%" JSON_INTEGER_FORMAT, x);
+    } else if (v->kind == JK_STRING) {
+        const char *s = v->s;
+        size_t n = v->n;
         if (is_time_field(f) && looks_like_date(s, n)) {
             int64_t us;
             if (!parse_rfc3339(s, n, &us))
@@ -684,7 +1008,8 @@ decode_integer(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *
         if (r == NUM_SYNTAX)
             return fail(c, "expected %s", int_expectation(f));
         /* Only digits and '-' reach here; very long values are cut short. */
-        snprintf(shown, sizeof(shown), "%.*s%s", 40, s, n > 40 ? "..." : "");
+        if (c->err != NULL)
+            snprintf(shown, sizeof(shown), "%.*s%s", 40, s, n > 40 ? "..." : "");
         if (r == NUM_RANGE)
             return fail(c, "value %s out of range for %s", shown, type_name(f->type));
     } else {
@@ -721,16 +1046,18 @@ decode_integer(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *
 
 /* A float or double: a JSON number or "NaN", "Infinity", "-Infinity". */
 static bool
-decode_real(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *v, void *slot)
+decode_real(struct dctx *c, const ProtobufCFieldDescriptor *f, const struct jvalue *v, void *slot)
 {
     double d;
-    if (json_is_number(v)) {
-        d = json_number_value(v);
-    } else if (json_is_string(v) && strcmp(json_string_value(v), "NaN") == 0) {
+    if (v->kind == JK_INTEGER) {
+        d = (double)v->i;
+    } else if (v->kind == JK_REAL) {
+        d = v->d;
+    } else if (jstr_is(v, "NaN")) {
         d = NAN;
-    } else if (json_is_string(v) && strcmp(json_string_value(v), "Infinity") == 0) {
+    } else if (jstr_is(v, "Infinity")) {
         d = INFINITY;
-    } else if (json_is_string(v) && strcmp(json_string_value(v), "-Infinity") == 0) {
+    } else if (jstr_is(v, "-Infinity")) {
         d = -INFINITY;
     } else {
         return fail(c, "expected a number");
@@ -747,29 +1074,35 @@ decode_real(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *v, 
 
 /* An enum: its value name, or a JSON integer that is a known value. */
 static bool
-decode_enum(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *v, void *slot)
+decode_enum(struct dctx *c, const ProtobufCFieldDescriptor *f, const struct jvalue *v, void *slot)
 {
     const ProtobufCEnumDescriptor *ed = f->descriptor;
     const ProtobufCEnumValue *ev = NULL;
-    if (json_is_string(v))
-        ev = protobuf_c_enum_descriptor_get_value_by_name(ed, json_string_value(v));
-    else if (json_is_integer(v) && json_integer_value(v) >= INT32_MIN &&
-             json_integer_value(v) <= INT32_MAX)
-        ev = protobuf_c_enum_descriptor_get_value(ed, (int)json_integer_value(v));
-    else
+    if (v->kind == JK_STRING) {
+        /* The name as a C string would read (up to a NUL), as protobuf-c looks it up. */
+        char name[128];
+        size_t n = strnlen(v->s, v->n);
+        if (v->terminated) {
+            ev = protobuf_c_enum_descriptor_get_value_by_name(ed, v->s);
+        } else if (n < sizeof(name)) {
+            memcpy(name, v->s, n);
+            name[n] = '\0';
+            ev = protobuf_c_enum_descriptor_get_value_by_name(ed, name);
+        }
+    } else if (v->kind == JK_INTEGER && v->i >= INT32_MIN && v->i <= INT32_MAX) {
+        ev = protobuf_c_enum_descriptor_get_value(ed, (int)v->i);
+    } else {
         return fail(c, "expected an enum name or number");
+    }
     if (ev == NULL)
         return fail(c, "not a value of %s", ed->name);
     *(int32_t *)slot = ev->value;
     return true;
 }
 
-static ProtobufCMessage *decode_message(struct dctx *c, const ProtobufCMessageDescriptor *desc,
-                                        const json_t *obj);
-
-/* Decodes one value of field f into slot (a member or an array element). */
+/* Decodes one non-message value of field f into slot (a member or an array element). */
 static bool
-decode_value(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *v, void *slot)
+decode_scalar(struct dctx *c, const ProtobufCFieldDescriptor *f, const struct jvalue *v, void *slot)
 {
     switch (f->type) {
     case PROTOBUF_C_TYPE_INT32:
@@ -789,49 +1122,176 @@ decode_value(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *v,
     case PROTOBUF_C_TYPE_ENUM:
         return decode_enum(c, f, v, slot);
     case PROTOBUF_C_TYPE_BOOL:
-        if (!json_is_boolean(v))
+        if (v->kind != JK_TRUE && v->kind != JK_FALSE)
             return fail(c, "expected true or false");
-        *(protobuf_c_boolean *)slot = json_is_true(v);
+        *(protobuf_c_boolean *)slot = v->kind == JK_TRUE;
         return true;
     case PROTOBUF_C_TYPE_STRING: {
-        if (!json_is_string(v))
+        if (v->kind != JK_STRING)
             return fail(c, "expected a string");
-        size_t n = json_string_length(v);
-        const char *s = json_string_value(v);
-        if (memchr(s, '\0', n) != NULL)
+        size_t n = v->n;
+        if (memchr(v->s, '\0', n) != NULL)
             return fail(c, "string contains a NUL character");
         char *copy = dalloc(c, n + 1);
         if (copy == NULL)
             return fail(c, "out of memory");
-        memcpy(copy, s, n + 1);
+        memcpy(copy, v->s, n);
+        copy[n] = '\0';
         *(char **)slot = copy;
         return true;
     }
     case PROTOBUF_C_TYPE_BYTES: {
-        if (!json_is_string(v))
+        if (v->kind != JK_STRING)
             return fail(c, "expected a string");
         ProtobufCBinaryData *bd = slot;
-        size_t n = json_string_length(v);
+        size_t n = v->n;
         bd->len = 0;
         bd->data = NULL;
         if (n > 0) {
             bd->data = dalloc(c, n);
             if (bd->data == NULL)
                 return fail(c, "out of memory");
-            memcpy(bd->data, json_string_value(v), n);
+            memcpy(bd->data, v->s, n);
             bd->len = n;
         }
         return true;
     }
-    case PROTOBUF_C_TYPE_MESSAGE: {
+    case PROTOBUF_C_TYPE_MESSAGE:
+        break; /* the readers decode messages themselves */
+    }
+    return fail(c, "unsupported field type");
+}
+
+/* Writes key into buf as printable ASCII, cut at 64 characters. */
+static void
+printable_key(char *buf, size_t size, const char *key, size_t keylen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < keylen && o + 4 < size; i++) {
+        if (i == 64) {
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        unsigned char ch = (unsigned char)key[i];
+        buf[o++] = ch >= 0x20 && ch <= 0x7E ? (char)ch : '?';
+    }
+    buf[o] = '\0';
+}
+
+/*
+ * The field of desc named by key (keylen bytes, key[keylen] a NUL), or
+ * NULL with the "unknown field" error.
+ */
+static const ProtobufCFieldDescriptor *
+field_by_key(struct dctx *c, const ProtobufCMessageDescriptor *desc, const char *key, size_t keylen)
+{
+    const ProtobufCFieldDescriptor *f = NULL;
+    /* A key with an embedded NUL must not match the field it starts with. */
+    if (strlen(key) == keylen)
+        f = protobuf_c_message_descriptor_get_field_by_name(desc, key);
+    if (f == NULL && c->err != NULL && c->errlen > 0) {
+        char shown[80];
+        printable_key(shown, sizeof(shown), key, keylen);
+        /* The whole path goes inside the quotes: "unknown field 'targeting.x'". */
+        snprintf(c->err, c->errlen, "unknown field '%s%s%s'", c->path, c->pathlen > 0 ? "." : "",
+                 shown);
+        make_printable(c->err);
+    }
+    return f;
+}
+
+/*
+ * Before a non-null value of field f is decoded into m: refuses a second
+ * member of a oneof and a field set twice; marks a oneof member as the one
+ * selected (before its value is decoded, so freeing a half-decoded message
+ * frees the right member).
+ */
+static bool
+field_begin(struct dctx *c, ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
+{
+    if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+        *(const uint32_t *)member(m, f->quantifier_offset) != 0) {
+        /* Another member of the oneof was set: its value shares the memory. */
+        return fail(c, "another member of its oneof is already set");
+    }
+    if (field_is_set(m, f)) {
+        /* Cannot happen with unique keys; guards against leaking. */
+        return fail(c, "set more than once");
+    }
+    if (f->label != PROTOBUF_C_LABEL_REPEATED && (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+        *(uint32_t *)member(m, f->quantifier_offset) = f->id;
+    return true;
+}
+
+/* After a singular value of field f was decoded into m: its has_ flag. */
+static void
+field_end(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
+{
+    if (f->label == PROTOBUF_C_LABEL_OPTIONAL && !(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+        f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+        *(protobuf_c_boolean *)member(m, f->quantifier_offset) = 1;
+}
+
+/* After the last member of an object: every required field is there. */
+static bool
+check_required(struct dctx *c, const ProtobufCMessageDescriptor *desc, ProtobufCMessage *m)
+{
+    for (unsigned i = 0; i < desc->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &desc->fields[i];
+        if (f->label != PROTOBUF_C_LABEL_REQUIRED)
+            continue;
+        if ((f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE) &&
+            *(void **)member(m, f->offset) == NULL)
+            return fail(c, "missing required field '%s'", f->name);
+    }
+    return true;
+}
+
+/*
+ * A new, initialised message of type desc for an object value of kind k,
+ * allocated from the decode allocator; NULL with the error when the value
+ * is not an object, is nested too deep, or on OOM.
+ */
+static ProtobufCMessage *
+message_new(struct dctx *c, const ProtobufCMessageDescriptor *desc, enum jkind k)
+{
+    if (k != JK_OBJECT) {
+        fail(c, c->depth == 0 ? "expected a JSON object" : "expected an object");
+        return NULL;
+    }
+    if (c->depth >= PBJSON_MAX_DEPTH) {
+        fail(c, "nested deeper than %d objects", PBJSON_MAX_DEPTH);
+        return NULL;
+    }
+    ProtobufCMessage *m = dalloc(c, desc->sizeof_message);
+    if (m == NULL) {
+        fail(c, "out of memory");
+        return NULL;
+    }
+    protobuf_c_message_init(desc, m);
+    return m;
+}
+
+/* ---- decoding a jansson tree (any JSON) -------------------------------- */
+
+static ProtobufCMessage *decode_message(struct dctx *c, const ProtobufCMessageDescriptor *desc,
+                                        const json_t *obj);
+
+/* Decodes one value of field f into slot (a member or an array element). */
+static bool
+decode_value(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t *v, void *slot)
+{
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
         ProtobufCMessage *sub = decode_message(c, f->descriptor, v);
         if (sub == NULL)
             return false;
         *(ProtobufCMessage **)slot = sub;
         return true;
     }
-    }
-    return fail(c, "unsupported field type");
+    struct jvalue jv;
+    jvalue_of(v, &jv);
+    return decode_scalar(c, f, &jv, slot);
 }
 
 /* Decodes a repeated field from a JSON array into m. */
@@ -864,23 +1324,6 @@ decode_repeated(struct dctx *c, const ProtobufCFieldDescriptor *f, const json_t 
     return true;
 }
 
-/* Writes key into buf as printable ASCII, cut at 64 characters. */
-static void
-printable_key(char *buf, size_t size, const char *key, size_t keylen)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < keylen && o + 4 < size; i++) {
-        if (i == 64) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        unsigned char ch = (unsigned char)key[i];
-        buf[o++] = ch >= 0x20 && ch <= 0x7E ? (char)ch : '?';
-    }
-    buf[o] = '\0';
-}
-
 /* Decodes the members of obj into the fields of m. */
 static bool
 decode_fields(struct dctx *c, const ProtobufCMessageDescriptor *desc, const json_t *obj,
@@ -889,61 +1332,28 @@ decode_fields(struct dctx *c, const ProtobufCMessageDescriptor *desc, const json
     /* jansson's iterator API wants a non-const object; nothing is modified. */
     json_t *o = (json_t *)obj;
     for (void *it = json_object_iter(o); it != NULL; it = json_object_iter_next(o, it)) {
-        const char *key = json_object_iter_key(it);
-        size_t keylen = json_object_iter_key_len(it);
         json_t *v = json_object_iter_value(it);
-        const ProtobufCFieldDescriptor *f = NULL;
-        /* A key with an embedded NUL must not match the field it starts with. */
-        if (strlen(key) == keylen)
-            f = protobuf_c_message_descriptor_get_field_by_name(desc, key);
-        if (f == NULL) {
-            char shown[80];
-            printable_key(shown, sizeof(shown), key, keylen);
-            /* The whole path goes inside the quotes: "unknown field 'targeting.x'". */
-            if (c->err != NULL && c->errlen > 0) {
-                snprintf(c->err, c->errlen, "unknown field '%s%s%s'", c->path,
-                         c->pathlen > 0 ? "." : "", shown);
-                make_printable(c->err);
-            }
+        const ProtobufCFieldDescriptor *f =
+            field_by_key(c, desc, json_object_iter_key(it), json_object_iter_key_len(it));
+        if (f == NULL)
             return false;
-        }
         if (json_is_null(v))
             continue;
 
         size_t old = path_push(c, "%s%s", c->pathlen > 0 ? "." : "", f->name);
-        bool ok;
-        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-            *(const uint32_t *)member(m, f->quantifier_offset) != 0) {
-            /* Another member of the oneof was set: its value shares the memory. */
-            ok = fail(c, "another member of its oneof is already set");
-        } else if (field_is_set(m, f)) {
-            /* Cannot happen with jansson's unique keys; guards against leaking. */
-            ok = fail(c, "set more than once");
-        } else if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+        bool ok = field_begin(c, m, f);
+        if (ok && f->label == PROTOBUF_C_LABEL_REPEATED) {
             ok = decode_repeated(c, f, v, m);
-        } else {
-            if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
-                *(uint32_t *)member(m, f->quantifier_offset) = f->id;
+        } else if (ok) {
             ok = decode_value(c, f, v, member(m, f->offset));
-            if (ok && f->label == PROTOBUF_C_LABEL_OPTIONAL &&
-                !(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && f->type != PROTOBUF_C_TYPE_STRING &&
-                f->type != PROTOBUF_C_TYPE_MESSAGE)
-                *(protobuf_c_boolean *)member(m, f->quantifier_offset) = 1;
+            if (ok)
+                field_end(m, f);
         }
         path_pop(c, old);
         if (!ok)
             return false;
     }
-
-    for (unsigned i = 0; i < desc->n_fields; i++) {
-        const ProtobufCFieldDescriptor *f = &desc->fields[i];
-        if (f->label != PROTOBUF_C_LABEL_REQUIRED)
-            continue;
-        if ((f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE) &&
-            *(void **)member(m, f->offset) == NULL)
-            return fail(c, "missing required field '%s'", f->name);
-    }
-    return true;
+    return check_required(c, desc, m);
 }
 
 /*
@@ -953,20 +1363,9 @@ decode_fields(struct dctx *c, const ProtobufCMessageDescriptor *desc, const json
 static ProtobufCMessage *
 decode_message(struct dctx *c, const ProtobufCMessageDescriptor *desc, const json_t *obj)
 {
-    if (!json_is_object(obj)) {
-        fail(c, c->depth == 0 ? "expected a JSON object" : "expected an object");
+    ProtobufCMessage *m = message_new(c, desc, json_is_object(obj) ? JK_OBJECT : JK_NULL);
+    if (m == NULL)
         return NULL;
-    }
-    if (c->depth >= PBJSON_MAX_DEPTH) {
-        fail(c, "nested deeper than %d objects", PBJSON_MAX_DEPTH);
-        return NULL;
-    }
-    ProtobufCMessage *m = dalloc(c, desc->sizeof_message);
-    if (m == NULL) {
-        fail(c, "out of memory");
-        return NULL;
-    }
-    protobuf_c_message_init(desc, m);
     c->depth++;
     bool ok = decode_fields(c, desc, obj, m);
     c->depth--;
@@ -992,6 +1391,289 @@ pbjson_decode(const ProtobufCMessageDescriptor *desc, const json_t *obj, Protobu
     return decode_message(&c, desc, obj);
 }
 
+/* ---- decoding plain JSON text directly (the fast path) ------------------ */
+
+/*
+ * Requests are small objects of plain values ({"cursor":"...","limit":10}),
+ * and building a jansson tree for them cost more than the rest of their
+ * decoding. fast_decode reads such a body in one pass, straight into the
+ * message, through the same field functions as the tree decoder
+ * (field_by_key, field_begin, decode_scalar, field_end, check_required,
+ * message_new), so the mapping exists once.
+ *
+ * It reads a subset of JSON: objects, arrays of scalars, strings of
+ * printable ASCII (and DEL) without escapes, integers of at most 18 digits, true,
+ * false and null. Anything else (arrays of objects, reals, escapes,
+ * non-ASCII, a duplicate or overlong key), a
+ * syntax error or a mapping error makes it give up, and the caller decodes
+ * the body again through jansson, which accepts or rejects it with its
+ * exact messages. So what it accepts is what the jansson path accepts, with
+ * the same result: the subset is valid JSON that jansson parses to the same
+ * members in the same order, and the members go through the same functions.
+ * No error text is ever produced here (the context has no error buffer).
+ */
+#define FAST_KEY_MAX 64
+
+struct fast {
+    const char *p, *end;
+};
+
+static void
+fast_ws(struct fast *r)
+{
+    while (r->p < r->end && (*r->p == ' ' || *r->p == '\t' || *r->p == '\n' || *r->p == '\r'))
+        r->p++;
+}
+
+/* A string of plain bytes (json_plain: no escapes, ASCII); false to give up. */
+static bool
+fast_string(struct fast *r, const char **s, size_t *n)
+{
+    if (r->p >= r->end || *r->p != '"')
+        return false;
+    const char *start = ++r->p;
+    const char *q = memchr(start, '"', (size_t)(r->end - start));
+    if (q == NULL)
+        return false;
+    for (const char *c = start; c < q; c++)
+        if (!json_plain[(unsigned char)*c])
+            return false;
+    *s = start;
+    *n = (size_t)(q - start);
+    r->p = q + 1;
+    return true;
+}
+
+/* Whether the literal lit is next and ends there (no letter or digit after it). */
+static bool
+fast_literal(struct fast *r, const char *lit, size_t n)
+{
+    if ((size_t)(r->end - r->p) < n || memcmp(r->p, lit, n) != 0)
+        return false;
+    r->p += n;
+    return r->p == r->end || !((*r->p >= 'a' && *r->p <= 'z') || (*r->p >= 'A' && *r->p <= 'Z') ||
+                               (*r->p >= '0' && *r->p <= '9'));
+}
+
+/* An integer as JSON writes one (no leading zeros) of at most 18 digits. */
+static bool
+fast_integer(struct fast *r, json_int_t *out)
+{
+    bool neg = false;
+    if (r->p < r->end && *r->p == '-') {
+        neg = true;
+        r->p++;
+    }
+    const char *start = r->p;
+    while (r->p < r->end && *r->p >= '0' && *r->p <= '9')
+        r->p++;
+    size_t digits = (size_t)(r->p - start);
+    if (digits == 0 || digits > 18 || (digits > 1 && *start == '0'))
+        return false;
+    json_int_t v = 0; /* 18 digits cannot overflow */
+    for (const char *d = start; d < r->p; d++)
+        v = v * 10 + (*d - '0');
+    /* A fraction or exponent makes it a real: not read here. */
+    if (r->p < r->end && (*r->p == '.' || *r->p == 'e' || *r->p == 'E'))
+        return false;
+    *out = neg ? -v : v;
+    return true;
+}
+
+/* A non-object, non-array value into v; false to give up. */
+static bool
+fast_scalar(struct fast *r, struct jvalue *v)
+{
+    memset(v, 0, sizeof(*v));
+    if (r->p >= r->end)
+        return false;
+    switch (*r->p) {
+    case '"':
+        v->kind = JK_STRING;
+        return fast_string(r, &v->s, &v->n);
+    case 't':
+        v->kind = JK_TRUE;
+        return fast_literal(r, "true", 4);
+    case 'f':
+        v->kind = JK_FALSE;
+        return fast_literal(r, "false", 5);
+    case 'n':
+        v->kind = JK_NULL;
+        return fast_literal(r, "null", 4);
+    default:
+        v->kind = JK_INTEGER;
+        return fast_integer(r, &v->i);
+    }
+}
+
+/*
+ * A repeated non-message field from the array at r (at its '['): counted
+ * first, so the array is allocated once, as the tree decoder does. Elements
+ * must be plain scalars (null is an error of the mapping); false to give up.
+ */
+static bool
+fast_repeated(struct dctx *c, const ProtobufCFieldDescriptor *f, struct fast *r,
+              ProtobufCMessage *m)
+{
+    struct fast scan = *r;
+    struct jvalue v;
+    size_t n = 0;
+    scan.p++;
+    fast_ws(&scan);
+    if (scan.p < scan.end && *scan.p == ']') {
+        r->p = scan.p + 1;
+        return true;
+    }
+    for (;;) {
+        fast_ws(&scan);
+        if (!fast_scalar(&scan, &v) || v.kind == JK_NULL || ++n > PBJSON_MAX_REPEATED)
+            return false;
+        fast_ws(&scan);
+        if (scan.p >= scan.end)
+            return false;
+        if (*scan.p == ']')
+            break;
+        if (*scan.p != ',')
+            return false;
+        scan.p++;
+    }
+    size_t es = elem_size(f->type);
+    char *arr = dalloc(c, n * es);
+    if (arr == NULL)
+        return false;
+    /* Zeroed and attached first, so freeing a half-filled array is safe. */
+    memset(arr, 0, n * es);
+    *(void **)member(m, f->offset) = arr;
+    *(size_t *)member(m, f->quantifier_offset) = n;
+    r->p++;
+    for (size_t i = 0; i < n; i++) {
+        fast_ws(r);
+        if (!fast_scalar(r, &v) || !decode_scalar(c, f, &v, arr + i * es))
+            return false;
+        fast_ws(r);
+        r->p++; /* the ',' or ']' the scan saw */
+    }
+    return true;
+}
+
+static ProtobufCMessage *fast_message(struct dctx *c, const ProtobufCMessageDescriptor *desc,
+                                      struct fast *r);
+
+/* The members of the object at r (after its '{') into m; false to give up. */
+static bool
+fast_fields(struct dctx *c, const ProtobufCMessageDescriptor *desc, struct fast *r,
+            ProtobufCMessage *m)
+{
+    uint64_t seen = 0; /* fields met so far: a duplicate key is jansson's error */
+    if (desc->n_fields > 64)
+        return false;
+    fast_ws(r);
+    if (r->p < r->end && *r->p == '}') {
+        r->p++;
+        return check_required(c, desc, m);
+    }
+    for (;;) {
+        const char *key;
+        size_t keylen;
+        char kbuf[FAST_KEY_MAX];
+        fast_ws(r);
+        if (!fast_string(r, &key, &keylen) || keylen >= sizeof(kbuf))
+            return false;
+        memcpy(kbuf, key, keylen);
+        kbuf[keylen] = '\0';
+        const ProtobufCFieldDescriptor *f = field_by_key(c, desc, kbuf, keylen);
+        if (f == NULL)
+            return false;
+        uint64_t bit = (uint64_t)1 << (f - desc->fields);
+        if (seen & bit)
+            return false;
+        seen |= bit;
+        fast_ws(r);
+        if (r->p >= r->end || *r->p != ':')
+            return false;
+        r->p++;
+        fast_ws(r);
+        if (r->p >= r->end)
+            return false;
+        if (*r->p == '[') {
+            if (f->label != PROTOBUF_C_LABEL_REPEATED || f->type == PROTOBUF_C_TYPE_MESSAGE ||
+                !field_begin(c, m, f) || !fast_repeated(c, f, r, m))
+                return false;
+        } else if (*r->p == '{') {
+            if (f->type != PROTOBUF_C_TYPE_MESSAGE || f->label == PROTOBUF_C_LABEL_REPEATED ||
+                !field_begin(c, m, f))
+                return false;
+            ProtobufCMessage *sub = fast_message(c, f->descriptor, r);
+            if (sub == NULL)
+                return false;
+            *(ProtobufCMessage **)member(m, f->offset) = sub;
+            field_end(m, f);
+        } else {
+            struct jvalue v;
+            if (!fast_scalar(r, &v))
+                return false;
+            if (v.kind != JK_NULL) {
+                if (f->label == PROTOBUF_C_LABEL_REPEATED || f->type == PROTOBUF_C_TYPE_MESSAGE ||
+                    !field_begin(c, m, f) || !decode_scalar(c, f, &v, member(m, f->offset)))
+                    return false;
+                field_end(m, f);
+            }
+        }
+        fast_ws(r);
+        if (r->p >= r->end)
+            return false;
+        if (*r->p == '}') {
+            r->p++;
+            return check_required(c, desc, m);
+        }
+        if (*r->p != ',')
+            return false;
+        r->p++;
+    }
+}
+
+/* The object at r as a new message of type desc; NULL to give up (nothing leaks). */
+static ProtobufCMessage *
+fast_message(struct dctx *c, const ProtobufCMessageDescriptor *desc, struct fast *r)
+{
+    if (r->p >= r->end || *r->p != '{')
+        return NULL;
+    r->p++;
+    ProtobufCMessage *m = message_new(c, desc, JK_OBJECT);
+    if (m == NULL)
+        return NULL;
+    c->depth++;
+    bool ok = fast_fields(c, desc, r, m);
+    c->depth--;
+    if (!ok) {
+        protobuf_c_message_free_unpacked(m, c->user);
+        return NULL;
+    }
+    return m;
+}
+
+/* The whole body as one object of type desc, or NULL: decode it through jansson instead. */
+static ProtobufCMessage *
+fast_decode(const ProtobufCMessageDescriptor *desc, const char *body, size_t len,
+            ProtobufCAllocator *alloc)
+{
+    struct dctx c = {
+        .user = alloc,
+        .a = alloc != NULL ? alloc : &std_allocator,
+    };
+    struct fast r = {.p = body, .end = body + len};
+    fast_ws(&r);
+    ProtobufCMessage *m = fast_message(&c, desc, &r);
+    if (m == NULL)
+        return NULL;
+    fast_ws(&r);
+    if (r.p != r.end) {
+        protobuf_c_message_free_unpacked(m, alloc);
+        return NULL;
+    }
+    return m;
+}
+
 ProtobufCMessage *
 pbjson_decode_bytes(const ProtobufCMessageDescriptor *desc, const void *body, size_t len,
                     size_t max_len, ProtobufCAllocator *alloc, char *err, size_t errlen)
@@ -1000,6 +1682,12 @@ pbjson_decode_bytes(const ProtobufCMessageDescriptor *desc, const void *body, si
         if (err != NULL && errlen > 0)
             snprintf(err, errlen, "body too large (%zu bytes, at most %zu)", len, max_len);
         return NULL;
+    }
+    ProtobufCMessage *fast = body != NULL ? fast_decode(desc, body, len, alloc) : NULL;
+    if (fast != NULL) {
+        if (err != NULL && errlen > 0)
+            err[0] = '\0';
+        return fast;
     }
     json_error_t jerr;
     /*

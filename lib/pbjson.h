@@ -24,6 +24,10 @@
  *     wrong types are errors. The error text names the field path
  *     ("to_uids[3]: expected an unsigned integer").
  *
+ * Encoding writes compact JSON text straight from the message
+ * (pbjson_write: a reply needs no json_t tree); pbjson_encode's tree is
+ * parsed back from that text, so there is one encoder.
+ *
  * Memory: decoded messages are allocated with the given allocator (NULL =
  * protobuf-c's default) and freed with protobuf_c_message_free_unpacked()
  * using the same allocator, exactly like a protobuf-c unpacked message.
@@ -37,7 +41,43 @@
 #include <jansson.h>
 #include <protobuf-c/protobuf-c.h>
 
-/* Encodes msg as a new JSON object (caller owns the reference). NULL on OOM. */
+/*
+ * Output of the text encoder: compact JSON text, NUL-terminated (the NUL
+ * is not counted in len). It starts in storage the caller gives (a stack
+ * array, so a small reply needs no allocation) and moves to the heap when
+ * that is full.
+ */
+struct pbjson_buf {
+    char *data;
+    size_t len;
+    size_t cap; /* bytes at data */
+    bool owned; /* data is heap memory of the buffer's own */
+    bool oom;   /* an append failed: the text is incomplete */
+};
+
+/* An empty buffer writing into storage[0..size) first (storage may be NULL, size 0). */
+void pbjson_buf_init(struct pbjson_buf *b, char *storage, size_t size);
+
+/* Frees what the buffer allocated (never the caller's storage). */
+void pbjson_buf_free(struct pbjson_buf *b);
+
+/*
+ * Appends msg to b as compact JSON text, fields in descriptor order: the
+ * bytes json_dumps(pbjson_encode(msg), JSON_COMPACT) would give. False on
+ * OOM (or msg NULL); b must then be freed and not used.
+ */
+bool pbjson_write(struct pbjson_buf *b, const ProtobufCMessage *msg)
+    __attribute__((warn_unused_result));
+
+/* msg as new compact JSON text (caller frees), its length in *len (may be NULL). NULL on OOM. */
+char *pbjson_encode_text(const ProtobufCMessage *msg, size_t *len);
+
+/*
+ * Encodes msg as a new JSON object (caller owns the reference). NULL on
+ * OOM. Derived from the text encoder (the text is parsed back), so both
+ * forms are the same mapping; for callers that need a tree (sorted keys,
+ * merging), not for hot paths.
+ */
 json_t *pbjson_encode(const ProtobufCMessage *msg);
 
 /*
@@ -50,7 +90,10 @@ ProtobufCMessage *pbjson_decode(const ProtobufCMessageDescriptor *desc, const js
 
 /*
  * Parses body bytes (at most max_len, else error) as JSON with duplicate
- * keys rejected, then decodes. Convenience for request handlers.
+ * keys rejected, then decodes. For request handlers: a plain body (the
+ * usual request) is read straight into the message without a jansson
+ * tree; anything else goes through jansson and pbjson_decode. Results and
+ * error messages are the same either way (see pbjson.c).
  */
 ProtobufCMessage *pbjson_decode_bytes(const ProtobufCMessageDescriptor *desc, const void *body,
                                       size_t len, size_t max_len, ProtobufCAllocator *alloc,

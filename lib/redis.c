@@ -802,6 +802,56 @@ redis_command(struct redis *r, redis_cb cb, void *arg, const char *fmt, ...)
     return pending_start(r, p, rc);
 }
 
+/* Decimal digits of v written backwards ending at end; returns the first. */
+static char *
+dec_digits(size_t v, char *end)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return end;
+}
+
+/* Appends n bytes to buf[*o..cap) if they fit; *o always advances. */
+static void
+fmt_put(char *buf, size_t cap, size_t *o, const void *p, size_t n)
+{
+    if (n > 0 && *o <= cap && n <= cap - *o)
+        memcpy(buf + *o, p, n);
+    *o += n;
+}
+
+/* Appends the RESP header "<kind><n>\r\n" ('*' array, '$' bulk). */
+static void
+fmt_header(char *buf, size_t cap, size_t *o, char kind, size_t n)
+{
+    char tmp[24];
+    char *end = tmp + sizeof(tmp);
+    *--end = '\n';
+    *--end = '\r';
+    char *p = dec_digits(n, end);
+    *--p = kind;
+    fmt_put(buf, cap, o, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
+size_t
+redis_format_argv(char *buf, size_t cap, int argc, const char **argv, const size_t *argvlen)
+{
+    size_t o = 0;
+    fmt_header(buf, cap, &o, '*', (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        size_t n = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
+        fmt_header(buf, cap, &o, '$', n);
+        fmt_put(buf, cap, &o, argv[i], n);
+        fmt_put(buf, cap, &o, "\r\n", 2);
+    }
+    return o;
+}
+
+/* Commands up to this size are formatted on the stack (hiredis copies them). */
+#define REDIS_FORMAT_STACK 512
+
 bool
 redis_command_argv(struct redis *r, redis_cb cb, void *arg, int argc, const char **argv,
                    const size_t *argvlen)
@@ -811,7 +861,14 @@ redis_command_argv(struct redis *r, redis_cb cb, void *arg, int argc, const char
     struct pending *p = pending_new(r, cb, arg);
     if (p == NULL)
         return false;
-    int rc = redisAsyncCommandArgv(r->ac, command_cb, p, argc, argv, argvlen);
+    /* Formatting it ourselves spares hiredis's allocations for the usual short command. */
+    char buf[REDIS_FORMAT_STACK];
+    size_t n = redis_format_argv(buf, sizeof(buf), argc, argv, argvlen);
+    int rc;
+    if (n <= sizeof(buf))
+        rc = redisAsyncFormattedCommand(r->ac, command_cb, p, buf, n);
+    else
+        rc = redisAsyncCommandArgv(r->ac, command_cb, p, argc, argv, argvlen);
     return pending_start(r, p, rc);
 }
 

@@ -79,9 +79,17 @@ uint64_t redis_conn_generation(const struct redis *r);
 bool redis_command(struct redis *r, redis_cb cb, void *arg, const char *fmt, ...)
     __attribute__((warn_unused_result));
 
-/* Same with an argument vector (binary safe). */
+/* Same with an argument vector (binary safe; argvlen NULL: strlen of each). */
 bool redis_command_argv(struct redis *r, redis_cb cb, void *arg, int argc, const char **argv,
                         const size_t *argvlen) __attribute__((warn_unused_result));
+
+/*
+ * Writes the RESP request for argv into buf (at most cap bytes, no NUL)
+ * and returns its full length, which exceeds cap when it did not fit
+ * (then buf holds a prefix). The bytes hiredis's redisFormatCommandArgv
+ * produces. Pure; exposed for the unit suite.
+ */
+size_t redis_format_argv(char *buf, size_t cap, int argc, const char **argv, const size_t *argvlen);
 
 /* Subscriber: adds a channel (subscribed now if connected, and after every reconnect). */
 void redis_subscribe(struct redis *r, const char *channel);

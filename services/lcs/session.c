@@ -9,8 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 #include "budget.h"
 #include "conn.h"
 #include "lcs.h"
@@ -35,13 +33,11 @@ session_send(struct conn *c, const Mbox__Frame *f)
         mbox__frame__pack(f, buf);
         return conn_send(c, WS_OP_BINARY, buf, n);
     }
-    json_t *j = pbjson_encode(&f->base);
-    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
-    if (s == NULL)
-        return false;
-    bool ok = conn_send(c, WS_OP_TEXT, s, strlen(s));
-    free(s);
+    char stack[FRAME_OUT_MAX];
+    struct pbjson_buf b;
+    pbjson_buf_init(&b, stack, sizeof(stack));
+    bool ok = pbjson_write(&b, &f->base) && conn_send(c, WS_OP_TEXT, b.data, b.len);
+    pbjson_buf_free(&b);
     return ok;
 }
 

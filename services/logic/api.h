@@ -29,6 +29,14 @@ void api_read(struct http_req *r, void *ctx);
 /* api_sync.c: SDK side of the public mailbox */
 void api_notice_hide(struct http_req *r, void *ctx);
 
+struct logic_worker;
+/*
+ * api_sync.c: frees the worker's spare pull states (kept for reuse by the
+ * next sync). Call after the worker's clients are freed: their pending
+ * callbacks may still finish pulls.
+ */
+void api_pull_spares_free(struct logic_worker *w);
+
 /* api_notices.c (internal listener, ops token) */
 void api_notice_create(struct http_req *r, void *ctx);
 void api_notice_list(struct http_req *r, void *ctx);
@@ -43,7 +51,6 @@ void api_notice_stats(struct http_req *r, void *ctx);
 void api_whitelist(struct http_req *r, void *ctx);
 void api_audit(struct http_req *r, void *ctx);
 
-struct logic_worker;
 /* Counts one delivery of a notice to a user (Redis HyperLogLog, fire and forget). */
 void api_notice_count_reach(struct logic_worker *w, uint64_t notice_id, uint64_t app_id,
                             uint64_t uid);

@@ -20,6 +20,8 @@
 #define PROTOBUF_TYPE "application/x-protobuf"
 /* Heap a protobuf request may expand into, per request body byte budget. */
 #define PB_BUDGET_FACTOR 8
+/* JSON replies up to this size are written on the stack (larger ones on the heap). */
+#define REPLY_STACK_BYTES 2048
 
 /* Constant-time equality of a presented secret and the configured one. */
 static bool
@@ -61,11 +63,17 @@ api_token_cache_free(struct token_cache *c)
     free(c);
 }
 
+/*
+ * The slot of a token of len bytes: FNV-1a of its length and last 16 bytes,
+ * which lie in the token's MAC (random-looking, different per token), so
+ * hashing the whole token would spread slots no better. The full string is
+ * compared on a hit anyway.
+ */
 static struct token_cache_slot *
-token_slot(struct token_cache *c, const char *tok)
+token_slot(struct token_cache *c, const char *tok, size_t len)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)tok; *p; p++)
+    uint64_t h = (1469598103934665603ULL ^ len) * 1099511628211ULL; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)tok + (len > 16 ? len - 16 : 0); *p; p++)
         h = (h ^ *p) * 1099511628211ULL;
     return &c->slots[h % TOKEN_CACHE_SLOTS];
 }
@@ -81,7 +89,7 @@ api_auth_user(struct http_req *r, struct logic_worker *w, struct token_claims *c
     int64_t now = logic_now_us();
     size_t len = strnlen(tok, TOKEN_MAX_LEN);
     struct token_cache_slot *slot =
-        w->tokens != NULL && len < TOKEN_MAX_LEN ? token_slot(w->tokens, tok) : NULL;
+        w->tokens != NULL && len < TOKEN_MAX_LEN ? token_slot(w->tokens, tok, len) : NULL;
     if (slot != NULL && slot->claims.expires_at_us > now && strcmp(slot->token, tok) == 0) {
         *claims = slot->claims;
         return true;
@@ -236,12 +244,17 @@ api_reply_msg(struct http_req *r, int status, const ProtobufCMessage *msg)
         free(buf);
         return;
     }
-    json_t *j = pbjson_encode(msg);
-    if (j == NULL) {
+    /* Straight to text; a small reply (an empty sync) never leaves the stack. */
+    char stack[REPLY_STACK_BYTES];
+    struct pbjson_buf b;
+    pbjson_buf_init(&b, stack, sizeof(stack));
+    if (!pbjson_write(&b, msg)) {
+        pbjson_buf_free(&b);
         http_reply_error(r, 503, "unavailable", "out of memory");
         return;
     }
-    http_reply_json(r, status, j);
+    http_reply(r, status, "application/json", b.data, b.len);
+    pbjson_buf_free(&b);
 }
 
 /* Strict decimal uint64 of a request field. */

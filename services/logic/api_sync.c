@@ -33,6 +33,7 @@
  * a newer snapshot meanwhile.
  */
 struct pull_op {
+    struct pull_op *next_spare; /* in w->pull_spares while unused */
     struct http_req *r;
     struct logic_worker *w;
     struct token_claims who;
@@ -40,6 +41,7 @@ struct pull_op {
     bool history;
     /* sync */
     struct cursor cur;
+    struct hint_read_op hint_op;
     struct hint_read hint;
     uint64_t new_g;
     bool pub_truncated;
@@ -53,36 +55,93 @@ struct pull_op {
     bool *hidden, *read;
 };
 
+/* Items of a reply that fit on the stack of pull_reply. */
+#define PULL_STACK_ITEMS 8
+
+/*
+ * Pull states are kept per worker for reuse: a sync would otherwise
+ * allocate and free one each time. Only the worker's own thread touches
+ * its list. Under AddressSanitizer each one is freed instead, so a use
+ * after the reply is still caught.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define PULL_SPARES_MAX 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PULL_SPARES_MAX 0
+#endif
+#endif
+#ifndef PULL_SPARES_MAX
+#define PULL_SPARES_MAX 64
+#endif
+
 static void
 pull_free(struct pull_op *op)
 {
+    struct logic_worker *w = op->w;
     pubsnap_unref(op->snap);
     free(op->pub);
     free(op->hidden);
     free(op->read);
+    if (w->npull_spares < PULL_SPARES_MAX) {
+        op->next_spare = w->pull_spares;
+        w->pull_spares = op;
+        w->npull_spares++;
+        return;
+    }
     free(op);
 }
 
-/* Starts a pull: auth, a reference to the snapshot, the viewer. */
-static struct pull_op *
-pull_new(struct http_req *r, struct logic_worker *w, struct pub_viewer *v, struct clientver *cv)
+void
+api_pull_spares_free(struct logic_worker *w)
 {
-    struct pull_op *op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        http_reply_error(r, 503, "unavailable", "out of memory");
-        return NULL;
+    struct pull_op *op;
+    while ((op = w->pull_spares) != NULL) {
+        w->pull_spares = op->next_spare;
+        free(op);
+    }
+    w->npull_spares = 0;
+}
+
+/* Starts a pull: auth, a reference to the snapshot. */
+static struct pull_op *
+pull_new(struct http_req *r, struct logic_worker *w)
+{
+    struct pull_op *op = w->pull_spares;
+    if (op != NULL) {
+        w->pull_spares = op->next_spare;
+        w->npull_spares--;
+        memset(op, 0, sizeof(*op));
+    } else {
+        op = calloc(1, sizeof(*op));
+        if (op == NULL) {
+            http_reply_error(r, 503, "unavailable", "out of memory");
+            return NULL;
+        }
     }
     op->r = r;
     op->w = w;
     if (!api_auth_user(r, w, &op->who)) {
-        free(op);
+        pull_free(op);
         return NULL;
     }
     op->snap = w->snap;
     if (op->snap != NULL)
         __atomic_add_fetch(&op->snap->refs, 1, __ATOMIC_ACQ_REL);
-    /* The viewer points into *cv: both live in the handler's frame, and the
-     * public side is selected before the handler returns. */
+    return op;
+}
+
+/*
+ * The viewer of the public side: the user and what the client says about
+ * itself. Only when notices are to be filtered (an empty sync with nothing
+ * public after its cursor reads no header for it). v points into *cv: both
+ * live in the handler's frame, and the public side is selected before the
+ * handler returns.
+ */
+static void
+pull_viewer(struct pull_op *op, struct pub_viewer *v, struct clientver *cv)
+{
+    struct http_req *r = op->r;
     clientver_parse(cv, http_req_header(r, "platform"), http_req_header(r, "app_version"),
                     http_req_header(r, "core_level"), http_req_header(r, "User-Agent"));
     memset(v, 0, sizeof(*v));
@@ -92,7 +151,6 @@ pull_new(struct http_req *r, struct logic_worker *w, struct pub_viewer *v, struc
     v->platform = cv->platform;
     v->core_level = cv->has_core_level ? cv->core_level : 0;
     v->whitelisted = pubsnap_whitelisted(op->snap, op->who.app_id, op->who.uid);
-    return op;
 }
 
 /* Fills an Item for a public notice or tombstone. */
@@ -146,12 +204,19 @@ cmp_item_desc(const void *a, const void *b)
 static void
 pull_reply(struct pull_op *op, const PGresult *res, int nrows, bool priv_more)
 {
+    /* A short page (every empty sync) is built on the stack. */
+    Mbox__Item items_local[PULL_STACK_ITEMS];
+    Mbox__Item *ptrs_local[PULL_STACK_ITEMS];
     size_t total = (size_t)nrows + op->npub;
-    Mbox__Item *items = calloc(total + 1, sizeof(*items));
-    Mbox__Item **ptrs = calloc(total + 1, sizeof(*ptrs));
-    if (items == NULL || ptrs == NULL) {
-        http_reply_error(op->r, 503, "unavailable", "out of memory");
-        goto out;
+    Mbox__Item *items = items_local;
+    Mbox__Item **ptrs = ptrs_local;
+    if (total > PULL_STACK_ITEMS) {
+        items = calloc(total, sizeof(*items));
+        ptrs = calloc(total, sizeof(*ptrs));
+        if (items == NULL || ptrs == NULL) {
+            http_reply_error(op->r, 503, "unavailable", "out of memory");
+            goto out;
+        }
     }
     if (res != NULL && nrows > 0)
         items_from_rows(res, 0, nrows, items, ptrs);
@@ -197,8 +262,10 @@ pull_reply(struct pull_op *op, const PGresult *res, int nrows, bool priv_more)
             api_notice_count_reach(op->w, op->pub[i].n->notice_id, op->who.app_id, op->who.uid);
     }
 out:
-    free(items);
-    free(ptrs);
+    if (items != items_local)
+        free(items);
+    if (ptrs != ptrs_local)
+        free(ptrs);
     pull_free(op);
 }
 
@@ -357,9 +424,7 @@ api_sync(struct http_req *r, void *ctx)
 {
     struct logic_worker *w = ctx;
     const struct logic_config *c = &w->app->cfg;
-    struct pub_viewer v;
-    struct clientver cv;
-    struct pull_op *op = pull_new(r, w, &v, &cv);
+    struct pull_op *op = pull_new(r, w);
     if (op == NULL)
         return;
     ProtobufCMessage *m;
@@ -403,6 +468,9 @@ api_sync(struct http_req *r, void *ctx)
     if (op->snap != NULL && op->snap->max_seq <= op->cur.g) {
         /* Nothing public after g (the common case): nothing to select. */
     } else if (op->snap != NULL) {
+        struct pub_viewer v;
+        struct clientver cv;
+        pull_viewer(op, &v, &cv);
         op->pub = calloc(limit, sizeof(*op->pub));
         if (op->pub == NULL) {
             http_reply_error(r, 503, "unavailable", "out of memory");
@@ -413,7 +481,7 @@ api_sync(struct http_req *r, void *ctx)
                               op->snap->max_seq, &v, op->cur.g, now, op->pub, limit, &op->new_g,
                               &op->pub_truncated);
     }
-    hint_read(w, op->who.app_id, op->who.uid, on_sync_hint, op);
+    hint_read(w, op->who.app_id, op->who.uid, &op->hint_op, on_sync_hint, op);
 }
 
 /* ---- GET /v1/history?from=&to=&order=asc|desc&limit= ---- */
@@ -437,9 +505,7 @@ api_history(struct http_req *r, void *ctx)
 {
     struct logic_worker *w = ctx;
     const struct logic_config *c = &w->app->cfg;
-    struct pub_viewer v;
-    struct clientver cv;
-    struct pull_op *op = pull_new(r, w, &v, &cv);
+    struct pull_op *op = pull_new(r, w);
     if (op == NULL)
         return;
     uint64_t from, to, limit;
@@ -473,6 +539,9 @@ api_history(struct http_req *r, void *ctx)
     /* Currently visible notices with msg_id in range. The snapshot is in seq
      * order, so take them all and order them by msg_id as asked. */
     int64_t now = logic_now_us();
+    struct pub_viewer v;
+    struct clientver cv;
+    pull_viewer(op, &v, &cv);
     size_t count = op->snap != NULL ? op->snap->count : 0;
     op->pub = calloc(count + 1, sizeof(*op->pub));
     if (op->pub == NULL) {

@@ -15,6 +15,8 @@
 #include "redis.h"
 
 #define HINT_DIRTY_CAP 65536
+/* "hint:{" + 20 digits + ":" + 20 digits + "}" + NUL */
+#define HINT_KEY_MAX 64
 
 /* SET: store m only if the generation is still the one the reader saw. */
 static const char set_script[] = "local g = redis.call('HGET', KEYS[1], 'g') or ''\n"
@@ -40,10 +42,43 @@ struct hint_dirty {
     int n;
 };
 
+/* Decimal digits of v written backwards ending at end; returns the first. */
+static char *
+u64_digits(uint64_t v, char *end)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return end;
+}
+
+/* hint:{app:uid} into buf (without printf: this runs on every sync); returns its length. */
+static size_t
+hint_key_len(char *buf, size_t len, uint64_t app_id, uint64_t uid)
+{
+    char tmp[HINT_KEY_MAX];
+    char *end = tmp + sizeof(tmp);
+    *--end = '}';
+    char *p = u64_digits(uid, end);
+    *--p = ':';
+    p = u64_digits(app_id, p);
+    memcpy(p - 6, "hint:{", 6);
+    p -= 6;
+    size_t n = (size_t)(tmp + sizeof(tmp) - p);
+    if (len == 0)
+        return 0;
+    if (n > len - 1)
+        n = len - 1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return n;
+}
+
 void
 hint_key(char *buf, size_t len, uint64_t app_id, uint64_t uid)
 {
-    snprintf(buf, len, "hint:{%" PRIu64 ":%" PRIu64 "}", app_id, uid);
+    (void)hint_key_len(buf, len, app_id, uid);
 }
 
 struct hint_dirty *
@@ -85,19 +120,33 @@ dirty_add(struct logic_worker *w, uint64_t app_id, uint64_t uid)
 
 /* ---- READ ---- */
 
-struct read_ctx {
-    hint_read_cb cb;
-    void *arg;
-    uint64_t conn_gen;
-};
+/*
+ * m as hint_set writes it: 1 to 20 decimal digits, no overflow. Anything
+ * else is no hint (the sync then reads PostgreSQL: the safe side).
+ */
+static bool
+parse_m(const char *s, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 20)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(s[i] - '0');
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
 
 static void
 on_read(redisReply *reply, const char *err, void *arg)
 {
-    struct read_ctx *c = arg;
+    struct hint_read_op *op = arg;
     struct hint_read h;
     memset(&h, 0, sizeof(h));
-    h.conn_gen = c->conn_gen;
+    h.conn_gen = op->conn_gen;
     if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
         redisReply *g = reply->element[0], *m = reply->element[1];
         h.usable = true;
@@ -105,33 +154,26 @@ on_read(redisReply *reply, const char *err, void *arg)
             memcpy(h.g, g->str, g->len);
             h.g[g->len] = '\0';
         }
-        if (m->type == REDIS_REPLY_STRING && m->len < 24) {
-            char num[24];
-            memcpy(num, m->str, m->len);
-            num[m->len] = '\0';
-            char *end;
-            h.m = strtoull(num, &end, 10);
-            h.has_m = *end == '\0' && m->len > 0;
-        }
+        if (m->type == REDIS_REPLY_STRING)
+            h.has_m = parse_m(m->str, m->len, &h.m);
     }
-    c->cb(&h, c->arg);
-    free(c);
+    /* cb may free op (it lives in the caller's state). */
+    op->cb(&h, op->arg);
 }
 
 void
-hint_read(struct logic_worker *w, uint64_t app_id, uint64_t uid, hint_read_cb cb, void *arg)
+hint_read(struct logic_worker *w, uint64_t app_id, uint64_t uid, struct hint_read_op *op,
+          hint_read_cb cb, void *arg)
 {
-    struct read_ctx *c = malloc(sizeof(*c));
-    char key[64];
-    hint_key(key, sizeof(key), app_id, uid);
-    if (c != NULL) {
-        c->cb = cb;
-        c->arg = arg;
-        c->conn_gen = redis_conn_generation(w->redis);
-        if (redis_command(w->redis, on_read, c, "HMGET %s g m", key))
-            return;
-        free(c);
-    }
+    char key[HINT_KEY_MAX];
+    size_t keylen = hint_key_len(key, sizeof(key), app_id, uid);
+    op->cb = cb;
+    op->arg = arg;
+    op->conn_gen = redis_conn_generation(w->redis);
+    const char *argv[4] = {"HMGET", key, "g", "m"};
+    const size_t lens[4] = {5, keylen, 1, 1};
+    if (redis_command_argv(w->redis, on_read, op, 4, argv, lens))
+        return;
     struct hint_read h;
     memset(&h, 0, sizeof(h));
     cb(&h, arg);

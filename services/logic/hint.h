@@ -59,8 +59,20 @@ struct hint_read {
 typedef void (*hint_read_cb)(const struct hint_read *h, void *arg);
 typedef void (*hint_done_cb)(void *arg);
 
-/* READ; cb always called (usable=false when Redis is down or slow). */
-void hint_read(struct logic_worker *w, uint64_t app_id, uint64_t uid, hint_read_cb cb, void *arg);
+/* A READ in flight; the caller's storage (kept in its request state: no allocation per sync). */
+struct hint_read_op {
+    hint_read_cb cb;
+    void *arg;
+    uint64_t conn_gen;
+};
+
+/*
+ * READ; cb always called (usable=false when Redis is down or slow), at
+ * once or from the Redis reply. op must stay valid until then; cb may free
+ * it.
+ */
+void hint_read(struct logic_worker *w, uint64_t app_id, uint64_t uid, struct hint_read_op *op,
+               hint_read_cb cb, void *arg);
 
 /* SET m = last if the generation is unchanged; fire and forget. */
 void hint_set(struct logic_worker *w, uint64_t app_id, uint64_t uid, const struct hint_read *seen,

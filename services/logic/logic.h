@@ -107,6 +107,8 @@ struct logic_worker {
     struct retention *retention; /* worker 0 only */
     struct pub_snapshot *snap;   /* public cache as this worker sees it (pubcache.h) */
     struct token_cache *tokens;  /* verified user tokens (api_io.c) */
+    struct pull_op *pull_spares; /* freed pull states kept for reuse (api_sync.c) */
+    int npull_spares;
     /* hot-path counters, looked up once (a lookup takes the registry mutex) */
     struct metric *m_sync_hint, *m_sync_db;
     struct event *stop_ev;

@@ -167,6 +167,7 @@ logic_worker_free(struct logic_worker *w)
         redis_free(w->redis);
     if (w->pg != NULL)
         pg_pool_free(w->pg);
+    api_pull_spares_free(w);
     retention_free(w->retention);
     pubsnap_unref(w->snap);
     hint_dirty_free(w->dirty);

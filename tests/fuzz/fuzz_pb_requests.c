@@ -5,7 +5,8 @@
  * Whatever unpacks must encode to JSON, and that JSON (printed as text)
  * must decode back to a message with the same JSON: pbjson accepts all of
  * its own output, whatever the wire held (invalid UTF-8, NUL bytes, huge
- * numbers). A refused unpack must give every budgeted byte back.
+ * numbers). The text encoder must print exactly what jansson prints for the
+ * same message. A refused unpack must give every budgeted byte back.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +41,15 @@ fuzz_one_type(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_
     char *text = json_dumps(j1, JSON_COMPACT);
     if (text == NULL)
         abort();
+    /* The text encoder writes exactly what jansson prints for the same tree. */
+    size_t tlen;
+    char *direct = pbjson_encode_text(m, &tlen);
+    if (direct == NULL || tlen != strlen(text) || memcmp(direct, text, tlen) != 0) {
+        fprintf(stderr, "text encoder differs from jansson:\n  %s\n  %s\n", text,
+                direct ? direct : "(failed)");
+        abort();
+    }
+    free(direct);
 
     char err[256] = "";
     ProtobufCMessage *m2 =

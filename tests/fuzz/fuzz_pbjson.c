@@ -1,12 +1,14 @@
 /*
  * fuzz_pbjson: arbitrary bytes as a JSON body for several request types.
  *
- * Whatever decodes must survive every round trip unchanged: encode to JSON,
- * pack to protobuf, unpack (with a capped allocator), encode again and
- * compare; print the JSON as text and decode that again. A rejected input
- * must leave a printable error message and no leak. Each input is also
- * decoded under a small allocation cap so the out-of-memory paths (and
- * their frees of half-built messages) run.
+ * pbjson_decode_bytes (whose fast reader may take the body) must agree with
+ * decoding the jansson tree alone. Whatever decodes must survive every
+ * round trip unchanged: encode to JSON, pack to protobuf, unpack (with a
+ * capped allocator), encode again and compare; print the JSON as text (the
+ * text encoder must print the same bytes as jansson) and decode that again.
+ * A rejected input must leave a printable error message and no leak. Each
+ * input is also decoded under a small allocation cap so the out-of-memory
+ * paths (and their frees of half-built messages) run.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -81,11 +83,48 @@ check_encodes_to(const ProtobufCMessage *msg, const json_t *want)
     json_decref(j);
 }
 
+/*
+ * Aborts unless pbjson_decode_bytes (whose fast reader may take the body)
+ * and the jansson tree alone agree: both reject it (with the same error when
+ * jansson parsed it), or both accept it as the same message.
+ */
+static void
+check_same_as_tree(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t size,
+                   const ProtobufCMessage *m, const char *err)
+{
+    if (size > MAX_BODY)
+        return;
+    char terr[256] = "";
+    json_t *root = json_loadb((const char *)data, size,
+                              JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_ANY, NULL);
+    ProtobufCMessage *t = root != NULL ? pbjson_decode(desc, root, NULL, terr, sizeof(terr)) : NULL;
+    json_decref(root);
+    if ((m == NULL) != (t == NULL) || (m == NULL && root != NULL && strcmp(err, terr) != 0)) {
+        fprintf(stderr, "fast reader and tree disagree: %s / %s\n", m ? "accepted" : err,
+                t ? "accepted" : terr);
+        abort();
+    }
+    if (m != NULL) {
+        size_t la = protobuf_c_message_get_packed_size(m);
+        size_t lb = protobuf_c_message_get_packed_size(t);
+        uint8_t *a = malloc(la + 1), *b = malloc(lb + 1);
+        if (a == NULL || b == NULL || la != lb || protobuf_c_message_pack(m, a) != la ||
+            protobuf_c_message_pack(t, b) != lb || memcmp(a, b, la) != 0) {
+            fprintf(stderr, "fast reader and tree decoded different messages\n");
+            abort();
+        }
+        free(a);
+        free(b);
+        protobuf_c_message_free_unpacked(t, NULL);
+    }
+}
+
 static void
 fuzz_one_type(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t size)
 {
     char err[256] = "";
     ProtobufCMessage *m = pbjson_decode_bytes(desc, data, size, MAX_BODY, NULL, err, sizeof(err));
+    check_same_as_tree(desc, data, size, m, err);
     if (m == NULL) {
         check_error(err);
         return;
@@ -113,6 +152,15 @@ fuzz_one_type(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_
     char *text = json_dumps(j1, JSON_COMPACT);
     if (text == NULL)
         abort();
+    /* The text encoder writes exactly what jansson prints for the same tree. */
+    size_t tlen;
+    char *direct = pbjson_encode_text(m, &tlen);
+    if (direct == NULL || tlen != strlen(text) || memcmp(direct, text, tlen) != 0) {
+        fprintf(stderr, "text encoder differs from jansson:\n  %s\n  %s\n", text,
+                direct ? direct : "(failed)");
+        abort();
+    }
+    free(direct);
     ProtobufCMessage *m3 =
         pbjson_decode_bytes(desc, text, strlen(text), SIZE_MAX, NULL, err, sizeof(err));
     if (m3 == NULL) {

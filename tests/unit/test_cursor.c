@@ -63,6 +63,37 @@ START_TEST(test_crc_reference)
 }
 END_TEST
 
+/* The table-driven CRC against known vectors (RFC 3720 B.4) and the bitwise reference. */
+START_TEST(test_crc_table)
+{
+    uint8_t buf[64];
+    ck_assert_uint_eq(cursor_crc32c("123456789", 9), 0xe3069283u);
+    ck_assert_uint_eq(cursor_crc32c("", 0), 0);
+    memset(buf, 0, 32);
+    ck_assert_uint_eq(cursor_crc32c(buf, 32), 0x8a9136aau);
+    memset(buf, 0xff, 32);
+    ck_assert_uint_eq(cursor_crc32c(buf, 32), 0x62a8ab43u);
+    for (int i = 0; i < 32; i++)
+        buf[i] = (uint8_t)i;
+    ck_assert_uint_eq(cursor_crc32c(buf, 32), 0x46dd794eu);
+    for (int i = 0; i < 32; i++)
+        buf[i] = (uint8_t)(31 - i);
+    ck_assert_uint_eq(cursor_crc32c(buf, 32), 0x113fdb5cu);
+    /* every single byte value (each table entry), then random inputs of every length */
+    for (int b = 0; b < 256; b++) {
+        buf[0] = (uint8_t)b;
+        ck_assert_uint_eq(cursor_crc32c(buf, 1), ref_crc32c(buf, 1));
+    }
+    uint64_t st = 7;
+    for (int round = 0; round < 200; round++) {
+        for (size_t i = 0; i < sizeof(buf); i++)
+            buf[i] = (uint8_t)next_rand(&st);
+        size_t n = (size_t)round % (sizeof(buf) + 1);
+        ck_assert_uint_eq(cursor_crc32c(buf, n), ref_crc32c(buf, n));
+    }
+}
+END_TEST
+
 START_TEST(test_known_answer)
 {
     struct {
@@ -279,6 +310,7 @@ cursor_suite(void)
     Suite *s = suite_create("cursor");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_crc_reference);
+    tcase_add_test(tc, test_crc_table);
     tcase_add_test(tc, test_known_answer);
     tcase_add_test(tc, test_round_trip_random);
     tcase_add_test(tc, test_empty);

@@ -24,15 +24,26 @@ dec(const ProtobufCMessageDescriptor *desc, const char *json, char *err)
     return pbjson_decode_bytes(desc, json, strlen(json), 1 << 20, NULL, err, ERRLEN);
 }
 
-/* Encodes msg as compact JSON text in field order; caller frees. */
+/*
+ * Encodes msg as compact JSON text in field order; caller frees. The text
+ * encoder's output must be exactly what jansson prints for the tree of the
+ * same message (the tree is parsed from the text: printing it again must
+ * give the same bytes, or the text was not in jansson's form).
+ */
 static char *
 enc(const ProtobufCMessage *msg)
 {
+    size_t len = 0;
+    char *s = pbjson_encode_text(msg, &len);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_uint_eq(strlen(s), len);
     json_t *j = pbjson_encode(msg);
     ck_assert_ptr_nonnull(j);
-    char *s = json_dumps(j, JSON_COMPACT);
+    char *d = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    ck_assert_ptr_nonnull(s);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_str_eq(s, d);
+    free(d);
     return s;
 }
 
@@ -228,6 +239,178 @@ START_TEST(encode_string_invalid_utf8_replaced)
     char *s = enc(&f.base);
     ck_assert_str_eq(s, "{\"reason\":\"bad" FFFD "\"}");
     free(s);
+}
+END_TEST
+
+/* ---- the text encoder against jansson's own printing ------------------- */
+
+/* v printed by jansson as a JSON value (caller frees). */
+static char *
+jansson_text(json_t *v)
+{
+    ck_assert_ptr_nonnull(v);
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(v);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+/* Asserts the text of {"content":<raw>} is jansson's, for valid UTF-8 raw. */
+static void
+assert_content_text_like_jansson(const char *raw, size_t len)
+{
+    Mbox__Item it = MBOX__ITEM__INIT;
+    it.has_content = 1;
+    it.content.data = (uint8_t *)raw;
+    it.content.len = len;
+    char *got = pbjson_encode_text(&it.base, NULL);
+    ck_assert_ptr_nonnull(got);
+    char *v = jansson_text(json_stringn(raw, len));
+    char want[4096];
+    snprintf(want, sizeof(want), "{\"content\":%s}", v);
+    ck_assert_str_eq(got, want);
+    free(v);
+    free(got);
+}
+
+START_TEST(text_escapes_like_jansson)
+{
+    /* every ASCII byte, NUL and DEL included, alone and in one string */
+    char all[128];
+    for (int c = 0; c < 128; c++) {
+        all[c] = (char)c;
+        assert_content_text_like_jansson(&all[c], 1);
+    }
+    assert_content_text_like_jansson(all, sizeof(all));
+    /* '/', quotes, backslashes and multi-byte UTF-8 are copied or escaped as jansson does */
+    static const char mixed[] = "a/b\"c\\d\xC3\xA9\xE2\x80\xA8\xF0\x9F\x98\x80\x7F\x1F";
+    assert_content_text_like_jansson(mixed, sizeof(mixed) - 1);
+    assert_content_text_like_jansson("", 0);
+}
+END_TEST
+
+START_TEST(text_integers_at_the_limits)
+{
+    Mbox__Item it = MBOX__ITEM__INIT;
+    it.has_msg_id = it.has_category = it.has_version = it.has_priority = 1;
+    it.msg_id = UINT64_MAX;
+    it.category = INT32_MIN;
+    it.priority = INT32_MAX;
+    it.version = UINT32_MAX;
+    char *s = enc(&it.base);
+    ck_assert_str_eq(s, "{\"msg_id\":\"18446744073709551615\",\"category\":-2147483648,"
+                        "\"priority\":2147483647,\"version\":4294967295}");
+    free(s);
+    it.msg_id = 0;
+    it.category = 0;
+    it.priority = -1;
+    it.version = 0;
+    s = enc(&it.base);
+    ck_assert_str_eq(s, "{\"msg_id\":\"0\",\"category\":0,\"priority\":-1,\"version\":0}");
+    free(s);
+}
+END_TEST
+
+/* A sync reply with items of every kind the handlers build, and edge values. */
+START_TEST(text_sync_and_history_replies)
+{
+    Mbox__Item items[3];
+    Mbox__Item *ptrs[3];
+    for (int i = 0; i < 3; i++) {
+        mbox__item__init(&items[i]);
+        ptrs[i] = &items[i];
+    }
+    items[0].kind = "message";
+    items[0].has_msg_id = items[0].has_from_uid = items[0].has_to_uid = 1;
+    items[0].msg_id = 1679757323320865ULL;
+    items[0].from_uid = 7;
+    items[0].to_uid = 9;
+    items[0].has_create_time = items[0].has_expire_at = 1;
+    items[0].create_time = 1679757323320865ULL;
+    items[0].expire_at = 0;
+    items[0].msgkey = "k\"\\\n";
+    items[0].has_content = 1;
+    items[0].content.data = (uint8_t *)"\x00\xFF\xE4\xB8\xAD\t</script>";
+    items[0].content.len = 15;
+    items[1].kind = "notice";
+    items[1].has_notice_id = items[1].has_msg_id = items[1].has_version = 1;
+    items[1].notice_id = 17;
+    items[1].msg_id = 1679757323320866ULL;
+    items[1].version = 3;
+    items[1].title = "T\xC3\xA9";
+    items[1].has_is_read = 1;
+    items[1].is_read = 1;
+    items[2].kind = "recall";
+    items[2].has_recalled_msg_id = 1;
+    items[2].recalled_msg_id = 1;
+    Mbox__SyncResponse r = MBOX__SYNC_RESPONSE__INIT;
+    r.items = ptrs;
+    r.n_items = 3;
+    r.cursor = "AQAAAAEABmDWVcc2qQAAAAAAAAAAQPjQtQ";
+    r.has_has_more = r.has_reset = 1;
+    char *s = enc(&r.base);
+    ck_assert_ptr_nonnull(strstr(s, "\"content\":\"\\u0000\xEF\xBF\xBD\xE4\xB8\xAD\\t</script>\""));
+    ck_assert_ptr_nonnull(strstr(s, "],\"cursor\":\"AQAAAAEABmDWVcc2qQAAAAAAAAAAQPjQtQ\","
+                                    "\"has_more\":false,\"reset\":false}"));
+    free(s);
+
+    /* the empty sync */
+    r.n_items = 0;
+    s = enc(&r.base);
+    ck_assert_str_eq(s, "{\"cursor\":\"AQAAAAEABmDWVcc2qQAAAAAAAAAAQPjQtQ\",\"has_more\":false,"
+                        "\"reset\":false}");
+    free(s);
+
+    Mbox__HistoryResponse h = MBOX__HISTORY_RESPONSE__INIT;
+    h.items = ptrs;
+    h.n_items = 2;
+    h.has_has_more = 1;
+    h.has_more = 1;
+    s = enc(&h.base);
+    ck_assert_str_eq(s + strlen(s) - strlen("],\"has_more\":true}"), "],\"has_more\":true}");
+    free(s);
+}
+END_TEST
+
+/* Growth from a small caller buffer to the heap, and appending after it. */
+START_TEST(text_buffer_grows)
+{
+    char big[5000];
+    memset(big, 'x', sizeof(big));
+    Mbox__Item it = MBOX__ITEM__INIT;
+    it.has_content = 1;
+    it.content.data = (uint8_t *)big;
+    it.content.len = sizeof(big);
+
+    char small[8];
+    struct pbjson_buf b;
+    pbjson_buf_init(&b, small, sizeof(small));
+    Mbox__Item tiny = MBOX__ITEM__INIT;
+    tiny.kind = "a";
+    ck_assert(pbjson_write(&b, &tiny.base));
+    ck_assert_str_eq(b.data, "{\"kind\":\"a\"}");
+    ck_assert(b.owned); /* 12 bytes and a NUL did not fit in 8 */
+    ck_assert(pbjson_write(&b, &it.base));
+    ck_assert_uint_eq(b.len, 12 + 14 + sizeof(big));
+    ck_assert_uint_eq(strlen(b.data), b.len);
+    ck_assert_mem_eq(b.data + 12, "{\"content\":\"xxx", 15);
+    pbjson_buf_free(&b);
+
+    /* fits: stays in the caller's storage */
+    char room[64];
+    pbjson_buf_init(&b, room, sizeof(room));
+    ck_assert(pbjson_write(&b, &tiny.base));
+    ck_assert(!b.owned);
+    ck_assert_ptr_eq(b.data, room);
+    pbjson_buf_free(&b);
+
+    /* no storage at all */
+    pbjson_buf_init(&b, NULL, 0);
+    ck_assert(pbjson_write(&b, &tiny.base));
+    ck_assert_str_eq(b.data, "{\"kind\":\"a\"}");
+    pbjson_buf_free(&b);
+    ck_assert(!pbjson_write(&b, NULL));
+    ck_assert_ptr_null(pbjson_encode_text(NULL, NULL));
 }
 END_TEST
 
@@ -1344,6 +1527,226 @@ START_TEST(probe3_implicit_presence_and_required)
 }
 END_TEST
 
+/* Reals are printed as jansson prints them ("%.17g", ".0", short exponents). */
+START_TEST(probe_reals_like_jansson)
+{
+    static const double values[] = {0.0,
+                                    -0.0,
+                                    1.0,
+                                    -1.5,
+                                    0.1,
+                                    100.0,
+                                    1e300,
+                                    -1e-300,
+                                    1e-5,
+                                    5e-324,
+                                    1.7976931348623157e308,
+                                    1e16,
+                                    1e17,
+                                    123456789012345678.0,
+                                    2.5e-7,
+                                    3.0e21};
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        Probe p;
+        probe_init(&p.base);
+        p.has_d = p.has_f = 1;
+        p.d = values[i];
+        p.f = (float)values[i];
+        char *got = enc(&p.base);
+        char *d = jansson_text(json_real(values[i]));
+        char *f = isinf((float)values[i])
+                      ? strdup((float)values[i] > 0 ? "\"Infinity\"" : "\"-Infinity\"")
+                      : jansson_text(json_real((float)values[i]));
+        char want[256];
+        snprintf(want, sizeof(want), "{\"d\":%s,\"f\":%s}", d, f);
+        ck_assert_str_eq(got, want);
+        free(d);
+        free(f);
+        free(got);
+    }
+}
+END_TEST
+
+/* ---- the fast reader against the jansson tree ------------------------- */
+
+/*
+ * Decodes body through jansson's tree only (json_loadb + pbjson_decode):
+ * the reference pbjson_decode_bytes's fast reader must agree with.
+ * *syntax_ok tells whether jansson parsed the body at all.
+ */
+static ProtobufCMessage *
+dec_tree(const ProtobufCMessageDescriptor *desc, const char *body, size_t len, char *err,
+         bool *syntax_ok)
+{
+    json_error_t jerr;
+    json_t *root =
+        json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
+    *syntax_ok = root != NULL;
+    if (root == NULL)
+        return NULL;
+    ProtobufCMessage *m = pbjson_decode(desc, root, NULL, err, ERRLEN);
+    json_decref(root);
+    return m;
+}
+
+/* Asserts both decoders accept body with the same message or reject it with the same error. */
+static void
+assert_same_as_tree(const ProtobufCMessageDescriptor *desc, const char *body)
+{
+    char e1[ERRLEN] = "", e2[ERRLEN] = "";
+    bool syntax_ok;
+    size_t len = strlen(body);
+    ProtobufCMessage *a = pbjson_decode_bytes(desc, body, len, 1 << 20, NULL, e1, ERRLEN);
+    ProtobufCMessage *b = dec_tree(desc, body, len, e2, &syntax_ok);
+    ck_assert_msg((a == NULL) == (b == NULL), "%s: %s vs %s", body, a ? "accepted" : e1,
+                  b ? "accepted" : e2);
+    if (a != NULL) {
+        ck_assert_str_eq(e1, "");
+        assert_same_wire(a, b);
+        char *ta = enc(a), *tb = enc(b);
+        ck_assert_str_eq(ta, tb);
+        free(ta);
+        free(tb);
+        protobuf_c_message_free_unpacked(a, NULL);
+        protobuf_c_message_free_unpacked(b, NULL);
+    } else if (syntax_ok) {
+        ck_assert_str_eq(e1, e2);
+    } else {
+        ck_assert_msg(strncmp(e1, "invalid JSON: ", 14) == 0, "%s: %s", body, e1);
+    }
+}
+
+START_TEST(fast_reader_agrees_with_tree)
+{
+    static const char *const sync[] = {
+        "{}",
+        " { } ",
+        "{\"cursor\":\"\",\"limit\":10}",
+        "\t\r\n{\"cursor\" : \"AQAAAAEABmDWVcc2qQAAAAAAAAAAQPjQtQ\" ,\n\"limit\": 10 }\n",
+        "{\"limit\":\"10\"}",
+        "{\"limit\":-0}",
+        "{\"limit\":0}",
+        "{\"limit\":01}",
+        "{\"limit\":-1}",
+        "{\"limit\":4294967295}",
+        "{\"limit\":4294967296}",
+        "{\"limit\":1.0}",
+        "{\"limit\":1e1}",
+        "{\"limit\":1E1}",
+        "{\"limit\":123456789012345678}",
+        "{\"limit\":1234567890123456789}",
+        "{\"limit\":-9223372036854775808}",
+        "{\"limit\":99999999999999999999}",
+        "{\"limit\":1x}",
+        "{\"limit\":-}",
+        "{\"limit\":true}",
+        "{\"limit\":truex}",
+        "{\"limit\":null}",
+        "{\"limit\":nul}",
+        "{\"limit\":null,\"limit\":1}",
+        "{\"limit\":1,\"limit\":1}",
+        "{\"cursor\":null}",
+        "{\"cursor\":\"a\\\"b\"}",
+        "{\"cursor\":\"\\u0041\"}",
+        "{\"cursor\":\"\xC3\xA9\"}",
+        "{\"cursor\":\"\xFF\"}",
+        "{\"cursor\":\"a\x01\"}",
+        "{\"cursor\":\"\x7F\"}",
+        "{\"cursor\":1}",
+        "{\"cursor\":{}}",
+        "{\"cursor\":[]}",
+        "{\"bogus\":1}",
+        "{\"bogus\":null}",
+        "{\"cursor\":\"x\",}",
+        "{,}",
+        "{\"cursor\"}",
+        "{\"cursor\" \"x\"}",
+        "{\"cursor\":\"x\"",
+        "{\"cursor\":\"x",
+        "{\"cursor\":\"x\"}}",
+        "{} x",
+        "{}{}",
+        "[]",
+        "\"x\"",
+        "null",
+        "",
+        " ",
+        "{\"limit\":1}\0",
+        "{\"li\0mit\":1}",
+        "\xEF\xBB\xBF{}",
+    };
+    for (size_t i = 0; i < sizeof(sync) / sizeof(sync[0]); i++)
+        assert_same_as_tree(&mbox__sync_request__descriptor, sync[i]);
+
+    static const char *const send[] = {
+        "{\"app_id\":\"1\",\"from_uid\":\"7\",\"to_uids\":[\"9\"],\"content\":\"hello\","
+        "\"msgkey\":\"order-42\"}",
+        "{\"app_id\":1,\"to_uids\":[9, \"10\" ,18446744073709551615],\"store_sender\":false}",
+        "{\"to_uids\":[\"18446744073709551615\",1]}",
+        "{\"to_uids\":[]}",
+        "{\"to_uids\":[ ]}",
+        "{\"to_uids\":[null]}",
+        "{\"to_uids\":[1,]}",
+        "{\"to_uids\":[,1]}",
+        "{\"to_uids\":[1 2]}",
+        "{\"to_uids\":[{}]}",
+        "{\"to_uids\":[[1]]}",
+        "{\"to_uids\":[\"x\"]}",
+        "{\"to_uids\":[-1]}",
+        "{\"to_uids\":1}",
+        "{\"to_uids\":[1],\"to_uids\":[2]}",
+        "{\"to_uids\":[1]",
+        "{\"content\":\"\"}",
+        "{\"content\":\"a\\u0000b\"}",
+        "{\"msgkey\":\"a\\u0000b\"}",
+        "{\"category\":2147483648}",
+        "{\"category\":-2147483648}",
+        "{\"expire_s\":-1}",
+        "{\"app_id\":\"2026-01-01T00:00:00Z\"}",
+    };
+    for (size_t i = 0; i < sizeof(send) / sizeof(send[0]); i++)
+        assert_same_as_tree(&mbox__send_request__descriptor, send[i]);
+
+    static const char *const notice[] = {
+        "{\"app_id\":\"1\",\"title\":\"Sale\",\"targeting\":{\"platforms\":[\"ios\",\"web\"],"
+        "\"login_only\":true},\"notify\":{\"mode\":\"paced\",\"rate_per_s\":100}}",
+        "{\"start_at\":\"2026-11-22T03:04:05.123Z\",\"expire_at\":\"1799999999000000\"}",
+        "{\"start_at\":\"2026-13-22T03:04:05Z\"}",
+        "{\"targeting\":{}}",
+        "{\"targeting\":null}",
+        "{\"targeting\":{\"bogus\":1}}",
+        "{\"targeting\":{\"login_only\":1}}",
+        "{\"targeting\":{\"platforms\":[\"ios\"]},\"targeting\":{}}",
+        "{\"targeting\":[]}",
+        "{\"targeting\":{\"platforms\":\"ios\"}}",
+    };
+    for (size_t i = 0; i < sizeof(notice) / sizeof(notice[0]); i++)
+        assert_same_as_tree(&mbox__notice__descriptor, notice[i]);
+
+    static const char *const probe[] = {
+        "{\"color\":\"BLUE\",\"s64\":\"-9223372036854775808\",\"s32\":-5,\"num\":\"42\"}",
+        "{\"color\":5}",
+        "{\"color\":\"GREEN\"}",
+        "{\"d\":\"NaN\",\"f\":\"-Infinity\"}",
+        "{\"d\":2}",
+        "{\"d\":0.5}",
+        "{\"name\":\"x\",\"num\":\"5\"}",
+        "{\"name\":\"x\",\"num\":null}",
+        "{\"child\":{\"child\":{\"num\":\"1\"}}}",
+        "{\"kids\":[{},{\"d\":1}]}",
+        "{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":"
+        "{}}}}}}}}}",
+        "{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{}}}}}}}}",
+    };
+    for (size_t i = 0; i < sizeof(probe) / sizeof(probe[0]); i++)
+        assert_same_as_tree(&probe_descriptor, probe[i]);
+
+    static const char *const probe3[] = {"{\"req\":\"r\",\"n\":0}", "{\"n\":1}", "{\"req\":null}"};
+    for (size_t i = 0; i < sizeof(probe3) / sizeof(probe3[0]); i++)
+        assert_same_as_tree(&probe3_descriptor, probe3[i]);
+}
+END_TEST
+
 static Suite *
 pbjson_suite(void)
 {
@@ -1356,6 +1759,10 @@ pbjson_suite(void)
     tcase_add_test(tc, encode_nested);
     tcase_add_test(tc, encode_invalid_utf8_replaced);
     tcase_add_test(tc, encode_string_invalid_utf8_replaced);
+    tcase_add_test(tc, text_escapes_like_jansson);
+    tcase_add_test(tc, text_integers_at_the_limits);
+    tcase_add_test(tc, text_sync_and_history_replies);
+    tcase_add_test(tc, text_buffer_grows);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("decode");
@@ -1392,10 +1799,12 @@ pbjson_suite(void)
 
     tc = tcase_create("probe");
     tcase_add_test(tc, probe_encode);
+    tcase_add_test(tc, probe_reals_like_jansson);
     tcase_add_test(tc, probe_decode);
     tcase_add_test(tc, probe_errors);
     tcase_add_test(tc, probe_depth_cap);
     tcase_add_test(tc, probe3_implicit_presence_and_required);
+    tcase_add_test(tc, fast_reader_agrees_with_tree);
     suite_add_tcase(s, tc);
     return s;
 }

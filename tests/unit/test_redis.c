@@ -6,8 +6,10 @@
 
 #include <check.h>
 #include <event2/event.h>
+#include <hiredis/hiredis.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 START_TEST(backoff_first_retry_near_min)
 {
@@ -124,6 +126,48 @@ START_TEST(bad_config_rejected)
 }
 END_TEST
 
+/* Asserts redis_format_argv gives hiredis's bytes, and handles a short buffer. */
+static void
+assert_formats_like_hiredis(int argc, const char **argv, const size_t *lens)
+{
+    char *want = NULL;
+    int wn = redisFormatCommandArgv(&want, argc, argv, lens);
+    ck_assert_int_gt(wn, 0);
+    char buf[4096];
+    size_t n = redis_format_argv(buf, sizeof(buf), argc, argv, lens);
+    ck_assert_uint_eq(n, (size_t)wn);
+    ck_assert_mem_eq(buf, want, n);
+    /* too small: the full length is still returned, nothing written past cap */
+    char small[16];
+    memset(small, '#', sizeof(small));
+    char guard = '#';
+    ck_assert_uint_eq(redis_format_argv(small, 8, argc, argv, lens), (size_t)wn);
+    ck_assert_int_eq(small[8], guard);
+    ck_assert_uint_eq(redis_format_argv(NULL, 0, argc, argv, lens), (size_t)wn);
+    free(want);
+}
+
+START_TEST(format_argv_like_hiredis)
+{
+    const char *hmget[] = {"HMGET", "hint:{1:18446744073709551615}", "g", "m"};
+    assert_formats_like_hiredis(4, hmget, NULL);
+    const size_t lens[] = {5, 29, 1, 1};
+    assert_formats_like_hiredis(4, hmget, lens);
+    /* binary-safe: NUL and CRLF inside an argument, an empty argument */
+    const char *bin[] = {"SET", "k\r\n", "a\0b", ""};
+    const size_t binlens[] = {3, 3, 3, 0};
+    assert_formats_like_hiredis(4, bin, binlens);
+    /* lengths with several digits (10, 100, 1000 bytes) */
+    static char big[1000];
+    memset(big, 'v', sizeof(big));
+    const char *many[] = {"RPUSH", "list", big, big, big};
+    const size_t manylens[] = {5, 4, 10, 100, 1000};
+    assert_formats_like_hiredis(5, many, manylens);
+    const char *one[] = {"PING"};
+    assert_formats_like_hiredis(1, one, NULL);
+}
+END_TEST
+
 static Suite *
 redis_suite(void)
 {
@@ -138,6 +182,9 @@ redis_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("config");
     tcase_add_test(tc, bad_config_rejected);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("format");
+    tcase_add_test(tc, format_argv_like_hiredis);
     suite_add_tcase(s, tc);
     return s;
 }
