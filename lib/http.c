@@ -45,6 +45,7 @@
  */
 #include "http.h"
 
+#include "decimal.h"
 #include "http_parse.h"
 #include "log.h"
 #include "metrics.h"
@@ -952,61 +953,6 @@ conn_write_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- replies ---- */
 
-static const char *
-reason_phrase(int status)
-{
-    switch (status) {
-    case 100:
-        return "Continue";
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 202:
-        return "Accepted";
-    case 204:
-        return "No Content";
-    case 304:
-        return "Not Modified";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 412:
-        return "Precondition Failed";
-    case 413:
-        return "Content Too Large";
-    case 415:
-        return "Unsupported Media Type";
-    case 422:
-        return "Unprocessable Content";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 503:
-        return "Service Unavailable";
-    case 505:
-        return "HTTP Version Not Supported";
-    default:
-        return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
-    }
-}
-
 static char *
 put(char *p, const char *s, size_t n)
 {
@@ -1019,15 +965,9 @@ put(char *p, const char *s, size_t n)
 static char *
 put_uint(char *p, uint64_t v)
 {
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v > 0);
-    while (n > 0)
-        *p++ = tmp[--n];
-    return p;
+    char tmp[DECIMAL_U64_MAX_DIGITS];
+    char *end = tmp + sizeof(tmp), *d = decimal_u64_back(v, end);
+    return put(p, d, (size_t)(end - d));
 }
 
 /* "Date: <IMF-fixdate>\r\n", formatted once per second per thread. */
@@ -1128,7 +1068,7 @@ send_reply(struct http_req *r, int status, const char *content_type, const void 
         char *p = PUT_LIT(head, "HTTP/1.1 ");
         p = put_uint(p, (uint64_t)status);
         *p++ = ' ';
-        const char *reason = reason_phrase(status);
+        const char *reason = http_reason_phrase(status);
         p = put(p, reason, strlen(reason));
         p = PUT_LIT(p, "\r\n");
         size_t dl;

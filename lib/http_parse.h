@@ -128,4 +128,8 @@ int http_chunked_decode(struct http_chunked *st, unsigned char *buf, size_t *len
  */
 ssize_t http_percent_decode(const char *s, size_t len, char *out, bool plus_space);
 
+/* The reason phrase of a status ("Not Found"); a generic one for statuses
+ * not listed. Shared by lib/http and lib/ws's handshake errors. */
+const char *http_reason_phrase(int status);
+
 #endif

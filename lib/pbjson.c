@@ -11,6 +11,7 @@
  * message after an error.
  */
 #include "pbjson.h"
+#include "decimal.h"
 
 #include <float.h>
 #include <inttypes.h>
@@ -324,17 +325,6 @@ buf_putc(struct pbjson_buf *b, char c)
     b->data[b->len] = '\0';
 }
 
-/* Decimal digits of v, written backwards ending at end; returns the first. */
-static char *
-u64_digits(uint64_t v, char *end)
-{
-    do {
-        *--end = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    return end;
-}
-
 /* v as a JSON number, or as a JSON string of digits when quoted. */
 static void
 write_int(struct pbjson_buf *b, uint64_t mag, bool neg, bool quoted)
@@ -343,7 +333,7 @@ write_int(struct pbjson_buf *b, uint64_t mag, bool neg, bool quoted)
     char *end = tmp + sizeof(tmp);
     if (quoted)
         *--end = '"';
-    char *p = u64_digits(mag, end);
+    char *p = decimal_u64_back(mag, end);
     if (neg)
         *--p = '-';
     if (quoted)

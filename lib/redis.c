@@ -32,6 +32,7 @@
  *     hook runs from an event of our own, activated by the connect callback.
  */
 #include "redis.h"
+#include "decimal.h"
 
 #include "log.h"
 #include "metrics.h"
@@ -802,17 +803,6 @@ redis_command(struct redis *r, redis_cb cb, void *arg, const char *fmt, ...)
     return pending_start(r, p, rc);
 }
 
-/* Decimal digits of v written backwards ending at end; returns the first. */
-static char *
-dec_digits(size_t v, char *end)
-{
-    do {
-        *--end = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    return end;
-}
-
 /* Appends n bytes to buf[*o..cap) if they fit; *o always advances. */
 static void
 fmt_put(char *buf, size_t cap, size_t *o, const void *p, size_t n)
@@ -830,7 +820,7 @@ fmt_header(char *buf, size_t cap, size_t *o, char kind, size_t n)
     char *end = tmp + sizeof(tmp);
     *--end = '\n';
     *--end = '\r';
-    char *p = dec_digits(n, end);
+    char *p = decimal_u64_back(n, end);
     *--p = kind;
     fmt_put(buf, cap, o, p, (size_t)(tmp + sizeof(tmp) - p));
 }

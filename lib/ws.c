@@ -3,6 +3,7 @@
  * caller's buffers; nothing here allocates, blocks or keeps global state.
  */
 #include "ws.h"
+#include "http_parse.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -444,35 +445,6 @@ ws_handshake_response(const struct ws_handshake *hs, char *out, size_t outlen)
     return (size_t)n;
 }
 
-static const char *
-http_reason(int status)
-{
-    switch (status) {
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 426:
-        return "Upgrade Required";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 503:
-        return "Service Unavailable";
-    default:
-        return "Error";
-    }
-}
-
 /*
  * Appends s as the inside of a JSON string to dst[*pos..cap); false if it
  * does not fit. Bytes of a string that is not valid UTF-8 become '?' when
@@ -541,7 +513,7 @@ ws_http_error_response(int status, const char *code, const char *message, char *
                      "%s"
                      "\r\n"
                      "%.*s",
-                     status, http_reason(status), bl,
+                     status, http_reason_phrase(status), bl,
                      status == 426 ? "Connection: close, Upgrade\r\n"
                                      "Upgrade: websocket\r\n"
                                      "Sec-WebSocket-Version: 13\r\n"

@@ -6,6 +6,7 @@
  * never deletes a route a newer connection already wrote.
  */
 #include "route.h"
+#include "decimal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -156,25 +157,6 @@ on_redis_connect(void *arg)
     log_info("routes_registered", "node=%s routes=%zu", l->cfg.node_id, n);
 }
 
-/* Strict decimal uint64 of s[0..n). */
-static bool
-parse_u64(const char *s, size_t n, uint64_t *out)
-{
-    if (n == 0 || n > 20)
-        return false;
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        uint64_t d = (uint64_t)(s[i] - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return true;
-}
-
 #define MAX_FIELDS 7
 
 struct field {
@@ -205,7 +187,7 @@ split(const char *line, size_t n, struct field *f)
 static bool
 field_u64(const struct field *f, uint64_t *out)
 {
-    return parse_u64(f->s, f->n, out);
+    return decimal_u64_parse(f->s, f->n, out);
 }
 
 /* Copies a device field into buf (NUL-terminated); false when it does not fit. */

@@ -3,6 +3,7 @@
  * protocol and why it cannot make a pull miss a message).
  */
 #include "hint.h"
+#include "decimal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -42,17 +43,6 @@ struct hint_dirty {
     int n;
 };
 
-/* Decimal digits of v written backwards ending at end; returns the first. */
-static char *
-u64_digits(uint64_t v, char *end)
-{
-    do {
-        *--end = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    return end;
-}
-
 /* hint:{app:uid} into buf (without printf: this runs on every sync); returns its length. */
 static size_t
 hint_key_len(char *buf, size_t len, uint64_t app_id, uint64_t uid)
@@ -60,9 +50,9 @@ hint_key_len(char *buf, size_t len, uint64_t app_id, uint64_t uid)
     char tmp[HINT_KEY_MAX];
     char *end = tmp + sizeof(tmp);
     *--end = '}';
-    char *p = u64_digits(uid, end);
+    char *p = decimal_u64_back(uid, end);
     *--p = ':';
-    p = u64_digits(app_id, p);
+    p = decimal_u64_back(app_id, p);
     memcpy(p - 6, "hint:{", 6);
     p -= 6;
     size_t n = (size_t)(tmp + sizeof(tmp) - p);
@@ -120,26 +110,6 @@ dirty_add(struct logic_worker *w, uint64_t app_id, uint64_t uid)
 
 /* ---- READ ---- */
 
-/*
- * m as hint_set writes it: 1 to 20 decimal digits, no overflow. Anything
- * else is no hint (the sync then reads PostgreSQL: the safe side).
- */
-static bool
-parse_m(const char *s, size_t n, uint64_t *out)
-{
-    if (n == 0 || n > 20)
-        return false;
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned d = (unsigned)(s[i] - '0');
-        if (d > 9 || v > (UINT64_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return true;
-}
-
 static void
 on_read(redisReply *reply, const char *err, void *arg)
 {
@@ -155,7 +125,9 @@ on_read(redisReply *reply, const char *err, void *arg)
             h.g[g->len] = '\0';
         }
         if (m->type == REDIS_REPLY_STRING)
-            h.has_m = parse_m(m->str, m->len, &h.m);
+            /* m as hint_set writes it; anything else is no hint (the
+             * sync then reads PostgreSQL: the safe side). */
+            h.has_m = decimal_u64_parse(m->str, m->len, &h.m);
     }
     /* cb may free op (it lives in the caller's state). */
     op->cb(&h, op->arg);
