@@ -452,8 +452,8 @@ START_TEST(test_field_syntax_errors)
         "GET / HTTP/1.1\r\nHost: a\r\n\rX: a\r\n\r\n",  /* bare CR starting a line */
         "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\r\n\r\n",  /* CR CR LF */
         "GET / HTTP/1.1\r\nHost: a\r\n\r\r\n",          /* CR CR LF as the empty line */
-        "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01"
-        "b\r\n\r\n", /* CTL in a value */
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01"
+         "b\r\n\r\n"), /* CTL in a value */
         "GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\nX: \x1b[0m\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\x0b\r\n\r\n",
@@ -495,8 +495,8 @@ START_TEST(test_request_line_errors)
         "GET / HTTP/a.1\r\nHost: a\r\n\r\n",
         "GET\t/\tHTTP/1.1\r\nHost: a\r\n\r\n",
         "G(T / HTTP/1.1\r\nHost: a\r\n\r\n", /* non-token method */
-        "GET /a\x01"
-        "b HTTP/1.1\r\nHost: a\r\n\r\n", /* CTL in the target */
+        ("GET /a\x01"
+         "b HTTP/1.1\r\nHost: a\r\n\r\n"), /* CTL in the target */
         "GET /a\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
         "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", /* raw non-ASCII target */
         "GET / HTTP/1.1\r\r\nHost: a\r\n\r\n",          /* bare CR in the request line */

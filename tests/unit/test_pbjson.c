@@ -1679,8 +1679,8 @@ START_TEST(fast_reader_agrees_with_tree)
         assert_same_as_tree(&mbox__sync_request__descriptor, sync[i]);
 
     static const char *const send[] = {
-        "{\"app_id\":\"1\",\"from_uid\":\"7\",\"to_uids\":[\"9\"],\"content\":\"hello\","
-        "\"msgkey\":\"order-42\"}",
+        ("{\"app_id\":\"1\",\"from_uid\":\"7\",\"to_uids\":[\"9\"],\"content\":\"hello\","
+         "\"msgkey\":\"order-42\"}"),
         "{\"app_id\":1,\"to_uids\":[9, \"10\" ,18446744073709551615],\"store_sender\":false}",
         "{\"to_uids\":[\"18446744073709551615\",1]}",
         "{\"to_uids\":[]}",
@@ -1708,8 +1708,8 @@ START_TEST(fast_reader_agrees_with_tree)
         assert_same_as_tree(&mbox__send_request__descriptor, send[i]);
 
     static const char *const notice[] = {
-        "{\"app_id\":\"1\",\"title\":\"Sale\",\"targeting\":{\"platforms\":[\"ios\",\"web\"],"
-        "\"login_only\":true},\"notify\":{\"mode\":\"paced\",\"rate_per_s\":100}}",
+        ("{\"app_id\":\"1\",\"title\":\"Sale\",\"targeting\":{\"platforms\":[\"ios\",\"web\"],"
+         "\"login_only\":true},\"notify\":{\"mode\":\"paced\",\"rate_per_s\":100}}"),
         "{\"start_at\":\"2026-11-22T03:04:05.123Z\",\"expire_at\":\"1799999999000000\"}",
         "{\"start_at\":\"2026-13-22T03:04:05Z\"}",
         "{\"targeting\":{}}",
@@ -1734,8 +1734,8 @@ START_TEST(fast_reader_agrees_with_tree)
         "{\"name\":\"x\",\"num\":null}",
         "{\"child\":{\"child\":{\"num\":\"1\"}}}",
         "{\"kids\":[{},{\"d\":1}]}",
-        "{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":"
-        "{}}}}}}}}}",
+        ("{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":"
+         "{}}}}}}}}}"),
         "{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{\"child\":{}}}}}}}}",
     };
     for (size_t i = 0; i < sizeof(probe) / sizeof(probe[0]); i++)
