@@ -173,6 +173,7 @@ struct conn {
     bool must_linger;    /* the client may still be sending */
     bool broken;         /* a write failed */
     bool sent_continue;
+    bool eof; /* the client shut its sending side */
     int timeout_ms;
     int64_t deadline_ms;
     int64_t linger_left; /* declared body bytes still to drop, -1 unknown */
@@ -444,6 +445,8 @@ http_req_set_timeout(struct http_req *r, int seconds)
     struct conn *c = r->c;
     if (c->fd < 0 || seconds <= 0)
         return;
+    if (seconds > 86400)
+        seconds = 86400;
     c->timeout_ms = seconds * 1000;
     c->deadline_ms = now_ms() + c->timeout_ms;
 }
@@ -565,21 +568,32 @@ http_req_data(const struct http_req *r)
     return r->data;
 }
 
-/* Grows *buf (capacity *cap) to hold at least need bytes; false when out of memory. */
+/*
+ * Grows *buf (capacity *cap) to hold at least need bytes, doubling but
+ * never past max (0: no cap); false when out of memory.
+ */
 static bool
-grow(void *buf, size_t *cap, size_t need)
+grow_max(void *buf, size_t *cap, size_t need, size_t max)
 {
     if (need <= *cap)
         return true;
     size_t n = *cap > 0 ? *cap : 256;
     while (n < need)
         n *= 2;
+    if (max > 0 && n > max)
+        n = max > need ? max : need;
     void *p = realloc(*(void **)buf, n);
     if (p == NULL)
         return false;
     *(void **)buf = p;
     *cap = n;
     return true;
+}
+
+static bool
+grow(void *buf, size_t *cap, size_t need)
+{
+    return grow_max(buf, cap, need, 0);
 }
 
 /* No CR, LF or NUL: a header name or value cannot split the response. */
@@ -831,7 +845,7 @@ conn_set_write(struct conn *c, bool on)
 static void
 conn_set_read(struct conn *c, bool on)
 {
-    if (on == !c->read_paused || c->fd < 0)
+    if (on == !c->read_paused || c->fd < 0 || (on && c->eof))
         return;
     if (on)
         event_add(&c->rev, NULL);
@@ -848,7 +862,7 @@ conn_linger(struct conn *c)
     c->state = CS_LINGER;
     c->in_len = 0;
     c->deadline_ms = now_ms() + LINGER_MS;
-    if (c->linger_left == 0) {
+    if (c->linger_left == 0 || c->eof) {
         conn_free(c);
         return;
     }
@@ -1047,8 +1061,10 @@ send_reply(struct http_req *r, int status, const char *content_type, const void 
     if (r == NULL || !r->active)
         return;
     struct conn *c = r->c;
-    if (status < 100 || status > 599)
-        status = 500;
+    if (status < 200 || status > 599)
+        status = 500; /* 1xx are the server's own (100 Continue), never final */
+    if (content_type != NULL && !header_safe(content_type))
+        content_type = NULL;
 
     if (c->fd < 0) {
         /* Zombie: nothing to send to. */
@@ -1238,7 +1254,7 @@ conn_reserve(struct conn *c, size_t need)
     if (need + 1 > c->s->in_limit)
         return false;
     const unsigned char *old = c->in;
-    if (!grow(&c->in, &c->in_cap, need + 1))
+    if (!grow_max(&c->in, &c->in_cap, need + 1, c->s->in_limit))
         return false;
     if (c->head_done && c->in != old) {
         /* The head's pointers moved with the buffer: parse it again in place. */
@@ -1474,8 +1490,10 @@ conn_process(struct conn *c)
             conn_close(c);
             return false;
         }
-        if (!took || c->state == CS_HANDLER)
-            return true; /* more bytes needed, or the handler replies later */
+        if (c->state == CS_HANDLER)
+            return true; /* the handler replies later */
+        if (!took)
+            break; /* more bytes needed */
         if (c->broken) {
             conn_free(c);
             return false;
@@ -1487,6 +1505,13 @@ conn_process(struct conn *c)
                 conn_end(c);
             return false;
         }
+        /* Requests answered made room: reading may have paused on a full buffer. */
+        conn_set_read(c, true);
+    }
+    if (c->eof && c->state == CS_READ && c->out_off == c->out_len) {
+        /* The client sent all it will send and everything it asked is answered. */
+        conn_free(c);
+        return false;
     }
     return true;
 }
@@ -1541,13 +1566,13 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         /* EOF or error. A client that only shut its sending side still
-         * gets the reply being written; a pending request's client is gone. */
-        if (n == 0 && c->state == CS_READ && c->out_off < c->out_len) {
+         * gets the answers to every complete request it sent (conn_process
+         * closes once they are written); a pending request's client is
+         * gone. */
+        if (n == 0 && c->state == CS_READ) {
             conn_set_read(c, false);
-            c->keep_alive = false;
-            c->close_pending = true;
-            c->in_len = 0;
-            return;
+            c->eof = true;
+            break;
         }
         conn_close(c);
         return;

@@ -43,7 +43,10 @@
  * only frees the request (nothing is sent) and is counted with status
  * "499". Bytes of pipelined requests arriving meanwhile are buffered (up
  * to the connection's buffer, then reading pauses) and answered after the
- * reply. Writes use MSG_NOSIGNAL: a closed socket never raises SIGPIPE.
+ * reply. A client that shuts only its sending side (half-close) still
+ * gets the answers to the complete requests it sent, unless one of them
+ * was pending with its handler at that moment: that one counts as client
+ * gone. Writes use MSG_NOSIGNAL: a closed socket never raises SIGPIPE.
  *
  * Metrics (when a registry is given): http_requests_total{server,route,
  * status} and http_request_duration_seconds{server,route}, route being the

@@ -1523,6 +1523,89 @@ START_TEST(test_idle_timeout)
 }
 END_TEST
 
+START_TEST(test_pipeline_over_buffer)
+{
+    /* More pipelined bytes than a connection buffers (head + body cap +
+     * 16 KiB): reading pauses on the full buffer and resumes as the
+     * synchronous replies make room. */
+    enum { N = 40, BODY = 1000 };
+    size_t cap = N * (BODY + 128), len = 0;
+    char *all = malloc(cap);
+    for (int i = 0; i < N; i++) {
+        len +=
+            (size_t)snprintf(all + len, cap - len,
+                             "POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n", BODY);
+        memset(all + len, 'a' + i % 26, BODY);
+        len += BODY;
+    }
+    struct conn c;
+    conn_open(&c);
+    conn_send(&c, all, len);
+    free(all);
+    for (int i = 0; i < N; i++) {
+        struct resp r;
+        ck_assert_msg(read_response(&c, &r, false), "reply %d missing", i);
+        ck_assert_int_eq(r.status, 200);
+        ck_assert_uint_eq(r.body_len, BODY);
+        ck_assert_int_eq(r.body[0], 'a' + i % 26);
+        resp_free(&r);
+    }
+    close(c.fd);
+}
+END_TEST
+
+START_TEST(test_half_close_pipelined)
+{
+    /* Requests buffered behind a reply still being written are answered
+     * after the client shut its sending side; then the server closes. */
+    struct conn c;
+    conn_open(&c);
+    conn_send_str(&c,
+                  "GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /items/4 HTTP/1.1\r\nHost: t\r\n\r\n");
+    shutdown(c.fd, SHUT_WR);
+    usleep(100000);
+    struct resp r;
+    static char big[BIG_LEN + 8192];
+    size_t have = 0;
+    char *eoh = NULL;
+    while (eoh == NULL || have < (size_t)(eoh - big) + 4 + BIG_LEN) {
+        ssize_t n = recv(c.fd, big + have, sizeof(big) - have, 0);
+        ck_assert_int_gt(n, 0);
+        have += (size_t)n;
+        if (eoh == NULL)
+            eoh = memmem(big, have, "\r\n\r\n", 4);
+    }
+    size_t used = (size_t)(eoh - big) + 4 + BIG_LEN;
+    memcpy(c.buf, big + used, have - used);
+    c.len = have - used;
+    ck_assert(read_response(&c, &r, false));
+    ck_assert_int_eq(r.status, 200);
+    json_t *j = resp_json(&r);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "id")), "4");
+    json_decref(j);
+    resp_free(&r);
+    ck_assert(conn_closed_by_peer(&c));
+    close(c.fd);
+
+    /* A burst of complete requests, then the half-close: every one answered. */
+    conn_open(&c);
+    char burst[8192];
+    size_t len = 0;
+    for (int i = 0; i < 100; i++)
+        len += (size_t)snprintf(burst + len, sizeof(burst) - len,
+                                "GET /items/%d HTTP/1.1\r\nHost: t\r\n\r\n", i);
+    conn_send(&c, burst, len);
+    shutdown(c.fd, SHUT_WR);
+    for (int i = 0; i < 100; i++) {
+        ck_assert_msg(read_response(&c, &r, false), "reply %d missing", i);
+        ck_assert_int_eq(r.status, 200);
+        resp_free(&r);
+    }
+    ck_assert(conn_closed_by_peer(&c));
+    close(c.fd);
+}
+END_TEST
+
 static void
 setup(void)
 {
@@ -1642,6 +1725,8 @@ http_suite(void)
     tcase_add_test(tc, test_byte_at_a_time);
     tcase_add_test(tc, test_slow_reader);
     tcase_add_test(tc, test_half_close);
+    tcase_add_test(tc, test_pipeline_over_buffer);
+    tcase_add_test(tc, test_half_close_pipelined);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("deadline");
