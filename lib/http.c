@@ -20,6 +20,16 @@
  * meanwhile (a pipelined request, or the EOF that tells us the client is
  * gone) are appended behind the request, never by reallocation.
  *
+ * The request being read or handled starts at c->in, a window into the
+ * allocation c->buf: a finished request advances the window instead of
+ * moving what follows it (a request behind an 8 MB one would otherwise
+ * cost a move of everything buffered after it, per request). The window
+ * goes back to the front when the buffer empties, when what it holds is no
+ * more than what was consumed since the last move (so moves never exceed
+ * the bytes received), or when a request needs more room than the tail has.
+ * The body's terminating NUL is written over the first byte of whatever
+ * follows the body, which is saved and put back at the reply.
+ *
  * States of a connection:
  *   CS_READ     reading a request, or idle between two;
  *   CS_HANDLER  a request is with its handler (replied to synchronously or
@@ -42,6 +52,9 @@
  * times per timeout period and drops those whose deadline passed. The
  * deadline moves forward on read and write progress and on dispatch
  * (limits.timeout_s, or http_req_set_timeout()'s value for that connection).
+ * Progress alone does not keep a request alive: the sweep also ends a
+ * request whose head is not complete head_timeout_s after it began, and a
+ * body arriving slower than min_body_rate (http.h), with 408.
  */
 #include "http.h"
 
@@ -55,6 +68,7 @@
 #include <event2/event_struct.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -76,7 +90,8 @@ _Static_assert((int)HTTP_GET == (int)HTTP_PARSE_GET && (int)HTTP_POST == (int)HT
                    (int)HTTP_PUT == (int)HTTP_PARSE_PUT &&
                    (int)HTTP_PATCH == (int)HTTP_PARSE_PATCH &&
                    (int)HTTP_DELETE == (int)HTTP_PARSE_DELETE &&
-                   (int)HTTP_HEAD == (int)HTTP_PARSE_HEAD,
+                   (int)HTTP_HEAD == (int)HTTP_PARSE_HEAD &&
+                   (int)HTTP_OPTIONS == (int)HTTP_PARSE_OPTIONS,
                "http_parse uses the same method bits");
 
 /* Most {name} parameters in one pattern (http.h says 8). */
@@ -94,6 +109,15 @@ _Static_assert((int)HTTP_GET == (int)HTTP_PARSE_GET && (int)HTTP_POST == (int)HT
 
 /* Connections taken per wakeup of a listener. */
 #define ACCEPT_BATCH 64
+
+/* Pipelined requests answered per wakeup of a connection. */
+#define PIPELINE_BATCH 32
+
+/* A refused connection or accept failure is logged at most this often. */
+#define REFUSE_LOG_MS 10000
+
+/* The longest Authorization value a precheck looks at. */
+#define PRECHECK_MAX_AUTH 4096
 
 /* How long a closing connection reads and drops input, and how much. */
 #define LINGER_MS        2000
@@ -121,9 +145,15 @@ struct http_server {
     struct http_limits limits;
     size_t in_limit; /* most bytes a connection buffers */
     void *ctx;
+    http_precheck_fn precheck;
+    const struct http_cors *cors;
     struct metrics *metrics;
     struct route_metrics *rmetrics; /* nroutes + 1 */
+    struct metric *m_refused_cap, *m_refused_accept;
     uint64_t id_seed, id_counter;
+    uint64_t bytes_moved;
+    int64_t refuse_logged_ms; /* when refusals were last logged */
+    uint64_t refused_unlogged;
     struct conn *conns; /* every connection, zombies included */
 };
 
@@ -139,7 +169,7 @@ struct http_req {
     char id[9];
     struct timespec start;
 
-    const char *path; /* decoded, NUL-terminated (in the input buffer) */
+    const char *path; /* raw, NUL-terminated (in the input buffer) */
     const char *raw_query;
     int nparams;
     const char *pnames[HTTP_MAX_PARAMS];
@@ -165,6 +195,7 @@ struct conn {
     int fd; /* -1 once closed (zombie) */
     enum conn_state state;
     struct event rev, wev;
+    struct event resume_ev; /* continues a long pipeline (conn_process) */
     bool wev_on, read_paused;
     bool in_dispatch;    /* a handler runs on the stack: closing waits */
     bool close_deferred; /* a close was asked for while in_dispatch */
@@ -173,20 +204,34 @@ struct conn {
     bool must_linger;    /* the client may still be sending */
     bool broken;         /* a write failed */
     bool sent_continue;
-    bool eof; /* the client shut its sending side */
+    bool eof;   /* the client shut its sending side */
+    bool gated; /* counted in s->limits.gate */
+    struct http_gate *gate;
     int timeout_ms;
     int64_t deadline_ms;
-    int64_t linger_left; /* declared body bytes still to drop, -1 unknown */
+    int64_t head_start_ms; /* when the request being read began; 0: none yet */
+    int64_t body_start_ms; /* when its head was complete */
+    uint64_t body_read;    /* bytes read since then */
+    int64_t linger_left;   /* declared body bytes still to drop, -1 unknown */
     size_t lingered;
 
-    /* input: [0, in_len) of in_cap; the request is the first bytes */
-    unsigned char *in;
-    size_t in_len, in_cap;
+    /* input: the window [in, in + in_len) of in_cap bytes, inside the
+     * allocation buf of buf_cap bytes; the request is the first bytes */
+    unsigned char *buf, *in;
+    size_t buf_cap, in_len, in_cap;
     size_t scan; /* where the search for the head's end resumes */
     bool head_done;
     size_t head_len;
     size_t consumed; /* bytes of the dispatched request (with its NUL slot) */
+    int saved_byte;  /* the byte under the body's NUL (at consumed), or -1 */
     struct http_chunked chunked;
+
+    /* the route chosen when the head completed */
+    size_t route_index;     /* nroutes: none */
+    unsigned route_allowed; /* methods of the path's routes, when none matched */
+    int nparams;
+    const char *pnames[HTTP_MAX_PARAMS];
+    const char *pvalues[HTTP_MAX_PARAMS];
 
     /* output not yet taken by the kernel: out[out_off, out_len) */
     unsigned char *out;
@@ -210,17 +255,20 @@ is_param_segment(const char *seg, size_t len)
     return len >= 3 && seg[0] == '{' && seg[len - 1] == '}';
 }
 
-int
-http_match_pattern(const char *pattern, const char *path, const char **names, const char **values,
-                   int maxp, char *valbuf, size_t valbuflen)
+/* http_match_pattern on a path of path_len bytes (not NUL-terminated). */
+static int
+match_pattern(const char *pattern, const char *path, size_t path_len, const char **names,
+              const char **values, int maxp, char *valbuf, size_t valbuflen)
 {
-    if (pattern == NULL || path == NULL || pattern[0] != '/' || path[0] != '/')
+    if (pattern == NULL || path == NULL || pattern[0] != '/' || path_len == 0 || path[0] != '/')
         return -1;
-    const char *p = pattern + 1, *q = path + 1;
+    const char *p = pattern + 1, *q = path + 1, *qend = path + path_len;
     int n = 0;
     size_t used = 0;
     for (;;) {
-        size_t plen = strcspn(p, "/"), qlen = strcspn(q, "/");
+        size_t plen = strcspn(p, "/");
+        const char *slash = memchr(q, '/', (size_t)(qend - q));
+        size_t qlen = (size_t)((slash != NULL ? slash : qend) - q);
         if (is_param_segment(p, plen)) {
             if (qlen == 0 || n >= maxp || names == NULL || values == NULL || valbuf == NULL)
                 return -1;
@@ -243,11 +291,20 @@ http_match_pattern(const char *pattern, const char *path, const char **names, co
         }
         p += plen;
         q += qlen;
-        if (*p == '\0' || *q == '\0')
-            return *p == *q ? n : -1;
+        if (*p == '\0' || q == qend)
+            return *p == '\0' && q == qend ? n : -1;
         p++; /* both at '/' */
         q++;
     }
+}
+
+int
+http_match_pattern(const char *pattern, const char *path, const char **names, const char **values,
+                   int maxp, char *valbuf, size_t valbuflen)
+{
+    return path != NULL
+               ? match_pattern(pattern, path, strlen(path), names, values, maxp, valbuf, valbuflen)
+               : -1;
 }
 
 const char *
@@ -284,6 +341,8 @@ http_status_code_name(int status)
         return "not_found";
     case 405:
         return "method_not_allowed";
+    case 408:
+        return "timeout";
     case 409:
         return "conflict";
     case 412:
@@ -400,6 +459,8 @@ method_name(enum http_method m)
         return "DELETE";
     case HTTP_HEAD:
         return "HEAD";
+    case HTTP_OPTIONS:
+        return "OPTIONS";
     }
     return "-";
 }
@@ -766,6 +827,7 @@ req_finish(struct http_req *r, int status)
 
 static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_resume_cb(evutil_socket_t fd, short what, void *arg);
 static bool conn_process(struct conn *c);
 
 static void
@@ -790,9 +852,13 @@ conn_close_socket(struct conn *c)
         return;
     event_del(&c->rev);
     event_del(&c->wev);
+    event_del(&c->resume_ev);
     c->wev_on = false;
     close(c->fd);
     c->fd = -1;
+    if (c->gated)
+        atomic_fetch_sub(&c->gate->open, 1);
+    c->gated = false;
     free(c->out);
     c->out = NULL;
     c->out_off = c->out_len = c->out_cap = 0;
@@ -803,7 +869,7 @@ conn_free(struct conn *c)
 {
     conn_close_socket(c);
     conn_unlink(c);
-    free(c->in);
+    free(c->buf);
     free(c->xhdr);
     free(c->valbuf);
     free(c);
@@ -960,6 +1026,9 @@ conn_write_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (c->state == CS_READ) {
+        /* The next request waited on our output, not on the client. */
+        if (!c->head_done && c->in_len > 0)
+            c->head_start_ms = now_ms();
         conn_set_read(c, true);
         conn_process(c);
     }
@@ -1002,27 +1071,58 @@ date_line(size_t *len)
     return line;
 }
 
-/* Moves the bytes after the finished request to the front of the buffer. */
+/* Moves the window of input to the front of the buffer. */
+static void
+conn_compact(struct conn *c)
+{
+    if (c->in == c->buf)
+        return;
+    if (c->in_len > 0)
+        memmove(c->buf, c->in, c->in_len);
+    if (c->s != NULL)
+        c->s->bytes_moved += c->in_len;
+    c->in = c->buf;
+    c->in_cap = c->buf_cap;
+}
+
+/*
+ * Drops the finished request from the input (advancing the window; see
+ * the top of the file for when the rest moves) and readies c for the next.
+ */
 static void
 conn_consume_request(struct conn *c)
 {
+    if (c->saved_byte >= 0)
+        c->in[c->consumed] = (unsigned char)c->saved_byte;
+    c->saved_byte = -1;
     size_t rest = c->in_len - c->consumed;
-    if (rest > 0)
-        memmove(c->in, c->in + c->consumed, rest);
+    c->in += c->consumed;
+    c->in_cap -= c->consumed;
     c->in_len = rest;
     c->consumed = 0;
     c->scan = 0;
     c->head_done = false;
     c->head_len = 0;
+    c->head_start_ms = rest > 0 ? now_ms() : 0;
+    if (c->s != NULL) {
+        c->route_index = c->s->nroutes; /* a refusal of the next one is "unmatched" */
+        c->route_allowed = 0;
+    }
     c->sent_continue = false;
     memset(&c->chunked, 0, sizeof(c->chunked));
     c->xhdr_len = 0;
-    if (c->in_cap > BUF_SHRINK_ABOVE && rest < IN_INITIAL) {
-        unsigned char *p = realloc(c->in, IN_INITIAL);
+    if (c->buf_cap > BUF_SHRINK_ABOVE && rest < IN_INITIAL) {
+        unsigned char *p = malloc(IN_INITIAL);
         if (p != NULL) {
-            c->in = p;
-            c->in_cap = IN_INITIAL;
+            memcpy(p, c->in, rest);
+            if (c->s != NULL)
+                c->s->bytes_moved += rest;
+            free(c->buf);
+            c->buf = c->in = p;
+            c->buf_cap = c->in_cap = IN_INITIAL;
         }
+    } else if (rest <= (size_t)(c->in - c->buf)) {
+        conn_compact(c);
     }
 }
 
@@ -1052,6 +1152,41 @@ conn_after_reply(struct conn *c)
 }
 
 /*
+ * The configured origin matching the Origin of c's request when the
+ * server's CORS policy allows it ("*" for a policy allowing any), or NULL.
+ */
+static const char *
+cors_origin(const struct conn *c)
+{
+    const struct http_cors *p = c->s != NULL ? c->s->cors : NULL;
+    if (p == NULL || !c->head_done)
+        return NULL;
+    const struct http_field *f = http_head_field(&c->head, "Origin");
+    if (f == NULL || f->value_len == 0)
+        return NULL;
+    if (p->any)
+        return "*";
+    for (size_t i = 0; i < p->norigins; i++) {
+        if (strlen(p->origins[i]) == f->value_len &&
+            memcmp(p->origins[i], f->value, f->value_len) == 0)
+            return p->origins[i];
+    }
+    return NULL;
+}
+
+/* Adds the CORS headers of every reply to an allowed origin (http.h). */
+static void
+add_cors_headers(struct http_req *r)
+{
+    const char *origin = cors_origin(r->c);
+    if (origin == NULL)
+        return;
+    http_req_add_header(r, "Access-Control-Allow-Origin", origin);
+    http_req_add_header(r, "Vary", "Origin");
+    http_req_add_header(r, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After, ETag");
+}
+
+/*
  * The single place a reply leaves. body is (data, len). Ends the request;
  * r must not be used afterwards.
  */
@@ -1073,6 +1208,7 @@ send_reply(struct http_req *r, int status, const char *content_type, const void 
         return;
     }
 
+    add_cors_headers(r);
     bool no_body = r->method == HTTP_HEAD || status < 200 || status == 204 || status == 304;
     size_t ctlen = content_type != NULL ? strlen(content_type) : 0;
     char stackbuf[512];
@@ -1215,27 +1351,36 @@ req_start(struct conn *c)
 /*
  * Refuses what was read with status and closes the connection after the
  * reply (a JSON error, like every other). The client may still be sending:
- * the connection lingers.
+ * unless it is being cut off for its slowness (linger false), the
+ * connection lingers. The request counts under c->route_index.
  */
-static void conn_refuse(struct conn *c, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static void conn_refuse(struct conn *c, bool linger, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 static void
-conn_refuse(struct conn *c, int status, const char *fmt, ...)
+conn_refuse(struct conn *c, bool linger, int status, const char *fmt, ...)
 {
     req_start(c);
     struct http_req *r = &c->req;
     r->method = c->head_done ? (enum http_method)c->head.method : 0;
+    r->route_index = c->route_index;
     c->keep_alive = false;
-    c->must_linger = true;
-    c->linger_left = -1;
+    c->must_linger = linger;
+    c->linger_left = linger ? -1 : 0;
     if (c->head_done && !c->head.chunked && c->head.content_length >= 0) {
         /* The declared body still to come; none when the client waits for
          * a 100 Continue it will not get. */
         int64_t have = (int64_t)(c->in_len - c->head_len);
         int64_t rest = c->head.content_length - have;
-        c->linger_left = rest < 0 || (c->head.expect_continue && !c->sent_continue) ? 0 : rest;
+        if (linger)
+            c->linger_left = rest < 0 || (c->head.expect_continue && !c->sent_continue) ? 0 : rest;
     }
+    if (c->route_allowed != 0 && status == 405) {
+        char allow[64];
+        allow_header(c->route_allowed, allow, sizeof(allow));
+        http_req_add_header(r, "Allow", allow);
+    }
+    c->saved_byte = -1;
     c->consumed = c->in_len;
     char msg[256];
     va_list ap;
@@ -1254,8 +1399,10 @@ conn_reserve(struct conn *c, size_t need)
     if (need + 1 > c->s->in_limit)
         return false;
     const unsigned char *old = c->in;
-    if (!grow_max(&c->in, &c->in_cap, need + 1, c->s->in_limit))
-        return false;
+    conn_compact(c);
+    bool ok = need + 1 <= c->in_cap || grow_max(&c->buf, &c->buf_cap, need + 1, c->s->in_limit);
+    c->in = c->buf;
+    c->in_cap = c->buf_cap;
     if (c->head_done && c->in != old) {
         /* The head's pointers moved with the buffer: parse it again in place. */
         struct http_head h;
@@ -1264,7 +1411,7 @@ conn_reserve(struct conn *c, size_t need)
             return false;
         c->head = h;
     }
-    return true;
+    return ok;
 }
 
 /* Sends "100 Continue" once when the client waits for it before its body. */
@@ -1279,8 +1426,9 @@ conn_maybe_continue(struct conn *c)
     conn_send(c, &iov, 1);
 }
 
-/* NUL-terminates the head's pieces in the buffer; false when the path holds a NUL. */
-static bool
+/* NUL-terminates the head's pieces in the buffer (their ends lie inside
+ * the head, on the ':', CR or LF that follows each). */
+static void
 terminate_head(struct conn *c, struct http_req *r)
 {
     struct http_head *h = &c->head;
@@ -1292,77 +1440,186 @@ terminate_head(struct conn *c, struct http_req *r)
         ((char *)h->query)[h->query_len] = '\0';
         r->raw_query = h->query;
     }
-    char *path = (char *)h->path;
-    if (http_percent_decode(path, h->path_len, path, false) < 0)
-        return false;
-    r->path = path;
-    return true;
+    ((char *)h->path)[h->path_len] = '\0';
+    r->path = h->path;
 }
 
-/* Hands the complete request in c's buffer to its route. */
-static void
-dispatch(struct conn *c, size_t body_len)
+/* True when the raw path holds "%2F" or "%00" (any case): an encoded '/'
+ * would let one route's parameter stand for several segments, and a NUL
+ * cuts strings short. */
+static bool
+path_has_forbidden_escape(const char *path, size_t len)
+{
+    for (const char *p = path; (p = memchr(p, '%', len - (size_t)(p - path))) != NULL; p++) {
+        if (len - (size_t)(p - path) < 3)
+            return false;
+        if ((p[1] == '2' && (p[2] == 'f' || p[2] == 'F')) || (p[1] == '0' && p[2] == '0'))
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Chooses the route of the request whose head is complete, from its raw
+ * path: fills c->route_index (nroutes when none), c->route_allowed and the
+ * parameters (decoded, in c->valbuf). Returns 0, or the status that
+ * refuses the request (400 for a forbidden escape, 503 out of memory).
+ */
+static int
+route_head(struct conn *c)
 {
     struct http_server *s = c->s;
-    /* The body's NUL goes in a slot of its own, ahead of any pipelined bytes. */
+    const char *path = c->head.path;
+    size_t pathlen = c->head.path_len;
+    c->route_index = s->nroutes;
+    c->route_allowed = 0;
+    c->nparams = 0;
+    if (path_has_forbidden_escape(path, pathlen))
+        return 400;
+    size_t valbuflen = s->max_pattern_len + pathlen + 2 * HTTP_MAX_PARAMS;
+    if (!grow(&c->valbuf, &c->valbuf_cap, valbuflen))
+        return 503;
+    size_t first_path_match = s->nroutes;
+    unsigned request_method = c->head.method;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        const struct http_route *rt = &s->routes[i];
+        int n = match_pattern(rt->pattern, path, pathlen, c->pnames, c->pvalues, HTTP_MAX_PARAMS,
+                              c->valbuf, valbuflen);
+        if (n < 0)
+            continue;
+        if (rt->methods & request_method) {
+            c->route_index = i;
+            c->nparams = n;
+            c->route_allowed = 0;
+            break;
+        }
+        c->route_allowed |= rt->methods;
+        if (first_path_match == s->nroutes)
+            first_path_match = i;
+    }
+    if (c->route_index == s->nroutes && c->route_allowed != 0)
+        c->route_index = first_path_match; /* a 405 counts under the path's route */
+    for (int i = 0; i < c->nparams; i++) {
+        char *v = (char *)c->pvalues[i];
+        ssize_t n = http_percent_decode(v, strlen(v), v, false);
+        if (n < 0 || memchr(v, '\0', (size_t)n) != NULL)
+            return 400;
+    }
+    return 0;
+}
+
+/* True when the request of c has found a route that takes its method. */
+static bool
+route_found(const struct conn *c)
+{
+    return c->route_index < c->s->nroutes && c->route_allowed == 0;
+}
+
+/*
+ * Runs the server's precheck on a request whose body is about to be read.
+ * Returns NULL, or the message of the 401 that refuses the request.
+ */
+static const char *
+precheck_head(struct conn *c)
+{
+    struct http_server *s = c->s;
+    if (s->precheck == NULL)
+        return NULL;
+    char auth[PRECHECK_MAX_AUTH + 1];
+    const char *bearer = NULL;
+    const struct http_field *f = http_head_field(&c->head, "Authorization");
+    if (f != NULL && f->value_len <= PRECHECK_MAX_AUTH) {
+        memcpy(auth, f->value, f->value_len);
+        auth[f->value_len] = '\0';
+        bearer = http_parse_bearer(auth);
+    }
+    return s->precheck(&s->routes[c->route_index], bearer, s->ctx);
+}
+
+/*
+ * Answers OPTIONS: a CORS preflight from an allowed origin for a path with
+ * routes gets 204 with what it may do; anything else 404 or 405.
+ */
+static void
+reply_options(struct conn *c, struct http_req *r)
+{
+    if (c->route_allowed == 0) {
+        http_reply_error(r, 404, NULL, "no route for %s", r->path);
+        return;
+    }
+    char allow[64];
+    allow_header(c->route_allowed, allow, sizeof(allow));
+    if (cors_origin(c) == NULL ||
+        http_head_field(&c->head, "Access-Control-Request-Method") == NULL) {
+        http_req_add_header(r, "Allow", allow);
+        http_reply_error(r, 405, NULL, "OPTIONS not allowed here");
+        return;
+    }
+    const struct http_cors *p = c->s->cors;
+    char age[16];
+    snprintf(age, sizeof(age), "%d", p->max_age_s);
+    http_req_add_header(r, "Access-Control-Allow-Methods", allow);
+    if (p->allow_headers != NULL)
+        http_req_add_header(r, "Access-Control-Allow-Headers", p->allow_headers);
+    http_req_add_header(r, "Access-Control-Max-Age", age);
+    http_reply(r, 204, NULL, NULL, 0);
+}
+
+/*
+ * Hands the complete request in c's buffer to its route: its body is
+ * in[head_len, head_len + body_len), and its bytes end at msg_end (beyond
+ * the body for a chunked one, whose framing was squeezed out).
+ */
+static void
+dispatch(struct conn *c, size_t body_len, size_t msg_end)
+{
+    struct http_server *s = c->s;
+    /* The body's NUL goes in the framing gap of a chunked body, or over
+     * the first byte after the body, saved until the reply; with nothing
+     * after the body it takes the free byte that the reader always leaves. */
     size_t end = c->head_len + body_len;
-    if (c->in_len > end)
-        memmove(c->in + end + 1, c->in + end, c->in_len - end);
+    if (msg_end > end) {
+        c->saved_byte = -1;
+        c->consumed = msg_end;
+    } else if (c->in_len > end) {
+        c->saved_byte = c->in[end];
+        c->consumed = end;
+    } else {
+        c->saved_byte = -1;
+        c->in_len++;
+        c->consumed = end + 1;
+    }
     c->in[end] = '\0';
-    c->in_len++;
-    c->consumed = end + 1;
 
     req_start(c);
     struct http_req *r = &c->req;
     r->method = (enum http_method)c->head.method;
     r->body = c->in + c->head_len;
     r->body_len = body_len;
+    r->route_index = c->route_index;
     c->keep_alive = c->head.keep_alive;
     c->must_linger = false;
+    terminate_head(c, r);
 
-    if (!terminate_head(c, r)) {
-        http_reply_error(r, 400, NULL, "path holds a NUL byte");
+    if (r->method == HTTP_OPTIONS) {
+        reply_options(c, r);
         return;
     }
-    size_t pathlen = strlen(r->path);
-    size_t valbuflen = s->max_pattern_len + pathlen + 2 * HTTP_MAX_PARAMS;
-    if (!grow(&c->valbuf, &c->valbuf_cap, valbuflen)) {
-        http_reply_error(r, 503, NULL, "out of memory");
-        return;
-    }
-
-    const struct http_route *route = NULL;
-    unsigned allowed = 0;
-    size_t first_path_match = s->nroutes;
-    for (size_t i = 0; i < s->nroutes; i++) {
-        const struct http_route *rt = &s->routes[i];
-        int n = http_match_pattern(rt->pattern, r->path, r->pnames, r->pvalues, HTTP_MAX_PARAMS,
-                                   c->valbuf, valbuflen);
-        if (n < 0)
-            continue;
-        if (rt->methods & r->method) {
-            route = rt;
-            r->route_index = i;
-            r->nparams = n;
-            break;
-        }
-        allowed |= rt->methods;
-        if (first_path_match == s->nroutes)
-            first_path_match = i;
-    }
-    if (route == NULL) {
-        if (allowed == 0) {
+    if (!route_found(c)) {
+        if (c->route_allowed == 0) {
             http_reply_error(r, 404, NULL, "no route for %s", r->path);
             return;
         }
         char allow[64];
-        allow_header(allowed, allow, sizeof(allow));
-        r->route_index = first_path_match;
+        allow_header(c->route_allowed, allow, sizeof(allow));
         http_req_add_header(r, "Allow", allow);
         http_reply_error(r, 405, NULL, "%s not allowed here", method_name(r->method));
         return;
     }
-    route->fn(r, s->ctx);
+    r->nparams = c->nparams;
+    memcpy(r->pnames, c->pnames, sizeof(r->pnames));
+    memcpy(r->pvalues, c->pvalues, sizeof(r->pvalues));
+    s->routes[c->route_index].fn(r, s->ctx);
 }
 
 /* Finds the end of a request head (an empty line) in the buffer. */
@@ -1394,10 +1651,11 @@ skip_leading_newlines(struct conn *c)
     size_t n = 0;
     while (n < c->in_len && (c->in[n] == '\r' || c->in[n] == '\n'))
         n++;
-    if (n > 0) {
-        memmove(c->in, c->in + n, c->in_len - n);
-        c->in_len -= n;
-    }
+    c->in += n;
+    c->in_cap -= n;
+    c->in_len -= n;
+    if (c->in_len == 0)
+        c->head_start_ms = 0; /* idle, not a request begun: its clock starts at its first byte */
 }
 
 /*
@@ -1414,44 +1672,76 @@ conn_step(struct conn *c)
         if (!head_complete(c)) {
             if (c->in_len < s->limits.max_headers)
                 return false;
-            conn_refuse(c, 431, "request head larger than %zu bytes", s->limits.max_headers);
+            conn_refuse(c, true, 431, "request head larger than %zu bytes", s->limits.max_headers);
             return true;
         }
         ssize_t hl =
             http_parse_head((const char *)c->in, c->in_len, s->limits.max_headers, &c->head);
         if (hl == -431)
-            conn_refuse(c, 431, "request head larger than %zu bytes or with more than %d fields",
+            conn_refuse(c, true, 431,
+                        "request head larger than %zu bytes or with more than %d fields",
                         s->limits.max_headers, HTTP_MAX_FIELDS);
         else if (hl == -501)
-            conn_refuse(c, 501, "transfer coding not implemented (only chunked is)");
+            conn_refuse(c, true, 501, "transfer coding not implemented (only chunked is)");
         else if (hl == -505)
-            conn_refuse(c, 505, "HTTP version not supported (1.0 and 1.1 are)");
+            conn_refuse(c, true, 505, "HTTP version not supported (1.0 and 1.1 are)");
         else if (hl <= 0)
-            conn_refuse(c, 400, "malformed request head");
+            conn_refuse(c, true, 400, "malformed request head");
         if (hl <= 0)
             return true;
         c->head_done = true;
         c->head_len = (size_t)hl;
+        c->body_start_ms = now_ms();
+        c->body_read = c->in_len - c->head_len;
         if (c->head.method == 0) {
-            conn_refuse(c, 501, "method %.*s not implemented",
+            conn_refuse(c, true, 501, "method %.*s not implemented",
                         (int)(c->head.method_len < 32 ? c->head.method_len : 32),
                         c->head.method_str);
             return true;
         }
         if (c->head.content_length > (int64_t)s->limits.max_body) {
-            conn_refuse(c, 413, "body larger than %zu bytes", s->limits.max_body);
+            conn_refuse(c, true, 413, "body larger than %zu bytes", s->limits.max_body);
             return true;
         }
+        int rc = route_head(c);
+        if (rc == 400) {
+            conn_refuse(c, true, 400, "encoded '/' or NUL in the path");
+            return true;
+        }
+        if (rc != 0) {
+            conn_refuse(c, true, rc, "out of memory");
+            return true;
+        }
+        /* A body is read only for a request that has a route and passes
+         * the precheck: nobody gets the server to buffer bytes for free. */
+        if (c->head.chunked || c->head.content_length > 0) {
+            if (!route_found(c)) {
+                if (c->route_allowed != 0)
+                    conn_refuse(c, true, 405, "%s not allowed here",
+                                method_name((enum http_method)c->head.method));
+                else
+                    conn_refuse(c, true, 404, "no route for %.*s",
+                                (int)(c->head.path_len < 256 ? c->head.path_len : 256),
+                                c->head.path);
+                return true;
+            }
+            const char *refusal = precheck_head(c);
+            if (refusal != NULL) {
+                conn_refuse(c, true, 401, "%s", refusal);
+                return true;
+            }
+        }
     }
-    size_t body_len;
+    size_t body_len, msg_end;
     if (c->head.chunked) {
-        size_t raw = c->in_len - c->head_len;
+        size_t raw = c->in_len - c->head_len, moved = c->chunked.moved;
         int rc = http_chunked_decode(&c->chunked, c->in + c->head_len, &raw, s->limits.max_body);
         c->in_len = c->head_len + raw;
+        s->bytes_moved += c->chunked.moved - moved;
         if (rc == -413)
-            conn_refuse(c, 413, "body larger than %zu bytes", s->limits.max_body);
+            conn_refuse(c, true, 413, "body larger than %zu bytes", s->limits.max_body);
         else if (rc < 0)
-            conn_refuse(c, 400, "malformed chunked body");
+            conn_refuse(c, true, 400, "malformed chunked body");
         if (rc < 0)
             return true;
         if (rc == 0) {
@@ -1459,18 +1749,20 @@ conn_step(struct conn *c)
             return false;
         }
         body_len = c->chunked.decoded;
+        msg_end = c->head_len + c->chunked.end;
     } else {
         body_len = c->head.content_length > 0 ? (size_t)c->head.content_length : 0;
         if (c->in_len - c->head_len < body_len) {
             if (!conn_reserve(c, c->head_len + body_len)) {
-                conn_refuse(c, 503, "out of memory");
+                conn_refuse(c, true, 503, "out of memory");
                 return true;
             }
             conn_maybe_continue(c);
             return false;
         }
+        msg_end = c->head_len + body_len;
     }
-    dispatch(c, body_len);
+    dispatch(c, body_len, msg_end);
     return true;
 }
 
@@ -1481,7 +1773,17 @@ conn_step(struct conn *c)
 static bool
 conn_process(struct conn *c)
 {
+    int taken = 0;
     while (c->state == CS_READ && c->out_off == c->out_len && c->in_len > 0) {
+        if (taken++ == PIPELINE_BATCH) {
+            /* Fairness: the rest of a long pipeline waits for the next turn
+             * of the loop. A zero timer fires after the next poll, so the
+             * other connections of this thread go first (an event activated
+             * from a callback would run in this same pass). */
+            static const struct timeval now = {0, 0};
+            evtimer_add(&c->resume_ev, &now);
+            return true;
+        }
         c->in_dispatch = true;
         bool took = conn_step(c);
         c->in_dispatch = false;
@@ -1516,6 +1818,17 @@ conn_process(struct conn *c)
     return true;
 }
 
+/* Goes on with a pipeline that conn_process left for the next turn. */
+static void
+conn_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    if (c->fd >= 0 && c->state == CS_READ)
+        conn_read_cb(c->fd, EV_READ, c);
+}
+
 static void
 conn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -1535,8 +1848,23 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
             conn_free(c);
         return;
     }
+    bool processed = false;
     for (;;) {
         size_t room = c->in_cap - c->in_len;
+        if (room < 2 && !processed && c->state == CS_READ && c->out_off == c->out_len) {
+            /* A full window may hold complete requests: answering them
+             * makes room, and growing for them would only churn memory. */
+            processed = true;
+            const unsigned char *in = c->in;
+            size_t len = c->in_len;
+            if (!conn_process(c))
+                return; /* closed */
+            if (c->state != CS_READ)
+                return; /* a handler has it; reading resumes after the reply */
+            room = c->in_cap - c->in_len;
+            if (room < 2 && (c->in != in || c->in_len != len))
+                break; /* took some: the rest on the next turn */
+        }
         if (room < 2) {
             /* Grow only while reading a request: a pending one's pointers
              * must not move, and a client that pipelines without reading
@@ -1555,8 +1883,13 @@ conn_read_cb(evutil_socket_t fd, short what, void *arg)
         ssize_t n = recv(fd, c->in + c->in_len, room - 1, 0);
         if (n > 0) {
             c->in_len += (size_t)n;
-            if (c->state == CS_READ)
+            if (c->state == CS_READ) {
                 c->deadline_ms = now_ms() + c->timeout_ms;
+                if (c->head_done)
+                    c->body_read += (uint64_t)n;
+                else if (c->head_start_ms == 0)
+                    c->head_start_ms = now_ms();
+            }
             if ((size_t)n < room - 1)
                 break;
             continue;
@@ -1592,6 +1925,61 @@ accept_resume_cb(evutil_socket_t fd, short what, void *arg)
     event_add(s->accept_ev, NULL);
 }
 
+/*
+ * Counts a refused connection (reason "cap") or a failed accept (reason
+ * "accept") and logs at most once per REFUSE_LOG_MS per server: a flood of
+ * refusals must not become a flood of log lines.
+ */
+static void
+note_refusal(struct http_server *s, bool cap, int err)
+{
+    metric_inc(cap ? s->m_refused_cap : s->m_refused_accept);
+    s->refused_unlogged++;
+    int64_t now = now_ms();
+    if (s->refuse_logged_ms != 0 && now - s->refuse_logged_ms < REFUSE_LOG_MS)
+        return;
+    if (cap)
+        log_warn("http_connections_refused",
+                 "server=%s reason=cap max_connections=%ld refused=%" PRIu64, s->name,
+                 s->limits.gate->max, s->refused_unlogged);
+    else
+        log_warn("http_connections_refused",
+                 "server=%s reason=accept error=\"%s\" refused=%" PRIu64, s->name, strerror(err),
+                 s->refused_unlogged);
+    s->refuse_logged_ms = now;
+    s->refused_unlogged = 0;
+}
+
+/* Takes a place under the server's connection cap; false when full. */
+static bool
+gate_enter(struct http_server *s)
+{
+    struct http_gate *g = s->limits.gate;
+    if (g == NULL || g->max <= 0)
+        return true;
+    if (atomic_fetch_add(&g->open, 1) < g->max)
+        return true;
+    atomic_fetch_sub(&g->open, 1);
+    return false;
+}
+
+/* Answers a connection over the cap with a canned 503 and closes it. */
+static void
+refuse_connection(int fd)
+{
+#define REFUSAL_BODY "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections\"}}"
+    _Static_assert(sizeof(REFUSAL_BODY) - 1 == 65, "Content-Length below");
+    static const char reply[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                "Content-Type: application/json\r\n"
+                                "Content-Length: 65\r\n"
+                                "Retry-After: 1\r\n"
+                                "Connection: close\r\n\r\n" REFUSAL_BODY;
+#undef REFUSAL_BODY
+    ssize_t n = send(fd, reply, sizeof(reply) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)n;
+    close(fd);
+}
+
 static void
 accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
@@ -1606,11 +1994,16 @@ accept_cb(evutil_socket_t lfd, short what, void *arg)
                 return;
             /* Out of descriptors or memory: stop accepting for a moment
              * instead of spinning on a listener that stays readable. */
-            log_warn("http_accept_failed", "server=%s error=\"%s\"", s->name, strerror(errno));
+            note_refusal(s, false, errno);
             event_del(s->accept_ev);
             struct timeval tv = {0, 100000};
             evtimer_add(s->accept_pause_ev, &tv);
             return;
+        }
+        if (!gate_enter(s)) {
+            refuse_connection(fd);
+            note_refusal(s, true, 0);
+            continue;
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -1620,19 +2013,30 @@ accept_cb(evutil_socket_t lfd, short what, void *arg)
             free(c);
             free(in);
             close(fd);
+            if (s->limits.gate != NULL && s->limits.gate->max > 0)
+                atomic_fetch_sub(&s->limits.gate->open, 1);
             continue;
         }
         c->s = s;
         c->base = s->base;
         c->fd = fd;
-        c->in = in;
-        c->in_cap = IN_INITIAL;
+        c->gate = s->limits.gate;
+        c->gated = c->gate != NULL && c->gate->max > 0;
+        c->buf = c->in = in;
+        c->buf_cap = c->in_cap = IN_INITIAL;
+        c->saved_byte = -1;
+        c->route_index = s->nroutes;
         c->timeout_ms = s->limits.timeout_s * 1000;
         c->deadline_ms = now_ms() + c->timeout_ms;
+        c->head_start_ms = now_ms(); /* the first head is due from the accept on */
         event_assign(&c->rev, s->base, fd, EV_READ | EV_PERSIST, conn_read_cb, c);
         event_assign(&c->wev, s->base, fd, EV_WRITE | EV_PERSIST, conn_write_cb, c);
+        evtimer_assign(&c->resume_ev, s->base, conn_resume_cb, c);
         if (event_add(&c->rev, NULL) != 0) {
+            c->fd = -1;
             close(fd);
+            if (c->gated)
+                atomic_fetch_sub(&c->gate->open, 1);
             free(in);
             free(c);
             continue;
@@ -1642,6 +2046,25 @@ accept_cb(evutil_socket_t lfd, short what, void *arg)
             s->conns->prev = c;
         s->conns = c;
     }
+}
+
+/*
+ * True when the request c is reading has overrun its head deadline or is
+ * sending its body slower than the minimum rate (http.h). Only while c
+ * waits on the client: not with a handler, nor behind unwritten output.
+ */
+static bool
+conn_too_slow(const struct conn *c, int64_t now)
+{
+    if (c->state != CS_READ || c->out_off < c->out_len || c->head_start_ms == 0)
+        return false;
+    const struct http_limits *l = &c->s->limits;
+    int64_t grace_ms = (int64_t)l->head_timeout_s * 1000;
+    if (!c->head_done)
+        return now - c->head_start_ms > grace_ms;
+    int64_t late_ms = now - c->body_start_ms - grace_ms;
+    return l->min_body_rate > 0 && late_ms > 0 &&
+           c->body_read * 1000 < (uint64_t)late_ms * l->min_body_rate;
 }
 
 static void
@@ -1654,12 +2077,35 @@ sweep_cb(evutil_socket_t fd, short what, void *arg)
     struct conn *next;
     for (struct conn *c = s->conns; c != NULL; c = next) {
         next = c->next;
-        if (c->fd >= 0 && !c->in_dispatch && now >= c->deadline_ms)
+        if (c->fd < 0 || c->in_dispatch)
+            continue;
+        if (now >= c->deadline_ms)
             conn_close(c);
+        else if (conn_too_slow(c, now))
+            conn_refuse(c, false, 408,
+                        c->head_done ? "request body too slow"
+                                     : "request head not complete in time");
     }
 }
 
 /* ---- servers ---- */
+
+/* The http_connections_refused_total series of s for one reason. */
+static struct metric *
+refused_counter(struct http_server *s, const char *reason)
+{
+    char *labels = malloc(2 * strlen(s->name) + 64);
+    if (labels == NULL)
+        return NULL;
+    char *p = labels + sprintf(labels, "server=\"");
+    p = label_escape(p, s->name);
+    sprintf(p, "\",reason=\"%s\"", reason);
+    struct metric *m =
+        metrics_counter(s->metrics, "http_connections_refused_total",
+                        "Connections refused: over the cap, or accept() failed.", labels);
+    free(labels);
+    return m;
+}
 
 /* Checks a route table; returns the longest pattern length or -1 with err. */
 static ssize_t
@@ -1710,9 +2156,11 @@ http_server_new(struct event_base *base, int fd, const char *name, const struct 
         goto fail;
     }
     if (limits->max_headers == 0 || limits->timeout_s <= 0 || limits->timeout_s > 86400 ||
+        limits->head_timeout_s < 0 || limits->head_timeout_s > 86400 ||
         limits->max_body > ((size_t)1 << 40) || limits->max_headers > ((size_t)1 << 24)) {
         set_err(err, errlen,
-                "http_server_new: limits need max_headers > 0 and 0 < timeout_s <= 86400");
+                "http_server_new: limits need max_headers > 0, 0 < timeout_s <= 86400 and "
+                "0 <= head_timeout_s <= 86400");
         goto fail;
     }
     ssize_t maxlen = check_routes(routes, nroutes, err, errlen);
@@ -1728,6 +2176,8 @@ http_server_new(struct event_base *base, int fd, const char *name, const struct 
     s->nroutes = nroutes;
     s->max_pattern_len = (size_t)maxlen;
     s->limits = *limits;
+    if (s->limits.head_timeout_s == 0)
+        s->limits.head_timeout_s = limits->timeout_s;
     /* A head, a whole body, the framing of a chunked one and a pipelined
      * request behind it. */
     s->in_limit = limits->max_headers + limits->max_body + 16384;
@@ -1737,6 +2187,10 @@ http_server_new(struct event_base *base, int fd, const char *name, const struct 
     s->rmetrics = calloc(nroutes + 1, sizeof(*s->rmetrics));
     if (s->name == NULL || s->rmetrics == NULL)
         goto oom;
+    if (metrics != NULL) {
+        s->m_refused_cap = refused_counter(s, "cap");
+        s->m_refused_accept = refused_counter(s, "accept");
+    }
     if (getrandom(&s->id_seed, sizeof(s->id_seed), GRND_NONBLOCK) != sizeof(s->id_seed)) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -1775,6 +2229,24 @@ fail:
         free(s);
     }
     return NULL;
+}
+
+void
+http_server_set_precheck(struct http_server *s, http_precheck_fn fn)
+{
+    s->precheck = fn;
+}
+
+void
+http_server_set_cors(struct http_server *s, const struct http_cors *cors)
+{
+    s->cors = cors;
+}
+
+uint64_t
+http_server_bytes_moved(const struct http_server *s)
+{
+    return s->bytes_moved;
 }
 
 void

@@ -25,10 +25,44 @@
  * pattern and method match wins, so list literal routes before parameter
  * routes that overlap them. Patterns are literal segments and {name}
  * parameters (at most 8 per pattern):
- * "/v1/notices/{id}/publish". A {name} matches exactly one non-empty
- * segment of the percent-decoded path; a trailing slash must match too.
- * An unknown path gets 404, a known path with another method 405 (with an
- * Allow header), both as JSON errors.
+ * "/v1/notices/{id}/publish". Routing looks at the raw path, as it came
+ * on the wire: literal segments match only their exact bytes (so
+ * "/v1/notices/1/hid%65" is not ".../hide"), and a path holding an encoded
+ * '/' ("%2F") or NUL ("%00") is refused with 400. A {name} matches exactly
+ * one non-empty segment; its value is percent-decoded. A trailing slash
+ * must match too. An unknown path gets 404, a known path with another
+ * method 405 (with an Allow header), both as JSON errors.
+ *
+ * The route is chosen as soon as the request head is complete, before any
+ * body is read. A request that carries a body (Content-Length > 0 or
+ * chunked) is refused at that point, without reading the body, when its
+ * path has no route (404/405) or when the server's precheck (see
+ * http_server_set_precheck) rejects its credential (401); the connection
+ * is then closed after the error. A request without a body goes to its
+ * handler as usual, which authenticates it itself.
+ *
+ * Deadlines, whatever trickles in: a request head must be complete within
+ * head_timeout_s of its first byte (of the accept, for a connection's
+ * first request); once the head is in, a body must arrive at
+ * min_body_rate bytes per second or more, after a grace of head_timeout_s.
+ * A connection that misses either gets 408 and is closed. Between requests
+ * a connection may stay idle for timeout_s; a reply that the client does
+ * not read has timeout_s per write progress.
+ *
+ * Connection cap: servers that share a struct http_gate (one per listening
+ * port, shared by the worker threads' servers) hold at most gate->max
+ * connections together. Beyond it a new connection gets a canned 503 JSON
+ * error and is closed at once, without any allocation; refusals (and
+ * accept failures such as EMFILE) are counted in
+ * http_connections_refused_total{server,reason} and logged at most once
+ * per 10 seconds per server, with the count since the last line.
+ *
+ * The input buffer is consumed in O(bytes): finished requests advance a
+ * window over the buffer; what remains is moved to the front only when it
+ * is no more than what was consumed since the last move, or when a request
+ * needs more room than the tail has left (then that request is read whole
+ * before anything moves again). Bytes moved stay under twice the bytes
+ * received.
  *
  * A request's life: the handler gets a struct http_req and must finish it
  * exactly once with one of the http_reply*() functions, either before it
@@ -56,6 +90,7 @@
 #define MBOX_HTTP_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,6 +110,8 @@ enum http_method {
     HTTP_PATCH = 1 << 3,
     HTTP_DELETE = 1 << 4,
     HTTP_HEAD = 1 << 5,
+    HTTP_OPTIONS = 1 << 6, /* answered by the server itself (CORS preflight, or 405);
+                            * no route takes it */
 };
 
 typedef void (*http_handler_fn)(struct http_req *req, void *ctx);
@@ -85,13 +122,28 @@ struct http_route {
     http_handler_fn fn;
 };
 
+/*
+ * A connection cap shared by the servers of one listening port (one per
+ * worker thread). max <= 0 means no cap. open is maintained by the
+ * servers; initialise it to 0.
+ */
+struct http_gate {
+    atomic_long open;
+    long max;
+};
+
 struct http_limits {
-    size_t max_body;    /* bytes; larger bodies get 413 */
-    size_t max_headers; /* bytes of the request head (request line and
-                         * header fields); larger get 431 */
-    int timeout_s;      /* idle/read/write timeout of a connection (1..86400);
-                         * also how long a pending handler is waited for
-                         * (see "Client gone") */
+    size_t max_body;        /* bytes; larger bodies get 413 */
+    size_t max_headers;     /* bytes of the request head (request line and
+                             * header fields); larger get 431 */
+    int timeout_s;          /* idle/read/write timeout of a connection (1..86400);
+                             * also how long a pending handler is waited for
+                             * (see "Client gone") */
+    int head_timeout_s;     /* a request head must be complete this long after
+                             * its first byte (0: timeout_s) */
+    size_t min_body_rate;   /* bytes/s a body must keep up after a grace of
+                             * head_timeout_s (0: no minimum) */
+    struct http_gate *gate; /* shared connection cap, or NULL */
 };
 
 /*
@@ -119,6 +171,46 @@ struct http_server *http_server_new(struct event_base *base, int fd, const char 
                                     struct metrics *metrics, char *err, size_t errlen);
 
 /*
+ * The precheck of a server: called when the head of a request that carries
+ * a body is complete and its route is known, before the body is read.
+ * bearer is the token of "Authorization: Bearer <token>" (NULL when absent,
+ * malformed or longer than 4 KiB). Returns NULL to read the body, or the
+ * message of a 401 that refuses the request (a static string); the
+ * connection is then closed and the body never buffered.
+ */
+typedef const char *(*http_precheck_fn)(const struct http_route *route, const char *bearer,
+                                        void *ctx);
+
+void http_server_set_precheck(struct http_server *s, http_precheck_fn fn);
+
+/*
+ * Cross-origin requests (CORS) from browsers. When a server has a policy,
+ * a request whose Origin is allowed gets Access-Control-Allow-Origin (the
+ * origin itself, or "*" when any is allowed), Vary: Origin and
+ * Access-Control-Expose-Headers on every reply, errors included. A
+ * preflight (OPTIONS with Access-Control-Request-Method, from an allowed
+ * origin, for a path that has routes) is answered 204 by the server with
+ * Access-Control-Allow-Methods (the path's methods), -Allow-Headers and
+ * -Max-Age. Other origins get none of these headers, and OPTIONS otherwise
+ * gets 405 (404 for an unknown path). The policy must outlive the server.
+ */
+struct http_cors {
+    const char *const *origins; /* exact "scheme://host[:port]" strings */
+    size_t norigins;
+    bool any;                  /* every origin ("*") */
+    const char *allow_headers; /* e.g. "Authorization, Content-Type" */
+    int max_age_s;
+};
+
+void http_server_set_cors(struct http_server *s, const struct http_cors *cors);
+
+/* Bytes the server has moved inside connection input buffers since it
+ * started (consuming pipelined requests, making room). For tests: it stays
+ * within about twice the bytes received, whatever the pattern of requests
+ * (see "The input buffer is consumed in O(bytes)" above). */
+uint64_t http_server_bytes_moved(const struct http_server *s);
+
+/*
  * Stops accepting, closes every connection (and the listening socket) and
  * frees the server. Requests still pending are dropped: their http_req
  * stays valid until the handler replies, and that reply only frees it.
@@ -128,7 +220,7 @@ void http_server_free(struct http_server *s);
 /* ---- request accessors (valid until the reply) ---- */
 
 enum http_method http_req_method(const struct http_req *r);
-const char *http_req_path(const struct http_req *r); /* decoded path, no query */
+const char *http_req_path(const struct http_req *r); /* raw path as sent, no query */
 const char *http_req_id(const struct http_req *r);
 struct event_base *http_req_base(const struct http_req *r);
 
@@ -189,7 +281,7 @@ void http_reply_error(struct http_req *r, int status, const char *code, const ch
 /* The standard error code for a status: 400 "invalid_argument", 401
  * "unauthenticated", 403 "permission_denied", 404 "not_found", 405
  * "method_not_allowed", 409 "conflict", 412 "failed_precondition", 413
- * "too_large", 429 "rate_limited", 431 "too_large", 501 and 505
+ * "too_large", 408 "timeout", 429 "rate_limited", 431 "too_large", 501 and 505
  * "not_implemented", 503 "unavailable", else "internal". */
 const char *http_status_code_name(int status);
 

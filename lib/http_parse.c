@@ -71,8 +71,9 @@ method_bit(const char *s, size_t len)
         const char *name;
         unsigned bit;
     } known[] = {
-        {"GET", HTTP_PARSE_GET},     {"POST", HTTP_PARSE_POST},     {"PUT", HTTP_PARSE_PUT},
-        {"PATCH", HTTP_PARSE_PATCH}, {"DELETE", HTTP_PARSE_DELETE}, {"HEAD", HTTP_PARSE_HEAD},
+        {"GET", HTTP_PARSE_GET},         {"POST", HTTP_PARSE_POST},     {"PUT", HTTP_PARSE_PUT},
+        {"PATCH", HTTP_PARSE_PATCH},     {"DELETE", HTTP_PARSE_DELETE}, {"HEAD", HTTP_PARSE_HEAD},
+        {"OPTIONS", HTTP_PARSE_OPTIONS},
     };
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
         if (strlen(known[i].name) == len && memcmp(known[i].name, s, len) == 0)
@@ -352,6 +353,7 @@ http_chunked_decode(struct http_chunked *st, unsigned char *buf, size_t *len, si
     size_t r = st->decoded; /* read position */
     size_t n = *len;
     int rc = 0;
+    bool was_done = st->state == CH_DONE;
     while (rc == 0 && st->state != CH_DONE) {
         const char *p = (const char *)buf + r, *e = (const char *)buf + n;
         if (st->state == CH_DATA) {
@@ -360,7 +362,10 @@ http_chunked_decode(struct http_chunked *st, unsigned char *buf, size_t *len, si
                 break;
             if (take > st->left)
                 take = (size_t)st->left;
-            memmove(buf + w, buf + r, take);
+            if (r != w) {
+                memmove(buf + w, buf + r, take);
+                st->moved += take;
+            }
             w += take;
             r += take;
             st->left -= take;
@@ -443,9 +448,15 @@ http_chunked_decode(struct http_chunked *st, unsigned char *buf, size_t *len, si
         if (rc == 0)
             r += llen;
     }
-    /* Compact: decoded body, then the raw bytes not consumed. */
-    if (r > w) {
+    if (st->state == CH_DONE) {
+        /* What follows the message stays put (a pipelined request). */
+        if (!was_done)
+            st->end = r;
+    } else if (r > w) {
+        /* Compact: decoded body, then the raw bytes not consumed (a part
+         * of a chunk-size or trailer line at most). */
         memmove(buf + w, buf + r, n - r);
+        st->moved += n - r;
         n -= r - w;
     }
     st->decoded = w;

@@ -37,6 +37,7 @@ enum http_parse_method {
     HTTP_PARSE_PATCH = 1 << 3,
     HTTP_PARSE_DELETE = 1 << 4,
     HTTP_PARSE_HEAD = 1 << 5,
+    HTTP_PARSE_OPTIONS = 1 << 6,
 };
 
 /* Pointers into the parsed buffer; values are without surrounding spaces. */
@@ -105,8 +106,11 @@ const struct http_field *http_head_field(const struct http_head *h, const char *
  * *st is zeroed before the first call of each body.
  *
  * Returns 1 when the body is complete (the last chunk and the trailer
- * section are consumed; buf[st->decoded, *len) are the bytes after the
- * message), 0 when more bytes are needed, -400 on malformed framing (also a
+ * section are consumed): the body is buf[0, st->decoded), buf[st->decoded,
+ * st->end) is framing to skip, and the bytes after the message,
+ * buf[st->end, *len), are left where they were (*len unchanged), so that
+ * requests pipelined behind a chunked one are never moved. Returns 0 when
+ * more bytes are needed, -400 on malformed framing (also a
  * chunk-size line or trailer section longer than 4096 bytes), -413 when the
  * body would exceed max_body. Trailer fields are checked and dropped.
  */
@@ -115,6 +119,8 @@ struct http_chunked {
     uint64_t left; /* bytes of the current chunk still to come */
     size_t decoded;
     size_t trailer_bytes;
+    size_t end;   /* once complete: where the message's raw bytes end in buf */
+    size_t moved; /* bytes moved so far (chunk data over framing, line tails) */
 };
 
 int http_chunked_decode(struct http_chunked *st, unsigned char *buf, size_t *len, size_t max_body);

@@ -190,6 +190,11 @@ decode_run(const uint8_t *body, size_t n, size_t max_body, int mode, struct run 
             break;
     }
     if (rc == 1) {
+        /* What follows the message was left in place at st.end (never
+         * moved): bring it next to the body, where the checks look. */
+        check(st.decoded <= st.end && st.end <= len);
+        memmove(r->buf + st.decoded, r->buf + st.end, len - st.end);
+        len -= st.end - st.decoded;
         memcpy(r->buf + len, body + have, n - have);
         len += n - have;
     }

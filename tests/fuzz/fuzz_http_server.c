@@ -11,8 +11,11 @@
  * it within a bounded number of loop turns; everything it sent is a
  * sequence of well-formed responses ("HTTP/1.1 <3 digits> ", a head ending
  * in an empty line, exactly Content-Length body bytes); handlers see a
- * NUL-terminated body; no connection is left behind (ASan's leak check
- * runs at exit).
+ * NUL-terminated body; the bytes the server moved inside its buffers never
+ * exceed the bytes it was sent (consumption is linear); no connection is
+ * left behind (ASan's leak check runs at exit). A precheck refuses bodies
+ * sent with "Authorization: Bearer deny", and a connection cap is set, so
+ * those paths run too.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -36,6 +39,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static struct event_base *g_base;
 static struct http_server *g_server;
 static int g_port;
+static struct http_gate g_gate = {.max = 4};
+static uint64_t g_bytes_sent; /* over the whole run */
+
+static const char *
+precheck(const struct http_route *route, const char *bearer, void *ctx)
+{
+    (void)route;
+    (void)ctx;
+    return bearer != NULL && strcmp(bearer, "deny") == 0 ? "denied" : NULL;
+}
 
 static void
 h_echo(struct http_req *r, void *ctx)
@@ -97,11 +110,17 @@ setup(void)
     if (g_base == NULL || fd < 0)
         abort();
     g_port = http_bound_port(fd);
-    struct http_limits limits = {.max_body = 2048, .max_headers = 1024, .timeout_s = 5};
+    struct http_limits limits = {.max_body = 2048,
+                                 .max_headers = 1024,
+                                 .timeout_s = 5,
+                                 .head_timeout_s = 2,
+                                 .min_body_rate = 64,
+                                 .gate = &g_gate};
     g_server = http_server_new(g_base, fd, "fuzz", routes, sizeof(routes) / sizeof(routes[0]),
                                &limits, NULL, NULL, err, sizeof(err));
     if (g_server == NULL)
         abort();
+    http_server_set_precheck(g_server, precheck);
 }
 
 /* Checks that out[0, len) is a sequence of complete, well-formed responses
@@ -160,9 +179,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (sent < size) {
             size_t n = size - sent < piece ? size - sent : piece;
             ssize_t w = send(c, data + sent, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (w > 0)
+            if (w > 0) {
                 sent += (size_t)w;
-            else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+                g_bytes_sent += (uint64_t)w;
+            } else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
                 sent = size; /* the server closed: stop sending */
         } else if (!shut) {
             shutdown(c, SHUT_WR);
@@ -191,5 +211,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Let the server see the close and free the connection. */
     for (int i = 0; i < 4; i++)
         event_base_loop(g_base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    /* Linear consumption (http.h): at most twice what was received, plus
+     * the one move of a shrinking buffer per connection. */
+    static uint64_t inputs;
+    inputs++;
+    if (http_server_bytes_moved(g_server) > 2 * g_bytes_sent + 4096 * inputs)
+        abort();
     return 0;
 }
