@@ -11,11 +11,14 @@
 
 #include <string.h>
 
-#define CURSOR_VERSION  1
-#define CURSOR_BIN_LEN  25          /* version(1) epoch(4) p(8) g(8) check(4) */
-#define CURSOR_B64_LEN  34          /* b64url_encoded_len(CURSOR_BIN_LEN) */
-#define CURSOR_CHECKED  21          /* bytes covered by the check value */
-#define CRC32C_POLY_REV 0x82f63b78u /* Castagnoli, bit-reversed */
+/* Version 1: version(1) epoch(4) p(8) g(8) check(4). */
+#define CURSOR_V1_BIN 25
+#define CURSOR_V1_B64 34 /* b64url_encoded_len(CURSOR_V1_BIN) */
+/* Version 2: version 1's first 21 bytes, flags(1) core_level(8) platform_hash(4), check(4). */
+#define CURSOR_V2_BIN     38
+#define CURSOR_V2_B64     51 /* b64url_encoded_len(CURSOR_V2_BIN) */
+#define CURSOR_FLAG_GUEST 0x01u
+#define CRC32C_POLY_REV   0x82f63b78u /* Castagnoli, bit-reversed */
 
 /*
  * CRC-32C table: entry i is the CRC register after shifting in the byte i
@@ -91,44 +94,72 @@ get_be(const uint8_t *p, int n)
     return v;
 }
 
+bool
+cursor_attrs_equal(const struct cursor_attrs *x, const struct cursor_attrs *y)
+{
+    return x->core_level == y->core_level && x->platform_hash == y->platform_hash &&
+           x->guest == y->guest;
+}
+
 void
 cursor_encode(const struct cursor *c, char out[CURSOR_STR_LEN])
 {
-    uint8_t bin[CURSOR_BIN_LEN];
-    bin[0] = CURSOR_VERSION;
+    uint8_t bin[CURSOR_V2_BIN];
+    size_t len = c->has_attrs ? CURSOR_V2_BIN : CURSOR_V1_BIN;
+    bin[0] = c->has_attrs ? 2 : 1;
     put_be(bin + 1, c->epoch, 4);
     put_be(bin + 5, c->p, 8);
     put_be(bin + 13, c->g, 8);
-    put_be(bin + 21, cursor_crc32c(bin, CURSOR_CHECKED), 4);
-    size_t n = b64url_encode(bin, sizeof(bin), out, CURSOR_STR_LEN);
-    (void)n; /* 34 characters always fit in CURSOR_STR_LEN */
+    if (c->has_attrs) {
+        bin[21] = c->a.guest ? CURSOR_FLAG_GUEST : 0;
+        put_be(bin + 22, c->a.core_level, 8);
+        put_be(bin + 30, c->a.platform_hash, 4);
+    }
+    put_be(bin + len - 4, cursor_crc32c(bin, len - 4), 4);
+    size_t n = b64url_encode(bin, len, out, CURSOR_STR_LEN);
+    (void)n; /* 51 characters always fit in CURSOR_STR_LEN */
 }
 
 enum cursor_status
 cursor_decode(const char *s, uint32_t current_epoch, struct cursor *out)
 {
     if (s == NULL || s[0] == '\0') {
+        memset(out, 0, sizeof(*out));
         out->epoch = current_epoch;
-        out->p = 0;
-        out->g = 0;
         return CURSOR_OK;
     }
     size_t len = strnlen(s, CURSOR_MAX_LEN + 1);
-    if (len != CURSOR_B64_LEN)
+    size_t want;
+    if (len == CURSOR_V1_B64)
+        want = CURSOR_V1_BIN;
+    else if (len == CURSOR_V2_B64)
+        want = CURSOR_V2_BIN;
+    else
         return CURSOR_INVALID;
 
-    uint8_t bin[CURSOR_BIN_LEN];
+    uint8_t bin[CURSOR_V2_BIN];
     size_t n = 0;
-    if (!b64url_decode(s, len, bin, sizeof(bin), &n) || n != sizeof(bin))
+    if (!b64url_decode(s, len, bin, sizeof(bin), &n) || n != want)
         return CURSOR_INVALID;
-    if (bin[0] != CURSOR_VERSION)
+    /* The length decides the version: a version byte of the other length is corruption. */
+    if (bin[0] != (want == CURSOR_V2_BIN ? 2 : 1))
         return CURSOR_INVALID;
-    if ((uint32_t)get_be(bin + 21, 4) != cursor_crc32c(bin, CURSOR_CHECKED))
+    if ((uint32_t)get_be(bin + want - 4, 4) != cursor_crc32c(bin, want - 4))
         return CURSOR_INVALID;
+    bool v2 = want == CURSOR_V2_BIN;
+    if (v2 && (bin[21] & ~CURSOR_FLAG_GUEST) != 0)
+        return CURSOR_INVALID; /* unknown flags: one spelling per value */
 
     /* The stored epoch is returned as is: the sync handler decides on reset. */
+    memset(out, 0, sizeof(*out));
     out->epoch = (uint32_t)get_be(bin + 1, 4);
     out->p = get_be(bin + 5, 8);
     out->g = get_be(bin + 13, 8);
+    if (v2) {
+        out->has_attrs = true;
+        out->a.guest = (bin[21] & CURSOR_FLAG_GUEST) != 0;
+        out->a.core_level = get_be(bin + 22, 8);
+        out->a.platform_hash = (uint32_t)get_be(bin + 30, 4);
+    }
     return CURSOR_OK;
 }

@@ -56,6 +56,15 @@ mc_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Wall clock in unix µs (token expiries are wall-clock times). */
+static int64_t
+mc_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static uint32_t
 mc_random_u32(void)
 {
@@ -505,6 +514,8 @@ struct mbox_client {
     struct event *reap_ev;
     struct event *retry_ev;
     struct event *ping_ev;
+    struct event *refresh_ev;   /* token refresh before the session's expiry */
+    int64_t session_expires_us; /* from the last login_ack / refresh_ack, 0: unknown */
     struct ws_parser ws;
     char ws_accept[WS_ACCEPT_LEN + 1]; /* expected Sec-WebSocket-Accept */
     uint32_t heartbeat_s;
@@ -572,6 +583,7 @@ mc_disconnect(struct mbox_client *c, const char *reason)
         event_active(c->reap_ev, EV_TIMEOUT, 0);
     }
     evtimer_del(c->ping_ev);
+    evtimer_del(c->refresh_ev);
     log_info("mbox_client_disconnect", "state=%s reason=%s", mc_state_names[was],
              log_q(q, sizeof(q), reason));
     if (c->kicked && !c->cfg.reconnect_after_kick) {
@@ -760,6 +772,128 @@ mc_check_101(const struct mbox_client *c, const char *buf, size_t len, int *stat
     return NULL;
 }
 
+/* A token from the config or token_cb: non-empty, one line, at most MBOX_TOKEN_MAX bytes. */
+static bool
+mc_token_ok(const char *t)
+{
+    return t != NULL && *t != '\0' && strnlen(t, MBOX_TOKEN_MAX + 1) <= MBOX_TOKEN_MAX &&
+           strpbrk(t, "\r\n") == NULL;
+}
+
+/* Asks token_cb for a new token and makes it current (login, refresh, sync); false when none. */
+static bool
+mc_new_token(struct mbox_client *c, const char *why)
+{
+    if (c->cfg.token_cb == NULL)
+        return false;
+    char *buf = calloc(1, MBOX_TOKEN_MAX + 1);
+    if (buf == NULL)
+        return false;
+    bool ok = c->cfg.token_cb(buf, MBOX_TOKEN_MAX + 1, c->cfg.arg);
+    buf[MBOX_TOKEN_MAX] = '\0';
+    if (!ok || !mc_token_ok(buf)) {
+        log_warn("mbox_client_token_cb_failed", "why=%s returned=%d", why, (int)ok);
+        free(buf);
+        return false;
+    }
+    if (strcmp(buf, c->cfg.token) == 0) {
+        /* Nothing new (a token file not yet rewritten): do not refresh in a loop. */
+        log_info("mbox_client_token_unchanged", "why=%s", why);
+        free(buf);
+        return false;
+    }
+    for (size_t i = 0; i < sizeof(c->strs) / sizeof(c->strs[0]); i++) {
+        if (c->strs[i] == c->cfg.token) {
+            free(c->strs[i]);
+            c->strs[i] = buf;
+            break;
+        }
+    }
+    c->cfg.token = buf;
+    log_info("mbox_client_token_renewed", "why=%s", why);
+    return true;
+}
+
+uint32_t
+mbox_refresh_delay_ms(int64_t now_us, int64_t expires_at_us)
+{
+    if (expires_at_us <= now_us)
+        return 0;
+    int64_t left_ms = (expires_at_us - now_us) / 1000;
+    int64_t margin = left_ms / 5;
+    if (margin > 60000)
+        margin = 60000;
+    int64_t d = left_ms - margin;
+    return d > INT32_MAX ? (uint32_t)INT32_MAX : (uint32_t)d;
+}
+
+bool
+mbox_token_load(const char *path, char *out, size_t outlen)
+{
+    if (outlen == 0)
+        return false;
+    out[0] = '\0';
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return false;
+    char buf[MBOX_TOKEN_MAX + 64];
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    bool whole = feof(f) && !ferror(f);
+    fclose(f);
+    if (!whole)
+        return false; /* too long (or unreadable): never a truncated token */
+    while (n > 0 &&
+           (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+        n--;
+    if (n == 0 || n > MBOX_TOKEN_MAX || n >= outlen || memchr(buf, '\0', n) != NULL)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)buf[i] <= ' ' || buf[i] == 0x7f)
+            return false; /* one token: no inner spaces or line breaks */
+    }
+    memcpy(out, buf, n);
+    out[n] = '\0';
+    return true;
+}
+
+/* Schedules the token refresh from an ack's expires_at (absent: the server does not expire). */
+static void
+mc_schedule_refresh(struct mbox_client *c, const json_t *ack)
+{
+    const char *s = json_string_value(json_object_get(ack, "expires_at"));
+    if (c->cfg.token_cb == NULL || s == NULL)
+        return;
+    char *end;
+    errno = 0;
+    unsigned long long at = strtoull(s, &end, 10);
+    if (errno != 0 || *end != '\0' || end == s || at > INT64_MAX)
+        return;
+    c->session_expires_us = (int64_t)at;
+    struct timeval tv = mc_tv(mbox_refresh_delay_ms(mc_now_us(), (int64_t)at));
+    evtimer_add(c->refresh_ev, &tv);
+}
+
+/* The refresh timer: a new token from token_cb goes to lcsd in a refresh frame. */
+static void
+mc_refresh(evutil_socket_t fd, short what, void *arg)
+{
+    struct mbox_client *c = arg;
+    if (c->state != MC_ONLINE)
+        return;
+    if (!mc_new_token(c, "refresh")) {
+        /* None yet (a renewer may be late): ask again halfway to the expiry, a few times;
+         * past that the server closes with 4401 and we ask once more before reconnecting. */
+        int64_t left_ms = (c->session_expires_us - mc_now_us()) / 1000;
+        if (left_ms >= 400) {
+            struct timeval tv = mc_tv((uint32_t)(left_ms / 2));
+            evtimer_add(c->refresh_ev, &tv);
+        }
+        return;
+    }
+    if (!mc_send_json(c, json_pack("{s:s, s:s}", "type", "refresh", "token", c->cfg.token)))
+        mc_fail(c, WS_CLOSE_INTERNAL, "refresh_send_failed");
+}
+
 static void
 mc_send_login(struct mbox_client *c)
 {
@@ -797,6 +931,8 @@ mc_on_frame(struct mbox_client *c, json_t *f)
             const char *why = json_string_value(json_object_get(f, "reason"));
             log_warn("mbox_client_login_rejected", "reason=%s",
                      log_q(q, sizeof(q), why ? why : ""));
+            if (why != NULL && strcmp(why, "expired") == 0)
+                (void)mc_new_token(c, "login_expired"); /* the reconnect logs in with it */
             mc_fail(c, WS_CLOSE_NORMAL, "login_rejected");
             return;
         }
@@ -811,7 +947,19 @@ mc_on_frame(struct mbox_client *c, json_t *f)
         log_info("mbox_client_online", "heartbeat_s=%" PRIu32 " connects=%" PRIu64, c->heartbeat_s,
                  c->connects);
         mc_set_state(c, MC_ONLINE);
+        mc_schedule_refresh(c, f);
         mbox_client_sync(c, false);
+        return;
+    }
+    if (strcmp(type, "refresh_ack") == 0) {
+        if (json_is_true(json_object_get(f, "ok"))) {
+            mc_schedule_refresh(c, f);
+        } else {
+            /* The old token still holds until its expiry; the 4401 close asks again. */
+            const char *why = json_string_value(json_object_get(f, "reason"));
+            log_warn("mbox_client_refresh_rejected", "reason=%s",
+                     log_q(q, sizeof(q), why ? why : ""));
+        }
         return;
     }
     if (strcmp(type, "pong") == 0)
@@ -891,6 +1039,8 @@ mc_read_frames(struct mbox_client *c)
         } else if (f.opcode == WS_OP_CLOSE) {
             char why[64];
             snprintf(why, sizeof(why), "server_close code=%u", (unsigned)f.close_code);
+            if (f.close_code == WS_CLOSE_TOKEN_EXPIRED)
+                (void)mc_new_token(c, "expired_close"); /* the reconnect logs in with it */
             uint8_t payload[125];
             size_t n = ws_close_payload(
                 payload, f.close_code == WS_CLOSE_NO_STATUS ? 0 : f.close_code, NULL);
@@ -1238,9 +1388,8 @@ mbox_client_new(struct event_base *base, const struct mbox_client_config *cfg, c
         snprintf(err, errlen, "the SDK host and port are required");
         return NULL;
     }
-    if (cfg->token == NULL || *cfg->token == '\0' || strlen(cfg->token) > 4096 ||
-        strpbrk(cfg->token, "\r\n") != NULL) {
-        snprintf(err, errlen, "a token (at most 4096 bytes, one line) is required");
+    if (!mc_token_ok(cfg->token)) {
+        snprintf(err, errlen, "a token (at most %d bytes, one line) is required", MBOX_TOKEN_MAX);
         return NULL;
     }
     if (cfg->ws_host && (cfg->ws_port <= 0 || cfg->ws_port > 65535 || cfg->device_id == NULL ||
@@ -1300,10 +1449,12 @@ mbox_client_new(struct event_base *base, const struct mbox_client_config *cfg, c
     c->reap_ev = evtimer_new(base, mc_reap, c);
     c->retry_ev = evtimer_new(base, mc_retry, c);
     c->ping_ev = event_new(base, -1, EV_PERSIST, mc_ping, c);
+    c->refresh_ev = evtimer_new(base, mc_refresh, c);
     c->sync_retry_ev = evtimer_new(base, mc_sync_retry, c);
     c->http = evhttp_connection_base_new(base, NULL, c->cfg.sdk_host, (uint16_t)c->cfg.sdk_port);
     if (oom || c->dedupe == NULL || c->reap_ev == NULL || c->retry_ev == NULL ||
-        c->ping_ev == NULL || c->sync_retry_ev == NULL || c->http == NULL) {
+        c->ping_ev == NULL || c->refresh_ev == NULL || c->sync_retry_ev == NULL ||
+        c->http == NULL) {
         snprintf(err, errlen, "out of memory");
         mbox_client_free(c);
         return NULL;
@@ -1366,6 +1517,8 @@ mbox_client_free(struct mbox_client *c)
         event_free(c->retry_ev);
     if (c->ping_ev)
         event_free(c->ping_ev);
+    if (c->refresh_ev)
+        event_free(c->refresh_ev);
     if (c->sync_retry_ev)
         event_free(c->sync_retry_ev);
     mbox_dedupe_free(c->dedupe);

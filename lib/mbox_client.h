@@ -17,7 +17,12 @@
  *     reset answer drops the cursor and the dedupe set and starts over;
  *   - the cursor persisted in a file (temp file + rename) after each page;
  *   - items de-duplicated by (kind, msg_id|notice_id, version) in a bounded
- *     in-memory set before they reach the caller.
+ *     in-memory set before they reach the caller;
+ *   - with a token_cb, the session outlives its token: the client asks the
+ *     callback for a new token shortly before the expiry lcsd announced
+ *     (login_ack / refresh_ack expires_at) and sends it in a refresh frame;
+ *     after a 4401 close (expired) or a login refused as expired it asks
+ *     again and reconnects with the new token. Syncs use the newest token.
  *
  * The pure pieces (URL parsing, backoff, dedupe set, cursor file) are
  * exported for unit tests. Everything belongs to the thread of its
@@ -133,6 +138,26 @@ enum mbox_cursor_file mbox_cursor_load(const char *path, char *out, size_t outle
 bool mbox_cursor_save(const char *path, const char *cursor, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* ---- token refresh --------------------------------------------------------- */
+
+#define MBOX_TOKEN_MAX 4096 /* longest token accepted from the config or token_cb */
+
+/*
+ * Milliseconds from now_us until a session whose token expires at
+ * expires_at_us should be refreshed: a fifth of the time left before the
+ * expiry, but at most 60 s before it (0 when already due).
+ */
+uint32_t mbox_refresh_delay_ms(int64_t now_us, int64_t expires_at_us);
+
+/*
+ * Reads a token file (the `mbox --token-file` option): one token on the
+ * first line, trailing spaces and line ends dropped, nothing after it but
+ * blank space. out needs MBOX_TOKEN_MAX + 1 bytes. false (out "") when the
+ * file is missing, empty, longer than MBOX_TOKEN_MAX or not one line.
+ */
+bool mbox_token_load(const char *path, char *out, size_t outlen)
+    __attribute__((warn_unused_result));
+
 /* ---- the client ---------------------------------------------------------- */
 
 struct mbox_client_config {
@@ -168,6 +193,16 @@ struct mbox_client_config {
     void (*on_kick)(const char *reason, void *arg);
     /* A sync round ended: every page fetched (ok) or a failure (retry scheduled unless oneshot). */
     void (*on_sync_done)(bool ok, void *arg);
+    /*
+     * Optional: writes a new token for the same app and uid into out
+     * (outlen = MBOX_TOKEN_MAX + 1, NUL-terminated) and returns true, or
+     * returns false when it has none. Called before the session's token
+     * expires and after the server closed it as expired (see above); it
+     * runs on the loop, so it must not block for long. Without it the
+     * session ends at the token's expiry (close 4401) and reconnecting
+     * with the old token fails.
+     */
+    bool (*token_cb)(char *out, size_t outlen, void *arg);
     void *arg;
 };
 

@@ -587,7 +587,10 @@ write_message(struct pbjson_buf *b, const ProtobufCMessage *msg)
     buf_putc(b, '{');
     for (unsigned i = 0; i < desc->n_fields && !b->oom; i++) {
         const ProtobufCFieldDescriptor *f = &desc->fields[i];
-        if (!field_is_set(msg, f))
+        /* A repeated field is always written, [] when empty: clients index
+         * a reply's lists without checking for the key. Every other field
+         * is written only when set. */
+        if (f->label != PROTOBUF_C_LABEL_REPEATED && !field_is_set(msg, f))
             continue;
         if (!first)
             buf_putc(b, ',');

@@ -7,7 +7,8 @@
  *
  *   - JSON names are the proto field names.
  *   - Optional scalars are written only when their has_ flag is set;
- *     repeated fields only when non-empty; strings and messages when non-NULL.
+ *     strings and messages when non-NULL; repeated fields always ([] when
+ *     empty: a reply's lists are always present).
  *   - int64/uint64 (and fixed/sint variants) are written as JSON strings,
  *     accepted as strings of decimal digits or as JSON integers.
  *   - uint64 fields whose name ends in "_at" or "_time" also accept an

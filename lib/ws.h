@@ -179,6 +179,10 @@ enum ws_close_code {
     WS_CLOSE_INTERNAL = 1011,
     WS_CLOSE_SERVICE_RESTART = 1012,
     WS_CLOSE_TRY_AGAIN_LATER = 1013,
+    /* Application codes of lcsd's protocol (4000-4999, docs/api.md 7.5). */
+    WS_CLOSE_TOKEN_EXPIRED = 4401,     /* the session's token expired without a refresh */
+    WS_CLOSE_REFRESH_FORBIDDEN = 4403, /* a refresh token names another app or uid */
+    WS_CLOSE_TOO_MANY_SESSIONS = 4429, /* kicked: the user has per_user_sessions newer ones */
 };
 
 #define WS_FRAME_HEADER_MAX   14   /* 2 + 8 (64-bit length) + 4 (mask) */

@@ -26,6 +26,7 @@ struct opts {
     char *ws_url;
     char *sdk_url;
     char *token;
+    char *token_file;
     char *device;
     char *cursor_file;
     char *platform;
@@ -53,6 +54,9 @@ static const struct opt_def opt_table[] = {
      "logicd SDK listener, http://host:port"},
     {"token", "T", "MBOX_TOKEN", NULL, offsetof(struct opts, token),
      "user token (POST /v1/tokens)"},
+    {"token-file", "F", "MBOX_TOKEN_FILE", NULL, offsetof(struct opts, token_file),
+     "read the token from F instead, and again when the session needs a new one "
+     "(before it expires): whoever renews the token rewrites F"},
     {"device", "D", "MBOX_DEVICE", "mbox-cli", offsetof(struct opts, device),
      "device id sent at login; a second login of the same device kicks the first"},
     {"cursor-file", "F", NULL, NULL, offsetof(struct opts, cursor_file),
@@ -75,8 +79,9 @@ static const struct opt_def opt_table[] = {
 static void
 usage(FILE *f)
 {
-    fprintf(f, "usage: mbox watch --ws URL --sdk URL --token T [--device D] [options]\n"
-               "       mbox sync --sdk URL --token T [--cursor-file F] [options]\n"
+    fprintf(f, "usage: mbox watch --ws URL --sdk URL --token T|--token-file F [--device D] "
+               "[options]\n"
+               "       mbox sync --sdk URL --token T|--token-file F [--cursor-file F] [options]\n"
                "       mbox --help\n\n"
                "watch  stay connected to lcsd; print each new item as a JSON line on stdout\n"
                "sync   pull once, print the items, exit\n\n"
@@ -150,7 +155,16 @@ struct app {
     struct mbox_client *client;
     int status;
     unsigned long printed;
+    const char *token_file;
 };
+
+/* token_cb: the token file's current content (mbox_client ignores it when unchanged). */
+static bool
+on_token(char *out, size_t outlen, void *arg)
+{
+    struct app *a = arg;
+    return a->token_file != NULL && mbox_token_load(a->token_file, out, outlen);
+}
 
 static void
 on_item(const char *kind, const json_t *item, void *arg)
@@ -251,8 +265,17 @@ main(int argc, char **argv)
             return 1;
         }
     }
+    static char file_token[MBOX_TOKEN_MAX + 1];
+    if (o.token_file != NULL) {
+        if (!mbox_token_load(o.token_file, file_token, sizeof(file_token))) {
+            fprintf(stderr, "mbox: --token-file '%s': no token (one line of at most %d bytes)\n",
+                    o.token_file, MBOX_TOKEN_MAX);
+            return 1;
+        }
+        o.token = file_token;
+    }
     if (o.token == NULL || *o.token == '\0') {
-        fprintf(stderr, "mbox: --token (or MBOX_TOKEN) is required\n");
+        fprintf(stderr, "mbox: --token (or MBOX_TOKEN, or --token-file) is required\n");
         return 1;
     }
     char *end;
@@ -263,7 +286,7 @@ main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
-    struct app a = {.status = 0};
+    struct app a = {.status = 0, .token_file = o.token_file};
     a.base = event_base_new();
     if (a.base == NULL) {
         fprintf(stderr, "mbox: cannot create the event loop\n");
@@ -288,6 +311,7 @@ main(int argc, char **argv)
         .on_state = on_state,
         .on_kick = on_kick,
         .on_sync_done = watch ? NULL : on_sync_done_oneshot,
+        .token_cb = o.token_file != NULL ? on_token : NULL,
         .arg = &a,
     };
     a.client = mbox_client_new(a.base, &cfg, err, sizeof(err));

@@ -28,8 +28,10 @@
  * connection lazily when its old slot comes up, so a busy connection costs
  * nothing per frame.
  *
- * Memory per connection (LP64, glibc): sizeof(struct conn) is 288 bytes
- * (128 of them the struct event), reported as the gauge
+ * Memory per connection (LP64, glibc): sizeof(struct conn) is 328 bytes
+ * (128 of them the struct event; 40 hold the login's platform, core level,
+ * guest flag and token expiry, for paced targeting and the expiry close),
+ * reported as the gauge
  * lcs_conn_struct_bytes. An idle logged-in connection also holds its
  * device_id string (malloc'd, typically 32-48 bytes with malloc's header)
  * and two hash-bucket pointers (16 bytes amortized): about 350 bytes of
@@ -54,6 +56,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -91,8 +94,12 @@ struct conn_registry {
     struct conn *reap; /* DEAD connections, linked through wheel_next */
     struct event *reap_ev;
     uint64_t next_id;
-    bool all_closed; /* lcs_all_closed() was called */
+    bool all_closed;       /* lcs_all_closed() was called */
+    int64_t full_log_ms;   /* when "connection limit reached" was last logged */
+    uint64_t full_refused; /* connections refused at the limit since that log */
 };
+
+#define FULL_LOG_INTERVAL_MS 10000 /* the limit is logged at most this often, not per accept */
 
 static void conn_cb(struct conn *c, enum conn_event ev);
 static void conn_ev_cb(evutil_socket_t fd, short what, void *arg);
@@ -140,13 +147,15 @@ mix64(uint64_t x)
     return x;
 }
 
+/*
+ * The session table is keyed by (app, uid) only: every device of a user is
+ * in one chain, so the per-user session count and the oldest session are
+ * one walk (the per_user_sessions cap bounds its length).
+ */
 static uint64_t
-sess_hash(uint64_t app, uint64_t uid, const char *device)
+sess_hash(uint64_t app, uint64_t uid)
 {
-    uint64_t h = mix64(app * 31 + mix64(uid));
-    for (const char *p = device; *p; p++)
-        h = (h ^ (unsigned char)*p) * UINT64_C(0x100000001b3);
-    return mix64(h);
+    return mix64(app * 31 + mix64(uid));
 }
 
 /* Doubles a table when it holds more entries than buckets; keeps it on failure. */
@@ -163,7 +172,7 @@ table_grow(struct conn ***tab, size_t *mask, size_t n, bool by_id)
         struct conn *c = (*tab)[i];
         while (c != NULL) {
             struct conn *next = by_id ? c->id_next : c->sess_next;
-            uint64_t h = by_id ? mix64(c->id) : sess_hash(c->app_id, c->uid, c->device);
+            uint64_t h = by_id ? mix64(c->id) : sess_hash(c->app_id, c->uid);
             struct conn **slot = &t[h & (nb - 1)];
             if (by_id) {
                 c->id_next = *slot;
@@ -205,7 +214,7 @@ void
 conn_session_add(struct conn *c)
 {
     struct conn_registry *r = c->l->reg;
-    struct conn **slot = &r->by_sess[sess_hash(c->app_id, c->uid, c->device) & r->sess_mask];
+    struct conn **slot = &r->by_sess[sess_hash(c->app_id, c->uid) & r->sess_mask];
     c->sess_next = *slot;
     *slot = c;
     c->flags |= CONN_F_IN_SESS;
@@ -218,7 +227,7 @@ sess_remove(struct conn_registry *r, struct conn *c)
 {
     if (!(c->flags & CONN_F_IN_SESS))
         return;
-    struct conn **pp = &r->by_sess[sess_hash(c->app_id, c->uid, c->device) & r->sess_mask];
+    struct conn **pp = &r->by_sess[sess_hash(c->app_id, c->uid) & r->sess_mask];
     while (*pp != NULL && *pp != c)
         pp = &(*pp)->sess_next;
     if (*pp == c) {
@@ -243,12 +252,30 @@ struct conn *
 conn_find_session(struct lcs *l, uint64_t app, uint64_t uid, const char *device)
 {
     struct conn_registry *r = l->reg;
-    for (struct conn *c = r->by_sess[sess_hash(app, uid, device) & r->sess_mask]; c != NULL;
+    for (struct conn *c = r->by_sess[sess_hash(app, uid) & r->sess_mask]; c != NULL;
          c = c->sess_next) {
         if (c->app_id == app && c->uid == uid && strcmp(c->device, device) == 0)
             return c;
     }
     return NULL;
+}
+
+size_t
+conn_user_sessions(struct lcs *l, uint64_t app, uint64_t uid, const struct conn *except,
+                   struct conn **oldest)
+{
+    struct conn_registry *r = l->reg;
+    size_t n = 0;
+    *oldest = NULL;
+    for (struct conn *c = r->by_sess[sess_hash(app, uid) & r->sess_mask]; c != NULL;
+         c = c->sess_next) {
+        if (c == except || c->state != CONN_ACTIVE || c->app_id != app || c->uid != uid)
+            continue;
+        n++;
+        if (*oldest == NULL || c->id < (*oldest)->id)
+            *oldest = c;
+    }
+    return n;
 }
 
 struct conn *
@@ -371,6 +398,7 @@ reap_cb(evutil_socket_t fd, short what, void *arg)
         struct conn *c = r->reap;
         r->reap = c->wheel_next;
         close(conn_fd(c));
+        r->count--;
         if (c->in != NULL)
             buffer_bytes_add(c, -(int64_t)c->incap);
         if (c->out != NULL)
@@ -457,6 +485,42 @@ move_allowed(enum conn_state from, enum conn_state to)
     return false;
 }
 
+/* An ACTIVE connection's deadline: 3 heartbeat periods from now, or its token's expiry if sooner.
+ */
+static uint32_t
+active_deadline(const struct conn *c, uint32_t now)
+{
+    uint32_t hb = now + ms_to_ticks(3 * 1000 * c->l->cfg.heartbeat_s);
+    return c->expire_tick < hb ? c->expire_tick : hb;
+}
+
+void
+conn_touch(struct conn *c, uint32_t now_tick)
+{
+    c->deadline = active_deadline(c, now_tick);
+    /* Later deadlines are picked up lazily; an earlier one (a refresh to a
+     * shorter token) must be re-filed or its slot would come up too late. */
+    if ((c->flags & CONN_F_IN_WHEEL) && c->deadline < c->wheel_at) {
+        wheel_unlink(c->l->reg, c);
+        wheel_insert(c->l->reg, c);
+    }
+}
+
+void
+conn_set_expiry(struct conn *c, int64_t expires_at_us)
+{
+    uint32_t now = conn_now_tick(c->l);
+    int64_t left_ms = (expires_at_us - lcs_now_us()) / 1000;
+    if (left_ms < 0)
+        left_ms = 0;
+    /* Tokens live at most 30 days (logicd); the clamp keeps the tick arithmetic in range. */
+    if (left_ms > INT64_C(1) << 40)
+        left_ms = INT64_C(1) << 40;
+    c->expires_at_us = expires_at_us;
+    uint64_t t = (uint64_t)now + ms_to_ticks(left_ms);
+    c->expire_tick = t > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)t;
+}
+
 /* Unlinks a dying connection from everything and queues it for reap_cb. */
 static void
 conn_bury(struct conn *c)
@@ -477,7 +541,8 @@ conn_bury(struct conn *c)
     else
         r->tail = c->all_prev;
     c->all_prev = c->all_next = NULL;
-    r->count--;
+    /* r->count drops in reap_cb, with the close: it counts descriptors,
+     * and the limit check must not hand out one still open. */
     c->wheel_next = r->reap;
     r->reap = c;
     event_active(r->reap_ev, EV_TIMEOUT, 0);
@@ -508,7 +573,7 @@ conn_set_state(struct conn *c, enum conn_state to)
         c->deadline = now + ms_to_ticks(l->cfg.login_timeout_ms);
         break;
     case CONN_ACTIVE:
-        c->deadline = now + ms_to_ticks(3 * 1000 * l->cfg.heartbeat_s);
+        c->deadline = active_deadline(c, now);
         break;
     case CONN_CLOSING:
         c->deadline = now + ms_to_ticks(l->cfg.close_timeout_ms);
@@ -822,7 +887,7 @@ conn_frame(struct conn *c, struct ws_frame *f)
     if (c->state == CONN_ACTIVE) {
         /* Any frame is a sign of life; the wheel picks the new deadline up lazily. */
         uint32_t now = conn_now_tick(l);
-        c->deadline = now + ms_to_ticks(3 * 1000 * l->cfg.heartbeat_s);
+        conn_touch(c, now);
         route_maybe_refresh(c, now);
     }
     switch (f->opcode) {
@@ -986,7 +1051,11 @@ conn_on_timeout(struct conn *c)
         conn_disconnect(c, WS_CLOSE_POLICY, 0, "login timeout");
         break;
     case CONN_ACTIVE:
-        conn_disconnect(c, WS_CLOSE_POLICY, 0, "heartbeat timeout");
+        /* The deadline is the sooner of heartbeat and token expiry: which one came? */
+        if (conn_now_tick(c->l) >= c->expire_tick)
+            conn_disconnect(c, WS_CLOSE_TOKEN_EXPIRED, 0, "token expired");
+        else
+            conn_disconnect(c, WS_CLOSE_POLICY, 0, "heartbeat timeout");
         break;
     case CONN_CLOSING:
         conn_set_state(c, CONN_DEAD);
@@ -1026,13 +1095,51 @@ conn_ev_cb(evutil_socket_t fd, short what, void *arg)
         conn_cb(c, CONN_EV_READ);
 }
 
+size_t
+conn_limit(const struct lcs *l)
+{
+    /* Read at every accept (one cheap syscall), so a prlimit on the running
+     * process takes effect at once. */
+    size_t lim = SIZE_MAX;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        rlim_t reserve = (rlim_t)l->cfg.fd_reserve;
+        lim = rl.rlim_cur > reserve ? (size_t)(rl.rlim_cur - reserve) : 0;
+    }
+    if (l->cfg.max_connections > 0 && (size_t)l->cfg.max_connections < lim)
+        lim = (size_t)l->cfg.max_connections;
+    return lim;
+}
+
+/* At the limit: close at once (the client retries with back-off); logged once per interval. */
+static void
+refuse_full(struct lcs *l, int fd)
+{
+    struct conn_registry *r = l->reg;
+    close(fd);
+    metric_inc(l->m.refused_full); /* cached: this path must stay cheap under a flood */
+    r->full_refused++;
+    int64_t now = lcs_mono_ms();
+    if (r->full_log_ms == 0 || now - r->full_log_ms >= FULL_LOG_INTERVAL_MS) {
+        log_warn("connection_limit_reached",
+                 "connections=%zu limit=%zu refused=%" PRIu64 " interval_ms=%d", r->count,
+                 conn_limit(l), r->full_refused, FULL_LOG_INTERVAL_MS);
+        r->full_log_ms = now;
+        r->full_refused = 0;
+    }
+}
+
 bool
 conn_accept(struct lcs *l, int fd)
 {
     struct conn_registry *r = l->reg;
-    if (l->stopping || r->count >= (size_t)l->cfg.max_connections) {
-        count_close(l, l->stopping ? "server shutdown" : "max connections");
+    if (l->stopping) {
+        count_close(l, "server shutdown");
         close(fd);
+        return false;
+    }
+    if (r->count >= conn_limit(l)) {
+        refuse_full(l, fd);
         return false;
     }
     int one = 1;

@@ -47,16 +47,21 @@ struct conn {
     char *device;                         /* device_id, heap, set at login */
     struct conn *all_prev, *all_next;     /* registry list, in id order */
     struct conn *wheel_prev, *wheel_next; /* timer wheel slot, or the reap list when DEAD */
-    struct conn *id_next, *sess_next;     /* hash chains: by id, by (app, uid, device) */
+    struct conn *id_next, *sess_next;     /* hash chains: by id, by (app, uid) */
     uint8_t *in;                          /* partial input only; NULL when none */
     struct outq *out;                     /* pending output only; NULL when none */
     uint32_t inlen, incap, need;          /* bytes in `in`, its size, bytes the parser wants */
     uint32_t deadline;                    /* wheel tick at which CONN_EV_TIMEOUT fires */
     uint32_t wheel_at;                    /* tick of the slot the conn is linked in */
     uint32_t route_at;                    /* tick of the last route write, 0 = never */
+    uint32_t expire_tick;                 /* wheel tick at which the session's token expires */
+    int64_t expires_at_us;                /* that expiry in unix µs (told in login/refresh acks) */
+    uint64_t core_level;                  /* login's core_level, 0 = unknown (paced targeting) */
+    char platform[16];                    /* login's platform (clientver rules), "" = unknown */
     uint8_t state;                        /* enum conn_state */
     uint8_t format;                       /* enum conn_format */
     uint8_t flags;                        /* CONN_F_* */
+    bool guest;                           /* the login's token is a guest token */
     struct ws_parser ws;
 };
 
@@ -66,6 +71,7 @@ struct conn {
 #define CONN_F_WR_SHUT       0x08 /* shutdown(SHUT_WR) done */
 #define CONN_F_HTTP          0x10 /* the handshake failed: no WebSocket framing */
 #define CONN_F_WRITING       0x20 /* EV_WRITE is armed */
+#define CONN_F_REFRESH_ACK   0x40 /* a refresh_ack waits for the pending login_ack */
 
 /* Creates the registry and its timer; false on allocation failure. */
 bool conn_registry_init(struct lcs *l) __attribute__((warn_unused_result));
@@ -84,6 +90,24 @@ struct conn *conn_find(struct lcs *l, uint64_t id);
 
 /* The ACTIVE or AWAIT_LOGIN connection logged in as (app, uid, device), or NULL. */
 struct conn *conn_find_session(struct lcs *l, uint64_t app, uint64_t uid, const char *device);
+
+/*
+ * The ACTIVE sessions of (app, uid) on this node other than `except`: their
+ * count, and in *oldest the one that logged in first (smallest id). A
+ * user's sessions share one hash chain, so this walks at most the user's
+ * sessions plus collisions.
+ */
+size_t conn_user_sessions(struct lcs *l, uint64_t app, uint64_t uid, const struct conn *except,
+                          struct conn **oldest);
+
+/* Connections this process may hold now: RLIMIT_NOFILE - fd_reserve, capped by max_connections. */
+size_t conn_limit(const struct lcs *l);
+
+/* Sets c's deadline to 3 heartbeat periods from now, or the token expiry if sooner. */
+void conn_touch(struct conn *c, uint32_t now_tick);
+
+/* Sets the tick at which c's token expires (login, refresh) from unix µs. */
+void conn_set_expiry(struct conn *c, int64_t expires_at_us);
 
 /* Records c in the session table (after a successful login sets its identity). */
 void conn_session_add(struct conn *c);

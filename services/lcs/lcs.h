@@ -8,12 +8,14 @@
  * Modules (one concern each):
  *   listen.c   the WebSocket listening socket; accept with EMFILE back-off
  *   conn.c     one client connection: state machine, socket I/O, WebSocket
- *              framing, timers (a timer wheel), the connection registry
- *   session.c  the application frames (login, ping, notify, kick), JSON or
- *              protobuf, and the login / kick rules
+ *              framing, timers (a timer wheel), the connection registry and
+ *              its limit (RLIMIT_NOFILE - fd_reserve, so the admin listener
+ *              and Redis keep descriptors when clients flood in)
+ *   session.c  the application frames (login, ping, refresh, notify, kick),
+ *              JSON or protobuf, and the login / kick / expiry rules
  *   route.c    Redis: routes route:{app:uid}, the node's channels and the
  *              lines published on them
- *   pace.c     paced notify of a notice to every connection of an app
+ *   pace.c     paced notify of a notice to the connections of an app it targets
  */
 #ifndef LCS_H
 #define LCS_H
@@ -55,6 +57,8 @@ struct lcs_config {
     int64_t handshake_timeout_ms;
     int64_t close_timeout_ms;
     int64_t max_connections;
+    int64_t fd_reserve;
+    int64_t per_user_sessions;
     int64_t accept_backoff_ms;
     int64_t paced_tick_ms;
     int64_t so_sndbuf;
@@ -73,6 +77,9 @@ struct lcs_metrics {
     struct metric *paced_sent;
     struct metric *kicks_local, *kicks_remote;
     struct metric *accept_backoff, *accepted;
+    struct metric *refused_full; /* lcs_closes_total{reason="max_connections"} */
+    struct metric *kicks_cap;    /* lcs_kicks_total{where="session_cap"} */
+    struct metric *refreshes_ok, *refreshes_bad;
     struct metric *route_writes, *route_errors;
 };
 

@@ -11,12 +11,13 @@
  * Memory (see conn.c for the per-connection budget): measured with 10,000
  * idle logged-in JSON connections on one lcsd (debugoptimized build, glibc,
  * x86_64), RSS grew by 6.2 MB, about 640 bytes per connection all included
- * (struct conn 288 B, device_id, hash buckets, libevent's per-fd epoll
+ * (struct conn then 288 B, now 328 B, device_id, hash buckets, libevent's per-fd epoll
  * bookkeeping, malloc overhead). Socket buffers are kernel memory and are
  * not in that figure.
  */
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -92,12 +93,19 @@ register_metrics(struct lcs *l)
         metrics_counter(m, "lcs_notify_dropped_total", dh, "reason=\"bad_line\"");
     l->m.paced_sent =
         metrics_counter(m, "lcs_paced_sent_total", "notify frames sent by paced notices", NULL);
-    const char *kh = "sessions replaced by a login of the same device";
+    const char *kh = "sessions kicked by a newer login (same device, or the per-user cap)";
     l->m.kicks_local = metrics_counter(m, "lcs_kicks_total", kh, "where=\"local\"");
     l->m.kicks_remote = metrics_counter(m, "lcs_kicks_total", kh, "where=\"remote\"");
     l->m.accept_backoff = metrics_counter(m, "lcs_accept_backoff_total",
                                           "accept pauses for lack of descriptors", NULL);
     l->m.accepted = metrics_counter(m, "lcs_accepted_total", "TCP connections accepted", NULL);
+    l->m.refused_full =
+        metrics_counter(m, "lcs_closes_total", "connections closed, by reason (first reason only)",
+                        "reason=\"max_connections\"");
+    l->m.kicks_cap = metrics_counter(m, "lcs_kicks_total", kh, "where=\"session_cap\"");
+    const char *rh = "refresh frames, by result";
+    l->m.refreshes_ok = metrics_counter(m, "lcs_refreshes_total", rh, "result=\"ok\"");
+    l->m.refreshes_bad = metrics_counter(m, "lcs_refreshes_total", rh, "result=\"refused\"");
     l->m.route_writes = metrics_counter(m, "lcs_route_commands_total",
                                         "route scripts sent to Redis", "result=\"sent\"");
     l->m.route_errors = metrics_counter(m, "lcs_route_commands_total",
@@ -167,6 +175,23 @@ on_signal(evutil_socket_t sig, short what, void *arg)
                          (suseconds_t)(l->cfg.close_timeout_ms % 1000) * 1000};
     if (l->stop_ev != NULL)
         evtimer_add(l->stop_ev, &tv);
+}
+
+/*
+ * Raises the soft descriptor limit to the hard one: connections are what
+ * lcsd holds, and conn_limit() derives the connection limit from it.
+ */
+static void
+raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            log_warn("nofile_raise_failed", "soft=%llu hard=%llu", (unsigned long long)was,
+                     (unsigned long long)rl.rlim_max);
+    }
 }
 
 /* Validates what the table cannot and fills derived fields. */
@@ -244,6 +269,7 @@ main(int argc, char **argv)
         goto out;
     }
     signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
     l.started_us = lcs_now_us();
     l.base = event_base_new();
     l.metrics = metrics_new();
@@ -291,8 +317,10 @@ main(int argc, char **argv)
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
 
-    log_info("lcsd_started", "node=%s ws=%s admin=%s conn_bytes=%zu version=%s", l.cfg.node_id,
-             l.cfg.ws_listen, l.cfg.admin_listen, sizeof(struct conn), MBOX_VERSION);
+    log_info("lcsd_started",
+             "node=%s ws=%s admin=%s conn_bytes=%zu max_connections=%zu fd_reserve=%lld version=%s",
+             l.cfg.node_id, l.cfg.ws_listen, l.cfg.admin_listen, sizeof(struct conn),
+             conn_limit(&l), (long long)l.cfg.fd_reserve, MBOX_VERSION);
     event_base_dispatch(l.base);
     log_info("lcsd_stopped", "node=%s", l.cfg.node_id);
     status = 0;

@@ -6,7 +6,6 @@
  * never deletes a route a newer connection already wrote.
  */
 #include "route.h"
-#include "decimal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -14,6 +13,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "lines.h"
 #include "lcs.h"
 #include "log.h"
 #include "metrics.h"
@@ -157,85 +157,41 @@ on_redis_connect(void *arg)
     log_info("routes_registered", "node=%s routes=%zu", l->cfg.node_id, n);
 }
 
-#define MAX_FIELDS 7
-
-struct field {
-    const char *s;
-    size_t n;
-};
-
-/* Splits line[0..n) on single spaces; returns the field count (MAX_FIELDS + 1 = too many). */
-static int
-split(const char *line, size_t n, struct field *f)
-{
-    int k = 0;
-    size_t i = 0;
-    while (i <= n) {
-        size_t j = i;
-        while (j < n && line[j] != ' ')
-            j++;
-        if (k == MAX_FIELDS)
-            return MAX_FIELDS + 1;
-        f[k].s = line + i;
-        f[k].n = j - i;
-        k++;
-        i = j + 1;
-    }
-    return k;
-}
-
-static bool
-field_u64(const struct field *f, uint64_t *out)
-{
-    return decimal_u64_parse(f->s, f->n, out);
-}
-
-/* Copies a device field into buf (NUL-terminated); false when it does not fit. */
-static bool
-field_str(const struct field *f, char *buf, size_t len)
-{
-    if (f->n == 0 || f->n >= len)
-        return false;
-    memcpy(buf, f->s, f->n);
-    buf[f->n] = '\0';
-    return true;
-}
-
 static void
 route_line(struct lcs *l, const char *line, size_t n)
 {
-    struct field f[MAX_FIELDS];
-    int k = split(line, n, f);
-    uint64_t app, uid, msg, conn_id, notice, rate;
+    struct line_field f[LINE_MAX_FIELDS];
+    int k = line_split(line, n, f);
+    uint64_t app, uid, msg, conn_id, notice;
     char device[SESSION_DEVICE_MAX + 1];
+    struct pace_spec ps;
     if (f[0].n != 1) {
         metric_inc(l->m.notify_dropped_bad);
         return;
     }
     switch (f[0].s[0]) {
     case 'n':
-        if (k == 6 && field_u64(&f[1], &app) && field_u64(&f[2], &uid) && field_u64(&f[3], &msg) &&
-            field_str(&f[4], device, sizeof(device)) && field_u64(&f[5], &conn_id)) {
+        if (k == 6 && line_u64(&f[1], &app) && line_u64(&f[2], &uid) && line_u64(&f[3], &msg) &&
+            line_str(&f[4], device, sizeof(device)) && line_u64(&f[5], &conn_id)) {
             session_notify_line(l, app, uid, msg, device, conn_id);
             return;
         }
         break;
     case 'k':
-        if (k == 5 && field_u64(&f[1], &app) && field_u64(&f[2], &uid) &&
-            field_str(&f[3], device, sizeof(device)) && field_u64(&f[4], &conn_id)) {
+        if (k == 5 && line_u64(&f[1], &app) && line_u64(&f[2], &uid) &&
+            line_str(&f[3], device, sizeof(device)) && line_u64(&f[4], &conn_id)) {
             session_kick_line(l, app, uid, device, conn_id);
             return;
         }
         break;
     case 'p':
-        if (k == 5 && field_u64(&f[1], &app) && field_u64(&f[2], &notice) &&
-            field_u64(&f[3], &msg) && field_u64(&f[4], &rate)) {
-            pace_start(l, app, notice, msg, rate);
+        if (line_parse_pace(f, k, &ps)) {
+            pace_start(l, &ps);
             return;
         }
         break;
     case 'x':
-        if (k == 3 && field_u64(&f[1], &app) && field_u64(&f[2], &notice)) {
+        if (k == 3 && line_u64(&f[1], &app) && line_u64(&f[2], &notice)) {
             pace_stop(l, app, notice);
             return;
         }

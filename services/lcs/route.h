@@ -15,7 +15,13 @@
  * space, ids in decimal:
  *   n <app_id> <uid> <msg_id> <device_id> <conn_id>   notify one connection
  *   k <app_id> <uid> <device_id> <conn_id>            kick it (replaced elsewhere)
- *   p <app_id> <notice_id> <msg_id> <rate_per_s>      start a paced notify of an app
+ *   p <app_id> <notice_id> <msg_id> <rate_per_s> <start_us> <expire_us> <login_only>
+ *     <min_core_level> <max_core_level> <platforms>   start a paced notify of an app's
+ *                                                     connections the notice targets
+ *                                                     (pace.h); start_us/expire_us unix µs,
+ *                                                     0 = now/never; platforms "-" = all, else
+ *                                                     "ios,android"; the 5-field form of older
+ *                                                     logicds paces every connection now
  *   x <app_id> <notice_id>                            stop that paced notify
  * Unknown line types are ignored (newer publishers, older lcsd).
  */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "budget.h"
+#include "clientver.h"
 #include "conn.h"
 #include "lcs.h"
 #include "log.h"
@@ -41,31 +42,62 @@ session_send(struct conn *c, const Mbox__Frame *f)
     return ok;
 }
 
+/* A login_ack or refresh_ack: ok with the session's expiry (and heartbeat_s for a login), or a
+ * reason. */
 static void
-send_login_ack(struct conn *c, bool ok, const char *reason)
+send_ack(struct conn *c, const char *type, bool ok, const char *reason)
 {
     Mbox__Frame f = MBOX__FRAME__INIT;
-    f.type = "login_ack";
+    f.type = (char *)type;
     f.has_ok = true;
     f.ok = ok;
     if (ok) {
-        f.has_heartbeat_s = true;
-        f.heartbeat_s = (uint32_t)c->l->cfg.heartbeat_s;
+        if (strcmp(type, "login_ack") == 0) {
+            f.has_heartbeat_s = true;
+            f.heartbeat_s = (uint32_t)c->l->cfg.heartbeat_s;
+        }
+        f.has_expires_at = true;
+        f.expires_at = (uint64_t)c->expires_at_us;
     } else {
         f.reason = (char *)reason;
     }
     (void)session_send(c, &f);
 }
 
-/* Sends a kick frame and closes c ("replaced": the same device logged in again). */
+/*
+ * Sends a kick frame and closes c with code: "replaced" (1008, the same
+ * device logged in again) or "too many sessions" (4429, the per-user cap).
+ */
 static void
-session_kick(struct conn *c, const char *reason)
+session_kick(struct conn *c, uint16_t code, const char *reason)
 {
     Mbox__Frame f = MBOX__FRAME__INIT;
     f.type = "kick";
     f.reason = (char *)reason;
     (void)session_send(c, &f);
-    conn_disconnect(c, WS_CLOSE_POLICY, 0, reason);
+    conn_disconnect(c, code, 0, reason);
+}
+
+/*
+ * The per-user session cap: a login that would make more than
+ * per_user_sessions sessions of (app, uid) on this node kicks the oldest
+ * ones, so one token cannot hold the node's descriptors while a user's
+ * newest device always gets in.
+ */
+static void
+enforce_user_cap(struct conn *c)
+{
+    struct lcs *l = c->l;
+    struct conn *oldest;
+    size_t cap = (size_t)l->cfg.per_user_sessions;
+    size_t n = conn_user_sessions(l, c->app_id, c->uid, c, &oldest);
+    while (n >= cap && oldest != NULL) {
+        metric_inc(l->m.kicks_cap);
+        log_info("conn_kicked_cap", "conn=%" PRIu64 " by=%" PRIu64 " sessions=%zu cap=%zu",
+                 oldest->id, c->id, n + 1, cap);
+        session_kick(oldest, WS_CLOSE_TOO_MANY_SESSIONS, "too many sessions");
+        n = conn_user_sessions(l, c->app_id, c->uid, c, &oldest);
+    }
 }
 
 /* device_id goes into Redis fields and space-separated lines: printable, no spaces. */
@@ -89,7 +121,7 @@ login_refuse(struct conn *c, const char *why, const char *close_reason)
     char label[64];
     snprintf(label, sizeof(label), "result=\"%s\"", close_reason);
     metric_inc(metrics_counter(l->metrics, "lcs_logins_total", "login frames, by result", label));
-    send_login_ack(c, false, why);
+    send_ack(c, "login_ack", false, why);
     conn_disconnect(c, WS_CLOSE_POLICY, 0, close_reason);
 }
 
@@ -121,13 +153,21 @@ session_login(struct conn *c, const Mbox__Frame *f)
     metric_gauge_add(l->m.conn_buffer_bytes, (int64_t)dlen);
     c->app_id = claims.app_id;
     c->uid = claims.uid;
+    c->guest = claims.guest;
+    conn_set_expiry(c, claims.expires_at_us);
+    /* Paced notifies target by these (pace.c): the same rules as sync's headers. */
+    struct clientver cv;
+    clientver_parse(&cv, f->platform, NULL, NULL, NULL);
+    memcpy(c->platform, cv.platform, sizeof(c->platform));
+    c->core_level = f->has_core_level ? f->core_level : 0;
 
     struct conn *old = conn_find_session(l, c->app_id, c->uid, c->device);
     if (old != NULL && old != c) {
         metric_inc(l->m.kicks_local);
         log_info("conn_replaced", "conn=%" PRIu64 " by=%" PRIu64 " where=local", old->id, c->id);
-        session_kick(old, "replaced");
+        session_kick(old, WS_CLOSE_POLICY, "replaced");
     }
+    enforce_user_cap(c);
     conn_session_add(c);
     conn_set_state(c, CONN_ACTIVE);
     metric_inc(metrics_counter(l->metrics, "lcs_logins_total", "login frames, by result",
@@ -151,8 +191,51 @@ session_route_done(struct conn *c)
     if (!(c->flags & CONN_F_LOGIN_PENDING))
         return;
     c->flags &= (uint8_t)~CONN_F_LOGIN_PENDING;
-    if (c->state == CONN_ACTIVE)
-        send_login_ack(c, true, NULL);
+    if (c->state != CONN_ACTIVE)
+        return;
+    send_ack(c, "login_ack", true, NULL);
+    if (c->flags & CONN_F_REFRESH_ACK) {
+        c->flags &= (uint8_t)~CONN_F_REFRESH_ACK;
+        send_ack(c, "refresh_ack", true, NULL);
+    }
+}
+
+/*
+ * A refresh frame: a new token for the same (app, uid) moves the session's
+ * expiry. An invalid token is answered refresh_ack ok=false (the session
+ * keeps its old expiry, the client may try again); a valid token of
+ * another app or uid closes the session with 4403.
+ */
+static void
+session_refresh(struct conn *c, const Mbox__Frame *f)
+{
+    struct lcs *l = c->l;
+    struct token_claims claims;
+    enum token_status ts = f->token == NULL || f->token[0] == '\0'
+                               ? TOKEN_MALFORMED
+                               : token_verify(&l->keys, f->token, lcs_now_us(), &claims);
+    if (ts != TOKEN_OK) {
+        metric_inc(l->m.refreshes_bad);
+        send_ack(c, "refresh_ack", false,
+                 f->token == NULL || f->token[0] == '\0' ? "missing token" : token_status_str(ts));
+        return;
+    }
+    if (claims.app_id != c->app_id || claims.uid != c->uid) {
+        metric_inc(l->m.refreshes_bad);
+        conn_disconnect(c, WS_CLOSE_REFRESH_FORBIDDEN, 0, "refresh for another user");
+        return;
+    }
+    metric_inc(l->m.refreshes_ok);
+    c->guest = claims.guest;
+    conn_set_expiry(c, claims.expires_at_us);
+    conn_touch(c, conn_now_tick(l));
+    if (c->flags & CONN_F_LOGIN_PENDING) {
+        /* The login_ack goes first, and only once the route is written:
+         * this ack waits for it (session_route_done). */
+        c->flags |= CONN_F_REFRESH_ACK;
+        return;
+    }
+    send_ack(c, "refresh_ack", true, NULL);
 }
 
 void
@@ -192,6 +275,8 @@ session_on_message(struct conn *c, bool binary, const uint8_t *payload, size_t l
         Mbox__Frame pong = MBOX__FRAME__INIT;
         pong.type = "pong";
         (void)session_send(c, &pong);
+    } else if (strcmp(type, "refresh") == 0) {
+        session_refresh(c, f);
     } else if (strcmp(type, "login") == 0) {
         conn_disconnect(c, WS_CLOSE_POLICY, 0, "already logged in");
     }
@@ -256,5 +341,5 @@ session_kick_line(struct lcs *l, uint64_t app, uint64_t uid, const char *device,
         return;
     metric_inc(l->m.kicks_remote);
     log_info("conn_replaced", "conn=%" PRIu64 " where=remote", c->id);
-    session_kick(c, "replaced");
+    session_kick(c, WS_CLOSE_POLICY, "replaced");
 }

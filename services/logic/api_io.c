@@ -78,6 +78,43 @@ token_slot(struct token_cache *c, const char *tok, size_t len)
     return &c->slots[h % TOKEN_CACHE_SLOTS];
 }
 
+/* Verifies a user token through the worker's cache of verified tokens. */
+static enum token_status
+user_token_verify(struct logic_worker *w, const char *tok, struct token_claims *claims)
+{
+    int64_t now = logic_now_us();
+    size_t len = strnlen(tok, TOKEN_MAX_LEN);
+    struct token_cache_slot *slot =
+        w->tokens != NULL && len < TOKEN_MAX_LEN ? token_slot(w->tokens, tok, len) : NULL;
+    if (slot != NULL && slot->claims.expires_at_us > now && strcmp(slot->token, tok) == 0) {
+        *claims = slot->claims;
+        return TOKEN_OK;
+    }
+    enum token_status st = token_verify(&w->app->keys, tok, now, claims);
+    if (st == TOKEN_OK && slot != NULL) {
+        memcpy(slot->token, tok, len + 1);
+        slot->claims = *claims;
+    }
+    return st;
+}
+
+/* The 401 message of a token that did not verify, or NULL for TOKEN_OK. */
+static const char *
+user_token_refusal(enum token_status st)
+{
+    switch (st) {
+    case TOKEN_OK:
+        return NULL;
+    case TOKEN_EXPIRED:
+        return "user token rejected: expired";
+    case TOKEN_BAD_SIGNATURE:
+        return "user token rejected: bad_signature";
+    case TOKEN_MALFORMED:
+        break;
+    }
+    return "user token rejected: malformed";
+}
+
 bool
 api_auth_user(struct http_req *r, struct logic_worker *w, struct token_claims *claims)
 {
@@ -86,23 +123,10 @@ api_auth_user(struct http_req *r, struct logic_worker *w, struct token_claims *c
         http_reply_error(r, 401, "unauthenticated", "missing bearer token");
         return false;
     }
-    int64_t now = logic_now_us();
-    size_t len = strnlen(tok, TOKEN_MAX_LEN);
-    struct token_cache_slot *slot =
-        w->tokens != NULL && len < TOKEN_MAX_LEN ? token_slot(w->tokens, tok, len) : NULL;
-    if (slot != NULL && slot->claims.expires_at_us > now && strcmp(slot->token, tok) == 0) {
-        *claims = slot->claims;
-        return true;
-    }
-    enum token_status st = token_verify(&w->app->keys, tok, now, claims);
-    if (st != TOKEN_OK) {
-        http_reply_error(r, 401, "unauthenticated", "user token rejected: %s",
-                         token_status_str(st));
+    const char *refusal = user_token_refusal(user_token_verify(w, tok, claims));
+    if (refusal != NULL) {
+        http_reply_error(r, 401, "unauthenticated", "%s", refusal);
         return false;
-    }
-    if (slot != NULL) {
-        memcpy(slot->token, tok, len + 1);
-        slot->claims = *claims;
     }
     return true;
 }
@@ -122,26 +146,78 @@ api_auth_server(struct http_req *r, struct logic_worker *w)
     return true;
 }
 
-bool
-api_auth_ops(struct http_req *r, struct logic_worker *w, const char **name)
+/* The index of the ops token tok, or -1. Every token is compared, so the
+ * time taken does not say which matched. */
+static int
+ops_token_index(const struct logic_worker *w, const char *tok)
 {
-    const char *tok = http_req_bearer(r);
-    if (tok == NULL) {
-        http_reply_error(r, 401, "unauthenticated", "missing bearer token (ops token)");
-        return false;
-    }
-    /* Compare against every token so the time taken does not say which matched. */
     int found = -1;
     for (int i = 0; i < w->app->nops; i++) {
         if (secret_eq(tok, w->app->ops[i].token))
             found = i;
     }
+    return found;
+}
+
+const struct logic_ops_token *
+api_auth_ops_as(struct http_req *r, struct logic_worker *w, enum logic_role need)
+{
+    const char *tok = http_req_bearer(r);
+    if (tok == NULL) {
+        http_reply_error(r, 401, "unauthenticated", "missing bearer token (ops token)");
+        return NULL;
+    }
+    int found = ops_token_index(w, tok);
     if (found < 0) {
         http_reply_error(r, 401, "unauthenticated", "ops token rejected");
-        return false;
+        return NULL;
     }
-    *name = w->app->ops[found].name;
-    return true;
+    const struct logic_ops_token *op = &w->app->ops[found];
+    if (op->role < need) {
+        http_reply_error(r, 403, "permission_denied",
+                         "operator '%s' has role %s; this action needs role %s", op->name,
+                         api_role_name(op->role), api_role_name(need));
+        return NULL;
+    }
+    return op;
+}
+
+bool
+api_auth_ops(struct http_req *r, struct logic_worker *w, const char **name)
+{
+    const struct logic_ops_token *op = api_auth_ops_as(r, w, LOGIC_ROLE_EDITOR);
+    if (op != NULL)
+        *name = op->name;
+    return op != NULL;
+}
+
+const char *
+api_role_name(enum logic_role role)
+{
+    return role == LOGIC_ROLE_PUBLISHER ? "publisher" : "editor";
+}
+
+const char *
+api_precheck_user(const struct http_route *route, const char *bearer, void *ctx)
+{
+    (void)route;
+    if (bearer == NULL)
+        return "missing bearer token";
+    struct token_claims claims;
+    return user_token_refusal(user_token_verify(ctx, bearer, &claims));
+}
+
+const char *
+api_precheck_internal(const struct http_route *route, const char *bearer, void *ctx)
+{
+    (void)route;
+    struct logic_worker *w = ctx;
+    if (bearer == NULL)
+        return "missing bearer token";
+    /* The handler checks which of the two its route takes. */
+    return secret_eq(bearer, w->app->cfg.server_key) || ops_token_index(w, bearer) >= 0
+               ? NULL
+               : "credential rejected (neither the server key nor an ops token)";
 }
 
 /* True when a header value names the protobuf media type. */

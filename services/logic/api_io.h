@@ -17,6 +17,7 @@
 #include <libpq-fe.h>
 
 #include "http.h"
+#include "logic.h"
 #include "token.h"
 
 struct logic_worker;
@@ -37,6 +38,24 @@ bool api_auth_server(struct http_req *r, struct logic_worker *w)
 /* Internal listener, operators: an ops token; *name gets its name (audit log). */
 bool api_auth_ops(struct http_req *r, struct logic_worker *w, const char **name)
     __attribute__((warn_unused_result));
+
+/* An ops token whose role is need or above (401 without one, 403 with a
+ * lesser role); NULL when it replied. */
+const struct logic_ops_token *api_auth_ops_as(struct http_req *r, struct logic_worker *w,
+                                              enum logic_role need)
+    __attribute__((warn_unused_result));
+
+/* "editor" or "publisher". */
+const char *api_role_name(enum logic_role role);
+
+/*
+ * The prechecks of the two listeners (http_server_set_precheck): a request
+ * with a body is read only when its bearer token is a valid user token
+ * (SDK listener), or the server key or an ops token (internal listener).
+ * Which of those a route takes is still checked by its handler.
+ */
+const char *api_precheck_user(const struct http_route *route, const char *bearer, void *ctx);
+const char *api_precheck_internal(const struct http_route *route, const char *bearer, void *ctx);
 
 /* True when the client sent or asked for application/x-protobuf. */
 bool api_wants_protobuf(struct http_req *r);

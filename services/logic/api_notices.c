@@ -16,8 +16,10 @@
 
 #include "api.h"
 #include "api_io.h"
+#include "etag.h"
 #include "log.h"
 #include "logic.h"
+#include "notify.h"
 #include "mbox.pb-c.h"
 #include "pbjson.h"
 #include "pg.h"
@@ -114,12 +116,58 @@ notice_from_row(const PGresult *res, int row, struct notice_out *o)
     o->n.notify = &o->p;
 }
 
+/* Replies the notice of row, with its version as the entity tag (ETag: "<version>"). */
 static void
 reply_notice_row(struct http_req *r, int status, const PGresult *res, int row)
 {
     struct notice_out o;
     notice_from_row(res, row, &o);
+    char etag[16];
+    etag_format(o.n.version, etag, sizeof(etag));
+    http_req_add_header(r, "ETag", etag);
     api_reply_msg(r, status, &o.n.base);
+}
+
+/* ---- If-Match (PATCH, DELETE and the lifecycle actions) ---- */
+
+/* The version an If-Match header requires (etag.h); replies 400 and returns false when malformed.
+ */
+static bool
+parse_if_match(struct http_req *r, uint32_t *version)
+{
+    switch (etag_parse_if_match(http_req_header(r, "If-Match"), version)) {
+    case ETAG_NONE:
+    case ETAG_VERSION:
+        return true;
+    case ETAG_WEAK:
+        http_reply_error(r, 400, "invalid_argument",
+                         "If-Match: a weak entity tag never matches; send the ETag \"<version>\"");
+        return false;
+    case ETAG_MALFORMED:
+    default:
+        http_reply_error(r, 400, "invalid_argument",
+                         "If-Match must be a notice version: \"<version>\" or <version>, "
+                         "1..2147483647");
+        return false;
+    }
+}
+
+/*
+ * 412 Precondition Failed for an If-Match that does not name the current
+ * version, with that version in the error object (http_reply_error has no
+ * room for extra fields).
+ */
+static void
+reply_version_mismatch(struct http_req *r, uint32_t if_match, int64_t current)
+{
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "version mismatch: the notice is at version %" PRId64 " (If-Match %u); re-read and "
+             "retry",
+             current, if_match);
+    http_reply_json(r, 412,
+                    json_pack("{s:{s:s, s:s, s:I}}", "error", "code", "failed_precondition",
+                              "message", msg, "current_version", (json_int_t)current));
 }
 
 /* ---- validation ---- */
@@ -397,48 +445,25 @@ struct transition {
     const char *to;      /* new state */
     const char *from[4]; /* allowed current states */
     bool del;
+    enum logic_role role; /* the least role allowed to do it (403 below) */
 };
 
+/* A prepublish reaches only the whitelist, so an editor may do it; what
+ * changes what every user sees needs a publisher. */
 static const struct transition transitions[] = {
-    {"prepublish", "prepublished", {"draft"}, false},
-    {"publish", "published", {"draft", "prepublished"}, false},
-    {"stop", "stopped", {"published"}, false},
-    {"retract", "retracted", {"published"}, false},
-    {"delete", "", {"draft", "prepublished", "stopped", "retracted"}, true},
+    {"prepublish", "prepublished", {"draft"}, false, LOGIC_ROLE_EDITOR},
+    {"publish", "published", {"draft", "prepublished"}, false, LOGIC_ROLE_PUBLISHER},
+    {"stop", "stopped", {"published"}, false, LOGIC_ROLE_PUBLISHER},
+    {"retract", "retracted", {"published"}, false, LOGIC_ROLE_PUBLISHER},
+    {"delete", "", {"draft", "prepublished", "stopped", "retracted"}, true, LOGIC_ROLE_PUBLISHER},
 };
 
 struct transition_op {
     struct http_req *r;
     struct logic_worker *w;
     const struct transition *t;
+    uint32_t if_match; /* 0: none */
 };
-
-/* Tells lcsd nodes to start or stop pacing notifies of a notice. */
-static void
-broadcast_pacing(struct logic_worker *w, const PGresult *res, const struct transition *t)
-{
-    char line[160];
-    uint64_t app = (uint64_t)pg_get_i64(res, 0, pg_col(res, "app_id"));
-    uint64_t id = (uint64_t)pg_get_i64(res, 0, pg_col(res, "notice_id"));
-    size_t len;
-    const char *mode = pg_get_bytes(res, 0, pg_col(res, "notify_mode"), &len);
-    int64_t start_at = pg_get_i64(res, 0, pg_col(res, "start_at"));
-    if (strcmp(t->action, "publish") == 0 && strcmp(mode, "paced") == 0 &&
-        start_at <= logic_now_us()) {
-        /* A notice scheduled for later is not paced at publish (its clients
-         * would pull and find nothing); they see it at their next pull. */
-        snprintf(line, sizeof(line), "p %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRId64 "\n", app, id,
-                 (uint64_t)pg_get_i64(res, 0, pg_col(res, "msg_id")),
-                 pg_get_i64(res, 0, pg_col(res, "notify_rate")));
-    } else if (strcmp(t->action, "stop") == 0 || strcmp(t->action, "retract") == 0 ||
-               strcmp(t->action, "delete") == 0) {
-        snprintf(line, sizeof(line), "x %" PRIu64 " %" PRIu64 "\n", app, id);
-    } else {
-        return;
-    }
-    if (!redis_command(w->redis, NULL, NULL, "PUBLISH lcs:broadcast %s", line))
-        log_warn("pacing_broadcast_dropped", "notice=%" PRIu64 " reason=redis_down", id);
-}
 
 static void
 on_transition(const PGresult *res, const struct pg_error *err, void *arg)
@@ -450,27 +475,34 @@ on_transition(const PGresult *res, const struct pg_error *err, void *arg)
         api_reply_pg_error(r, err);
     } else if (pg_is_null(res, 0, 0)) {
         http_reply_error(r, 404, "not_found", "no notice %s", http_req_param(r, "id"));
-    } else if (pg_is_null(res, 0, 1)) {
+    } else if (pg_is_null(res, 0, 2)) {
         size_t len;
         const char *cur = pg_get_bytes(res, 0, 0, &len);
+        int64_t version = pg_get_i64(res, 0, 1);
         char allowed[96] = "";
+        bool from_ok = false;
         for (int i = 0; i < 4 && t->from[i]; i++) {
             strncat(allowed, i ? ", " : "", sizeof(allowed) - strlen(allowed) - 1);
             strncat(allowed, t->from[i], sizeof(allowed) - strlen(allowed) - 1);
+            from_ok = from_ok || strcmp(cur, t->from[i]) == 0;
         }
-        http_reply_error(r, 409, "conflict", "cannot %s a notice in state '%s'; allowed from: %s",
-                         t->action, cur, allowed);
+        if (!from_ok)
+            http_reply_error(r, 409, "conflict",
+                             "cannot %s a notice in state '%s'; allowed from: %s", t->action, cur,
+                             allowed);
+        else if (op->if_match != 0 && version != (int64_t)op->if_match)
+            reply_version_mismatch(r, op->if_match, version);
+        else
+            http_reply_error(r, 409, "conflict",
+                             "the notice changed while this %s was applied; re-read and retry",
+                             t->action);
     } else {
-        broadcast_pacing(op->w, res, t);
+        notify_pacing(op->w, res, 0, t->action);
         pubcache_kick(op->w->app->pubcache);
-        if (t->del) {
+        if (t->del)
             http_reply(r, 204, "application/json", "", 0);
-        } else {
-            struct notice_out o;
-            /* Column 0 is prev_state; the notice columns follow, found by name. */
-            notice_from_row(res, 0, &o);
-            api_reply_msg(r, 200, &o.n.base);
-        }
+        else
+            reply_notice_row(r, 200, res, 0); /* notice columns are found by name */
     }
     free(op);
 }
@@ -478,10 +510,12 @@ on_transition(const PGresult *res, const struct pg_error *err, void *arg)
 static void
 run_transition(struct http_req *r, struct logic_worker *w, const struct transition *t)
 {
-    const char *actor;
+    const struct logic_ops_token *who = api_auth_ops_as(r, w, t->role);
     uint64_t id;
-    if (!api_auth_ops(r, w, &actor) || !api_param_u64(r, "id", &id))
+    uint32_t if_match;
+    if (who == NULL || !api_param_u64(r, "id", &id) || !parse_if_match(r, &if_match))
         return;
+    const char *actor = who->name;
     struct transition_op *op = calloc(1, sizeof(*op));
     if (op == NULL) {
         http_reply_error(r, 503, "unavailable", "out of memory");
@@ -490,6 +524,7 @@ run_transition(struct http_req *r, struct logic_worker *w, const struct transiti
     op->r = r;
     op->w = w;
     op->t = t;
+    op->if_match = if_match;
     char from[96] = "{";
     for (int i = 0; i < 4 && t->from[i]; i++) {
         strncat(from, i ? "," : "", sizeof(from) - strlen(from) - 1);
@@ -506,6 +541,7 @@ run_transition(struct http_req *r, struct logic_worker *w, const struct transiti
     pg_param_text(&p, t->action);
     pg_param_text(&p, "");
     pg_param_bool(&p, t->del);
+    pg_param_i32(&p, (int32_t)if_match);
     if (!api_query(r, w, SQL_NOTICE_TRANSITION, &p, on_transition, op)) {
         free(op);
     }
@@ -541,7 +577,7 @@ api_notice_delete(struct http_req *r, void *ctx)
     run_transition(r, ctx, &transitions[4]);
 }
 
-/* ---- PATCH /v1/notices/{id} (If-Match: <version>) ---- */
+/* ---- PATCH /v1/notices/{id} (If-Match: "<version>") ---- */
 
 struct patch_op {
     struct http_req *r;
@@ -550,6 +586,7 @@ struct patch_op {
     Mbox__Notice *edit;
     uint64_t id;
     uint32_t if_match; /* 0: none given */
+    uint32_t based_on; /* the version the edit was merged into */
 };
 
 static void
@@ -557,6 +594,50 @@ patch_free(struct patch_op *op)
 {
     api_msg_free(&op->edit->base);
     free(op);
+}
+
+/* 409 for a notice in a state that cannot be edited. */
+static bool
+patch_state_conflict(struct http_req *r, const char *state)
+{
+    if (strcmp(state, "draft") == 0 || strcmp(state, "prepublished") == 0 ||
+        strcmp(state, "published") == 0)
+        return false;
+    http_reply_error(r, 409, "conflict",
+                     "cannot edit a notice in state '%s'; allowed in: draft, prepublished, "
+                     "published",
+                     state);
+    return true;
+}
+
+/*
+ * The write found the notice changed. Its statement's snapshot may predate
+ * the change that beat it (that change was still committing as it
+ * started), so the notice is read again to report what it is now.
+ */
+static void
+on_patch_reread(const PGresult *res, const struct pg_error *err, void *arg)
+{
+    struct patch_op *op = arg;
+    struct http_req *r = op->r;
+    if (err->kind != PG_OK) {
+        api_reply_pg_error(r, err);
+    } else if (PQntuples(res) == 0) {
+        http_reply_error(r, 404, "not_found", "no notice %" PRIu64, op->id);
+    } else {
+        size_t len;
+        const char *st = pg_get_bytes(res, 0, pg_col(res, "state"), &len);
+        int64_t now = pg_get_i64(res, 0, pg_col(res, "version"));
+        bool replied = patch_state_conflict(r, st);
+        if (!replied && op->if_match != 0 && now != (int64_t)op->if_match)
+            reply_version_mismatch(r, op->if_match, now);
+        else if (!replied)
+            http_reply_error(r, 409, "conflict",
+                             "the notice changed while this edit was applied (edit based on "
+                             "version %u, now version %" PRId64 ", state '%s'); re-read and retry",
+                             op->based_on, now, st);
+    }
+    patch_free(op);
 }
 
 static void
@@ -569,30 +650,15 @@ on_patched(const PGresult *res, const struct pg_error *err, void *arg)
     } else if (pg_is_null(res, 0, 0)) {
         http_reply_error(r, 404, "not_found", "no notice %" PRIu64, op->id);
     } else if (pg_is_null(res, 0, 2)) {
-        size_t len;
-        const char *st = pg_get_bytes(res, 0, 0, &len);
-        int64_t ver = pg_get_i64(res, 0, 1);
-        if (strcmp(st, "draft") != 0 && strcmp(st, "prepublished") != 0 &&
-            strcmp(st, "published") != 0)
-            http_reply_error(r, 409, "conflict",
-                             "cannot edit a notice in state '%s'; allowed in: draft, "
-                             "prepublished, published",
-                             st);
-        else if (op->if_match != 0)
-            http_reply_error(r, 409, "conflict",
-                             "version mismatch: the notice is at version %" PRId64
-                             " (If-Match %u); re-read and retry",
-                             ver, op->if_match);
-        else
-            http_reply_error(r, 409, "conflict",
-                             "the notice changed while this edit was applied (now version %" PRId64
-                             "); re-read and retry",
-                             ver);
+        struct pg_params p;
+        pg_params_init(&p);
+        pg_param_i64(&p, (int64_t)op->id);
+        if (!api_query(r, op->w, SQL_NOTICE_GET, &p, on_patch_reread, op))
+            patch_free(op);
+        return;
     } else {
         pubcache_kick(op->w->app->pubcache);
-        struct notice_out o;
-        notice_from_row(res, 0, &o);
-        api_reply_msg(r, 200, &o.n.base);
+        reply_notice_row(r, 200, res, 0);
     }
     patch_free(op);
 }
@@ -616,7 +682,17 @@ on_patch_read(const PGresult *res, const struct pg_error *err, void *arg)
     struct notice_out cur;
     notice_from_row(res, 0, &cur);
     const Mbox__Notice *e = op->edit;
-    uint32_t expect = op->if_match ? op->if_match : cur.n.version;
+    if (patch_state_conflict(r, cur.n.state)) {
+        patch_free(op);
+        return;
+    }
+    if (op->if_match != 0 && op->if_match != cur.n.version) {
+        reply_version_mismatch(r, op->if_match, cur.n.version);
+        patch_free(op);
+        return;
+    }
+    uint32_t expect = cur.n.version;
+    op->based_on = expect;
     /* A targeting or notify object replaces the whole object (like a JSON
      * merge patch of a nested value): {"targeting":{}} clears every bound,
      * {"targeting":{"platforms":[]}} clears the platform set. */
@@ -687,25 +763,9 @@ api_notice_patch(struct http_req *r, void *ctx)
     uint64_t id;
     if (!api_auth_ops(r, w, &actor) || !api_param_u64(r, "id", &id))
         return;
-    uint32_t if_match = 0;
-    const char *im = http_req_header(r, "If-Match");
-    if (im != NULL) {
-        /* Accept 3 and "3" (an entity-tag form). */
-        char buf[16];
-        size_t len = strlen(im);
-        if (len >= 2 && im[0] == '"' && im[len - 1] == '"') {
-            im++;
-            len -= 2;
-        }
-        char *end;
-        snprintf(buf, sizeof(buf), "%.*s", (int)(len < 15 ? len : 15), im);
-        unsigned long v = strtoul(buf, &end, 10);
-        if (len == 0 || len > 10 || *end != '\0' || v == 0 || v > UINT32_MAX) {
-            http_reply_error(r, 400, "invalid_argument", "If-Match must be a notice version");
-            return;
-        }
-        if_match = (uint32_t)v;
-    }
+    uint32_t if_match;
+    if (!parse_if_match(r, &if_match))
+        return;
     ProtobufCMessage *m;
     if (!api_decode(r, &mbox__notice__descriptor, &m))
         return;
@@ -735,10 +795,22 @@ api_notice_patch(struct http_req *r, void *ctx)
 
 /* ---- GET /v1/notices/{id}/stats ---- */
 
+/* Most samples in a stats reply: a day at the default one a minute. */
+#define SERIES_MAX 1440
+
 struct stats_op {
     struct http_req *r;
+    struct logic_worker *w;
     uint64_t id;
+    json_t *series; /* [{"at","reach"}], oldest first (reach.h) */
 };
+
+static void
+stats_free(struct stats_op *op)
+{
+    json_decref(op->series);
+    free(op);
+}
 
 static void
 on_reach(redisReply *reply, const char *err, void *arg)
@@ -750,10 +822,57 @@ on_reach(redisReply *reply, const char *err, void *arg)
         char id[24];
         snprintf(id, sizeof(id), "%" PRIu64, op->id);
         http_reply_json(op->r, 200,
-                        json_pack("{s:s, s:I, s:s}", "notice_id", id, "reach",
-                                  (json_int_t)reply->integer, "estimate", "hyperloglog"));
+                        json_pack("{s:s, s:I, s:s, s:O}", "notice_id", id, "reach",
+                                  (json_int_t)reply->integer, "estimate", "hyperloglog", "series",
+                                  op->series));
     }
-    free(op);
+    stats_free(op);
+}
+
+/* The sampled series arrived (newest first): keep it oldest first, then
+ * read the current figure. */
+static void
+on_stats_series(const PGresult *res, const struct pg_error *err, void *arg)
+{
+    struct stats_op *op = arg;
+    if (err->kind != PG_OK) {
+        api_reply_pg_error(op->r, err);
+        stats_free(op);
+        return;
+    }
+    for (int i = PQntuples(res) - 1; i >= 0; i--) {
+        char at[24];
+        snprintf(at, sizeof(at), "%" PRId64, pg_get_i64(res, i, 0));
+        json_array_append_new(op->series, json_pack("{s:s, s:I}", "at", at, "reach",
+                                                    (json_int_t)pg_get_i64(res, i, 1)));
+    }
+    if (!redis_command(op->w->redis, on_reach, op, "PFCOUNT reach:{n:%" PRIu64 "}", op->id)) {
+        http_reply_error(op->r, 503, "unavailable", "reach counter unavailable (Redis)");
+        stats_free(op);
+    }
+}
+
+/* The notice exists (404 like GET otherwise): read its sampled series. */
+static void
+on_stats_notice(const PGresult *res, const struct pg_error *err, void *arg)
+{
+    struct stats_op *op = arg;
+    if (err->kind != PG_OK) {
+        api_reply_pg_error(op->r, err);
+        stats_free(op);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        http_reply_error(op->r, 404, "not_found", "no notice %" PRIu64, op->id);
+        stats_free(op);
+        return;
+    }
+    struct pg_params p;
+    pg_params_init(&p);
+    pg_param_i64(&p, (int64_t)op->id);
+    pg_param_i32(&p, SERIES_MAX);
+    if (!api_query(op->r, op->w, SQL_REACH_SERIES, &p, on_stats_series, op))
+        stats_free(op);
 }
 
 void
@@ -765,16 +884,22 @@ api_notice_stats(struct http_req *r, void *ctx)
     if (!api_auth_ops(r, w, &actor) || !api_param_u64(r, "id", &id))
         return;
     struct stats_op *op = malloc(sizeof(*op));
-    if (op == NULL) {
+    json_t *series = json_array();
+    if (op == NULL || series == NULL) {
+        free(op);
+        json_decref(series);
         http_reply_error(r, 503, "unavailable", "out of memory");
         return;
     }
     op->r = r;
+    op->w = w;
     op->id = id;
-    if (!redis_command(w->redis, on_reach, op, "PFCOUNT reach:{n:%" PRIu64 "}", id)) {
-        free(op);
-        http_reply_error(r, 503, "unavailable", "reach counter unavailable (Redis)");
-    }
+    op->series = series;
+    struct pg_params p;
+    pg_params_init(&p);
+    pg_param_i64(&p, (int64_t)id);
+    if (!api_query(r, w, SQL_NOTICE_GET, &p, on_stats_notice, op))
+        stats_free(op);
 }
 
 /* Counts a delivery of notice_id to uid (HyperLogLog; fire and forget). */

@@ -3,6 +3,7 @@
  * (SPEC section 5).
  */
 #include "api.h"
+#include "console.h"
 #include "fanout.h"
 
 const struct http_route logic_sdk_routes[] = {
@@ -10,6 +11,8 @@ const struct http_route logic_sdk_routes[] = {
     {HTTP_GET, "/v1/history", api_history},
     {HTTP_POST, "/v1/read", api_read},
     {HTTP_POST, "/v1/notices/{id}/hide", api_notice_hide},
+    /* Last, and served only with sdk_health (worker.c): the SDK listener
+     * faces users, and the dependency report is for operators. */
     {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
     {HTTP_GET, "/metrics", api_metrics},
 };
@@ -32,6 +35,10 @@ const struct http_route logic_internal_routes[] = {
     {HTTP_GET, "/v1/notices/{id}/stats", api_notice_stats},
     {HTTP_GET | HTTP_POST | HTTP_PUT | HTTP_DELETE, "/v1/whitelist", api_whitelist},
     {HTTP_GET, "/v1/audit", api_audit},
+    {HTTP_GET, "/v1/whoami", api_whoami},
+    {HTTP_GET | HTTP_HEAD, "/console", api_console},
+    {HTTP_GET | HTTP_HEAD, "/console/", api_console},
+    {HTTP_GET | HTTP_HEAD, "/console/{file}", api_console},
     {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
     {HTTP_GET, "/metrics", api_metrics},
 };

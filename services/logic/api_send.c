@@ -6,6 +6,13 @@
  * its recipients: all rows are written or none. After the commit the
  * recipients' sync hints are invalidated (hint.h), then they are notified
  * (notify.h), then the sender gets the msg_ids.
+ *
+ * A send whose outcome is unknown (query timeout, lost connection) answers
+ * 503 and may still commit later, after any invalidation made then. So
+ * every answer that names an earlier write (a msgkey duplicate, an already
+ * recalled message) invalidates its mailboxes' hints again before it is
+ * sent: once the sender holds any acknowledgement, the next sync of those
+ * mailboxes reads PostgreSQL.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -83,6 +90,7 @@ struct send_op {
     int nrows;
     uint64_t *order; /* mailboxes in reply order: recipients as given, then the sender */
     int norder;
+    uint64_t *uids; /* every mailbox (rows' uids): hints to invalidate */
     char *uids_txt, *to_txt, *contacter_txt;
     int64_t now_us, expire_at;
     int attempts;
@@ -100,6 +108,7 @@ send_op_free(struct send_op *op)
     api_msg_free(&op->req->base);
     free(op->rows);
     free(op->order);
+    free(op->uids);
     free(op->uids_txt);
     free(op->to_txt);
     free(op->contacter_txt);
@@ -187,13 +196,10 @@ on_sent(const PGresult *res, const struct pg_error *err, void *arg)
         }
         if (err->kind == PG_ERR_TIMEOUT || err->kind == PG_ERR_UNAVAILABLE) {
             /* The statement may have committed before the connection was
-             * lost: drop the recipients' hints so a sync goes to the database. */
-            uint64_t *uids = calloc((size_t)op->nrows + 1, sizeof(*uids));
-            for (int i = 0; uids != NULL && i < op->nrows; i++)
-                uids[i] = op->rows[i].uid;
-            if (uids != NULL)
-                hint_invalidate(op->w, op->req->app_id, uids, op->nrows, NULL, NULL);
-            free(uids);
+             * lost: drop the recipients' hints so a sync goes to the database.
+             * (It may also commit after this; a retry's duplicate answer
+             * invalidates again.) */
+            hint_invalidate(op->w, op->req->app_id, op->uids, op->nrows, NULL, NULL);
         }
         api_reply_pg_error(op->r, err);
         send_op_free(op);
@@ -211,7 +217,9 @@ on_sent(const PGresult *res, const struct pg_error *err, void *arg)
             op->fresh_ids[op->nfresh++] = op->msg_ids[k];
         }
     }
-    hint_invalidate(op->w, op->req->app_id, op->fresh, op->nfresh, send_invalidated, op);
+    /* Duplicates too: the first attempt may have committed after its own
+     * invalidation (a timed-out statement is not cancelled). */
+    hint_invalidate(op->w, op->req->app_id, op->uids, op->nrows, send_invalidated, op);
 }
 
 static void
@@ -337,11 +345,14 @@ send_plan(struct send_op *op)
             op->order[op->norder++] = q->from_uid;
     }
     uint64_t *col = calloc((size_t)op->nrows + 1, sizeof(*col));
-    if (col == NULL)
+    op->uids = calloc((size_t)op->nrows + 1, sizeof(*op->uids));
+    if (col == NULL || op->uids == NULL) {
+        free(col);
         return false;
+    }
     for (int i = 0; i < op->nrows; i++)
-        col[i] = op->rows[i].uid;
-    op->uids_txt = api_int8_array(col, (size_t)op->nrows);
+        op->uids[i] = op->rows[i].uid;
+    op->uids_txt = api_int8_array(op->uids, (size_t)op->nrows);
     for (int i = 0; i < op->nrows; i++)
         col[i] = op->rows[i].to_uid;
     op->to_txt = api_int8_array(col, (size_t)op->nrows);
@@ -395,18 +406,28 @@ struct recall_op {
     uint64_t new_id, target;
 };
 
+/* The reply: msg_id is the recall row (absent when retention deleted it). */
+static void
+recall_answer(void *arg)
+{
+    struct recall_op *op = arg;
+    Mbox__RecallResponse resp = MBOX__RECALL_RESPONSE__INIT;
+    resp.has_msg_id = op->new_id != 0;
+    resp.has_recalled_msg_id = 1;
+    resp.msg_id = op->new_id;
+    resp.recalled_msg_id = op->target;
+    api_reply_msg(op->r, 200, &resp.base);
+    free(op);
+}
+
+/* A new recall row: notify the mailbox, then reply. */
 static void
 recall_reply(void *arg)
 {
     struct recall_op *op = arg;
     uint64_t one = op->uid;
     notify_mailboxes(op->w, op->app_id, &one, &op->new_id, 1);
-    Mbox__RecallResponse resp = MBOX__RECALL_RESPONSE__INIT;
-    resp.has_msg_id = resp.has_recalled_msg_id = 1;
-    resp.msg_id = op->new_id;
-    resp.recalled_msg_id = op->target;
-    api_reply_msg(op->r, 200, &resp.base);
-    free(op);
+    recall_answer(op);
 }
 
 static void
@@ -426,21 +447,20 @@ on_recalled(const PGresult *res, const struct pg_error *err, void *arg)
         return;
     }
     op->target = (uint64_t)pg_get_i64(res, 0, 0);
-    if (pg_is_null(res, 0, 1) && pg_is_null(res, 0, 2)) {
+    bool was_recalled = pg_get_bool(res, 0, 4);
+    if (pg_is_null(res, 0, 1) && pg_is_null(res, 0, 2) && !was_recalled) {
         /* Another recall of it is committing right now. */
         http_reply_error(op->r, 409, "conflict", "message is being recalled; retry");
         free(op);
         return;
     }
     if (pg_is_null(res, 0, 1)) {
-        /* Already recalled: answer with the earlier recall (idempotent retry). */
-        op->new_id = (uint64_t)pg_get_i64(res, 0, 2);
-        Mbox__RecallResponse resp = MBOX__RECALL_RESPONSE__INIT;
-        resp.has_msg_id = resp.has_recalled_msg_id = 1;
-        resp.msg_id = op->new_id;
-        resp.recalled_msg_id = op->target;
-        api_reply_msg(op->r, 200, &resp.base);
-        free(op);
+        /* Already recalled: answer with the earlier recall (idempotent
+         * retry), whose row retention may have deleted (then no msg_id).
+         * The earlier attempt may have committed after its invalidation
+         * (a timeout): invalidate again before answering. */
+        op->new_id = pg_is_null(res, 0, 2) ? 0 : (uint64_t)pg_get_i64(res, 0, 2);
+        hint_invalidate(op->w, op->app_id, &op->uid, 1, recall_answer, op);
         return;
     }
     op->new_id = (uint64_t)pg_get_i64(res, 0, 1);

@@ -6,6 +6,15 @@
  * limit; the cursor moves only over what is returned (has_more says there
  * is more). A sync with nothing new is answered from the Redis hint
  * without PostgreSQL (hint.h explains why that cannot lose a message).
+ *
+ * Public side: notices with seq > cursor.g that the user sees, evaluated
+ * with the client's attributes (platform, core level, guest). The cursor
+ * keeps those attributes; a sync whose attributes differ also returns the
+ * notices with seq <= g it gained (pub_select_gained), once.
+ *
+ * What a user cannot see in a sync does not exist for them anywhere on
+ * this listener: read marks and hide accept only notices visible to the
+ * asking client now (viewer_sees), the rest is treated like an unknown id.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -41,6 +50,8 @@ struct pull_op {
     bool history;
     /* sync */
     struct cursor cur;
+    struct cursor_attrs attrs; /* this request's client attributes */
+    bool attrs_done;           /* the public side was evaluated with attrs */
     struct hint_read_op hint_op;
     struct hint_read hint;
     uint64_t new_g;
@@ -131,26 +142,59 @@ pull_new(struct http_req *r, struct logic_worker *w)
     return op;
 }
 
-/*
- * The viewer of the public side: the user and what the client says about
- * itself. Only when notices are to be filtered (an empty sync with nothing
- * public after its cursor reads no header for it). v points into *cv: both
- * live in the handler's frame, and the public side is selected before the
- * handler returns.
- */
+/* What the client says about itself (headers, User-Agent): lib/clientver.h. */
 static void
-pull_viewer(struct pull_op *op, struct pub_viewer *v, struct clientver *cv)
+client_version(struct http_req *r, struct clientver *cv)
 {
-    struct http_req *r = op->r;
     clientver_parse(cv, http_req_header(r, "platform"), http_req_header(r, "app_version"),
                     http_req_header(r, "core_level"), http_req_header(r, "User-Agent"));
+}
+
+/* The attributes targeting depends on, in the form a cursor keeps them. */
+static void
+client_attrs(const struct clientver *cv, const struct token_claims *who, struct cursor_attrs *a)
+{
+    a->core_level = cv->has_core_level ? cv->core_level : 0;
+    a->platform_hash = pub_platform_hash(cv->platform);
+    a->guest = who->guest;
+}
+
+/*
+ * The viewer of the public side: the user and what the client says about
+ * itself. v points into *cv: both live in the handler's frame, and the
+ * public side is selected before the handler returns.
+ */
+static void
+viewer_init(struct pub_viewer *v, const struct pub_snapshot *snap, const struct token_claims *who,
+            const struct clientver *cv)
+{
     memset(v, 0, sizeof(*v));
-    v->app_id = op->who.app_id;
-    v->uid = op->who.uid;
-    v->guest = op->who.guest;
+    v->app_id = who->app_id;
+    v->uid = who->uid;
+    v->guest = who->guest;
     v->platform = cv->platform;
     v->core_level = cv->has_core_level ? cv->core_level : 0;
-    v->whitelisted = pubsnap_whitelisted(op->snap, op->who.app_id, op->who.uid);
+    v->whitelisted = pubsnap_whitelisted(snap, who->app_id, who->uid);
+}
+
+/* The viewer of a history, read or hide request: this user, this request's client. */
+static void
+request_viewer(struct http_req *r, const struct pub_snapshot *snap, const struct token_claims *who,
+               struct pub_viewer *v, struct clientver *cv)
+{
+    client_version(r, cv);
+    viewer_init(v, snap, who, cv);
+}
+
+/* The same user with the attributes a cursor kept (platform known only by its hash). */
+static void
+viewer_from_attrs(struct pub_viewer *old, const struct pub_viewer *v, const struct cursor_attrs *a)
+{
+    *old = *v;
+    old->platform = NULL;
+    old->platform_hash = a->platform_hash;
+    old->core_level = a->core_level;
+    old->guest = a->guest;
 }
 
 /* Fills an Item for a public notice or tombstone. */
@@ -230,21 +274,26 @@ pull_reply(struct pull_op *op, const PGresult *res, int nrows, bool priv_more)
         n++;
     }
     qsort(ptrs, n, sizeof(ptrs[0]), op->history && !op->asc ? cmp_item_desc : cmp_item_asc);
+    if (op->history && n > op->limit) {
+        priv_more = true; /* what is cut off is more */
+        n = op->limit;
+    }
     if (op->history) {
-        bool more = priv_more || op->pub_truncated || n > op->limit;
-        if (n > op->limit)
-            n = op->limit;
         Mbox__HistoryResponse resp = MBOX__HISTORY_RESPONSE__INIT;
         resp.items = ptrs;
         resp.n_items = n;
         resp.has_has_more = 1;
-        resp.has_more = more;
+        resp.has_more = priv_more || op->pub_truncated;
         api_reply_msg(op->r, 200, &resp.base);
     } else {
         struct cursor next = op->cur;
         if (nrows > 0)
             next.p = last_private;
         next.g = op->new_g;
+        if (op->attrs_done) {
+            next.has_attrs = true;
+            next.a = op->attrs;
+        }
         char cbuf[CURSOR_STR_LEN];
         cursor_encode(&next, cbuf);
         Mbox__SyncResponse resp = MBOX__SYNC_RESPONSE__INIT;
@@ -256,10 +305,11 @@ pull_reply(struct pull_op *op, const PGresult *res, int nrows, bool priv_more)
         resp.reset = false;
         api_reply_msg(op->r, 200, &resp.base);
     }
-    /* Reach: counted after the reply, off the response path. */
-    for (size_t i = 0; i < op->npub; i++) {
-        if (op->pub[i].kind == PUB_ITEM_NOTICE && !(op->hidden && op->hidden[i]))
-            api_notice_count_reach(op->w, op->pub[i].n->notice_id, op->who.app_id, op->who.uid);
+    /* Reach: the notice items the reply held (a page cut leaves some
+     * out), counted after the reply, off the response path. */
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(ptrs[i]->kind, "notice") == 0)
+            api_notice_count_reach(op->w, ptrs[i]->notice_id, op->who.app_id, op->who.uid);
     }
 out:
     if (items != items_local)
@@ -409,6 +459,67 @@ public_state(struct pull_op *op)
 
 /* ---- POST /v1/sync ---- */
 
+/*
+ * Selects the public side of a sync into op->pub: the notices a changed
+ * client gained below g (when its attributes differ from the cursor's),
+ * then the notices after g. Sets new_g, pub_truncated and whether the
+ * reply's cursor carries this request's attributes. False on OOM.
+ *
+ * The empty-sync hot path (same attributes, nothing after g) allocates
+ * nothing: it parses the client headers and compares 13 bytes.
+ */
+static bool
+sync_public(struct pull_op *op, int64_t now)
+{
+    const struct pub_snapshot *snap = op->snap;
+    const struct cursor *cur = &op->cur;
+    struct clientver cv;
+    client_version(op->r, &cv);
+    client_attrs(&cv, &op->who, &op->attrs);
+    op->new_g = cur->g;
+    /*
+     * Gained notices are looked for only with a snapshot that has
+     * everything up to g (seqs commit in order, 6.1): a cache behind the
+     * cursor keeps the cursor's attributes, so a later sync on a fresher
+     * cache still does it. A cursor without attributes ("" or version 1)
+     * takes this request's: nothing is known about the earlier ones.
+     */
+    bool changed = cur->has_attrs && !cursor_attrs_equal(&cur->a, &op->attrs);
+    bool rescan = changed && cur->g > 0 && snap != NULL && snap->max_seq >= cur->g;
+    op->attrs_done = !changed || rescan || cur->g == 0;
+    if (!rescan && (snap == NULL || snap->max_seq <= cur->g))
+        return true; /* nothing public after g (the common case): nothing to select */
+    struct pub_viewer v;
+    viewer_init(&v, snap, &op->who, &cv);
+    size_t cap = op->limit;
+    op->pub = calloc(cap, sizeof(*op->pub));
+    if (op->pub == NULL)
+        return false;
+    if (rescan) {
+        struct pub_viewer old;
+        viewer_from_attrs(&old, &v, &cur->a);
+        bool more;
+        op->npub = pub_select_gained((const struct pub_notice *const *)snap->notices, snap->count,
+                                     &v, &old, cur->g, now, op->pub, cap, &more);
+        if (more) {
+            /* More gained than fit: g moves back to the last one returned and
+             * the public log after it is walked again with the new
+             * attributes (what the client had there may come again). */
+            op->new_g = op->pub[op->npub - 1].n->seq;
+            op->pub_truncated = true;
+            return true;
+        }
+    }
+    uint64_t g;
+    bool truncated;
+    op->npub +=
+        pub_select((const struct pub_notice *const *)snap->notices, snap->count, snap->max_seq, &v,
+                   cur->g, now, op->pub + op->npub, cap - op->npub, &g, &truncated);
+    op->new_g = g;
+    op->pub_truncated = truncated;
+    return true;
+}
+
 static void
 on_sync_hint(const struct hint_read *h, void *arg)
 {
@@ -464,22 +575,10 @@ api_sync(struct http_req *r, void *ctx)
         return;
     }
     /* Public side first: it decides how much room the private side gets. */
-    op->new_g = op->cur.g;
-    if (op->snap != NULL && op->snap->max_seq <= op->cur.g) {
-        /* Nothing public after g (the common case): nothing to select. */
-    } else if (op->snap != NULL) {
-        struct pub_viewer v;
-        struct clientver cv;
-        pull_viewer(op, &v, &cv);
-        op->pub = calloc(limit, sizeof(*op->pub));
-        if (op->pub == NULL) {
-            http_reply_error(r, 503, "unavailable", "out of memory");
-            pull_free(op);
-            return;
-        }
-        op->npub = pub_select((const struct pub_notice *const *)op->snap->notices, op->snap->count,
-                              op->snap->max_seq, &v, op->cur.g, now, op->pub, limit, &op->new_g,
-                              &op->pub_truncated);
+    if (!sync_public(op, now)) {
+        http_reply_error(r, 503, "unavailable", "out of memory");
+        pull_free(op);
+        return;
     }
     hint_read(w, op->who.app_id, op->who.uid, &op->hint_op, on_sync_hint, op);
 }
@@ -541,7 +640,7 @@ api_history(struct http_req *r, void *ctx)
     int64_t now = logic_now_us();
     struct pub_viewer v;
     struct clientver cv;
-    pull_viewer(op, &v, &cv);
+    request_viewer(r, op->snap, &op->who, &v, &cv);
     size_t count = op->snap != NULL ? op->snap->count : 0;
     op->pub = calloc(count + 1, sizeof(*op->pub));
     if (op->pub == NULL) {
@@ -562,6 +661,24 @@ api_history(struct http_req *r, void *ctx)
      * skips a notice. */
     qsort(op->pub, op->npub, sizeof(op->pub[0]), op->asc ? cmp_pub_asc : cmp_pub_desc);
     public_state(op);
+}
+
+/* ---- what a user may mark: read and hide ---- */
+
+/*
+ * Whether notice id is visible to this request's client now, by the rule
+ * a sync applies (pub_visible: app, state and whitelist, activation,
+ * validity window, targeting; this logicd's snapshot). Read marks and hide
+ * treat any other id exactly like one that does not exist, so neither can
+ * tell a user that a draft, a deleted or stopped notice, a gray release
+ * they are not on, or a notice for other clients exists. The user's own
+ * hidden flag does not count: they know that notice.
+ */
+static bool
+viewer_sees(const struct pub_snapshot *snap, const struct pub_viewer *v, uint64_t id, int64_t now)
+{
+    const struct pub_notice *n = pubsnap_find(snap, id);
+    return n != NULL && pub_visible(n, v, now);
 }
 
 /* ---- POST /v1/notices/{id}/hide ---- */
@@ -585,8 +702,10 @@ api_notice_hide(struct http_req *r, void *ctx)
     uint64_t id;
     if (!api_auth_user(r, w, &who) || !api_param_u64(r, "id", &id))
         return;
-    const struct pub_notice *n = pubsnap_find(w->snap, id);
-    if (n == NULL || n->app_id != who.app_id) {
+    struct pub_viewer v;
+    struct clientver cv;
+    request_viewer(r, w->snap, &who, &v, &cv);
+    if (!viewer_sees(w->snap, &v, id, logic_now_us())) {
         http_reply_error(r, 404, "not_found", "no notice %" PRIu64 " for this app", id);
         return;
     }
@@ -636,6 +755,19 @@ api_read(struct http_req *r, void *ctx)
                          READ_MAX_IDS);
         api_msg_free(m);
         return;
+    }
+    /* Only notices this client sees count; the others are unknown ids. */
+    if (q->n_notice_ids > 0) {
+        struct pub_viewer v;
+        struct clientver cv;
+        request_viewer(r, w->snap, &who, &v, &cv);
+        int64_t now = logic_now_us();
+        size_t kept = 0;
+        for (size_t i = 0; i < q->n_notice_ids; i++) {
+            if (viewer_sees(w->snap, &v, q->notice_ids[i], now))
+                q->notice_ids[kept++] = q->notice_ids[i];
+        }
+        q->n_notice_ids = kept;
     }
     char *msgs = api_int8_array(q->msg_ids, q->n_msg_ids);
     char *notices = api_int8_array(q->notice_ids, q->n_notice_ids);

@@ -52,6 +52,10 @@ struct fanout_job {
     uint8_t *content;
     size_t content_len;
     int64_t create_time, expire_at;
+    /* uids of committed batches whose hints the fanout thread could not
+     * invalidate: handed to the worker's hint path (hint.h) before the reply */
+    uint64_t *hint_failed;
+    size_t nhint_failed;
     /* results */
     uint64_t written, first_id, last_id;
     uint32_t batches;
@@ -75,12 +79,13 @@ job_free(struct fanout_job *j)
 {
     free(j->uids);
     free(j->content);
+    free(j->hint_failed);
     free(j);
 }
 
-/* Runs on the worker's loop: the reply. */
+/* The reply (on the worker's loop, after every hint was invalidated or remembered). */
 static void
-job_reply(evutil_socket_t fd, short what, void *arg)
+job_send_reply(void *arg)
 {
     struct fanout_job *j = arg;
     if (j->error[0] != '\0' && j->written == 0) {
@@ -101,6 +106,24 @@ job_reply(evutil_socket_t fd, short what, void *arg)
         api_reply_msg(j->r, j->error[0] ? 503 : 200, &resp.base);
     }
     job_free(j);
+}
+
+/*
+ * Runs on the worker's loop when the job is done. Hints the fanout thread
+ * could not invalidate go through the worker's hint_invalidate: sent again
+ * now, or kept in the worker's dirty list and replayed until Redis takes
+ * them (the one replay mechanism of every writer). The reply follows.
+ */
+static void
+job_reply(evutil_socket_t fd, short what, void *arg)
+{
+    struct fanout_job *j = arg;
+    if (j->nhint_failed == 0) {
+        job_send_reply(j);
+        return;
+    }
+    log_warn("fanout_hint_handed_over", "req=%s mailboxes=%zu", http_req_id(j->r), j->nhint_failed);
+    hint_invalidate(j->w, j->app_id, j->hint_failed, (int)j->nhint_failed, job_send_reply, j);
 }
 
 /* (Re)connects the thread's PostgreSQL connection and its staging table. */
@@ -170,21 +193,28 @@ copy_batch(PGconn *c, const int64_t *uids, size_t n, char *err, size_t errlen)
     return ok;
 }
 
-/* Invalidates the sync hints of a batch (pipelined, blocking). */
-static void
-invalidate_batch(struct fanout *f, uint64_t app_id, const int64_t *uids, size_t n)
+/* (Re)connects the thread's blocking Redis connection; false when unreachable. */
+static bool
+redis_ready(struct fanout *f)
 {
-    if (f->redis == NULL || f->redis->err) {
-        if (f->redis != NULL)
-            redisFree(f->redis);
-        struct timeval tv = {1, 0};
-        f->redis = redisConnectWithTimeout(f->app->cfg.redis_host, (int)f->app->cfg.redis_port, tv);
-        if (f->redis == NULL || f->redis->err) {
-            log_warn("fanout_hint_skipped", "reason=redis_unreachable mailboxes=%zu", n);
-            return;
-        }
-        redisSetTimeout(f->redis, tv);
-    }
+    if (f->redis != NULL && !f->redis->err)
+        return true;
+    if (f->redis != NULL)
+        redisFree(f->redis);
+    struct timeval tv = {1, 0};
+    f->redis = redisConnectWithTimeout(f->app->cfg.redis_host, (int)f->app->cfg.redis_port, tv);
+    if (f->redis == NULL || f->redis->err)
+        return false;
+    redisSetTimeout(f->redis, tv);
+    return true;
+}
+
+/* Sends one batch's invalidations (pipelined, blocking); false if any failed. */
+static bool
+invalidate_once(struct fanout *f, uint64_t app_id, const int64_t *uids, size_t n)
+{
+    if (!redis_ready(f))
+        return false;
     char ttl[24];
     snprintf(ttl, sizeof(ttl), "%" PRId64, f->app->cfg.hint_ttl_s);
     for (size_t i = 0; i < n; i++) {
@@ -192,14 +222,49 @@ invalidate_batch(struct fanout *f, uint64_t app_id, const int64_t *uids, size_t 
         hint_key(key, sizeof(key), app_id, (uint64_t)uids[i]);
         redisAppendCommand(f->redis, "EVAL %s 1 %s %s", hint_invalidate_lua, key, ttl);
     }
-    for (size_t i = 0; i < n; i++) {
-        void *reply;
-        if (redisGetReply(f->redis, &reply) != REDIS_OK) {
-            log_warn("fanout_hint_failed", "after=%zu of=%zu", i, n);
-            return;
-        }
-        freeReplyObject(reply);
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        redisReply *reply = NULL; /* left alone by a failed redisGetReply */
+        ok = redisGetReply(f->redis, (void **)&reply) == REDIS_OK && reply != NULL &&
+             reply->type != REDIS_REPLY_ERROR;
+        if (reply != NULL)
+            freeReplyObject(reply);
     }
+    if (!ok && f->redis->err == 0) {
+        /* Unread replies would answer the next batch's commands: start over. */
+        redisFree(f->redis);
+        f->redis = NULL;
+    }
+    return ok;
+}
+
+/*
+ * Invalidates the sync hints of a committed batch. A connection that broke
+ * since the last job (a Redis restart) fails on first use, so one failure
+ * is retried on a fresh connection (an invalidation can be repeated
+ * safely); what still fails is kept in the job for the worker (job_reply).
+ */
+static void
+invalidate_batch(struct fanout *f, struct fanout_job *j, const int64_t *uids, size_t n)
+{
+    if (invalidate_once(f, j->app_id, uids, n))
+        return;
+    if (f->redis != NULL) {
+        redisFree(f->redis);
+        f->redis = NULL;
+    }
+    if (invalidate_once(f, j->app_id, uids, n))
+        return;
+    log_warn("fanout_hint_failed", "mailboxes=%zu (handed to the worker)", n);
+    uint64_t *grown = realloc(j->hint_failed, (j->nhint_failed + n) * sizeof(*grown));
+    if (grown == NULL) {
+        log_error("fanout_hint_lost", "mailboxes=%zu reason=out_of_memory", n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        grown[j->nhint_failed + i] = (uint64_t)uids[i];
+    j->hint_failed = grown;
+    j->nhint_failed += n;
 }
 
 /* Writes one job in batches; fills its results. */
@@ -250,7 +315,7 @@ run_job(struct fanout *f, struct fanout_job *j)
             j->last_id = last;
         j->written += written;
         j->batches++;
-        invalidate_batch(f, j->app_id, j->uids + off, n);
+        invalidate_batch(f, j, j->uids + off, n);
     }
     j->elapsed_us = logic_now_us() - t0;
     log_info("fanout_done", "app=%" PRIu64 " uids=%zu written=%" PRIu64 " batches=%u ms=%" PRId64,

@@ -15,7 +15,10 @@
  * one INSERT that assigns msg_ids under each mailbox's header lock exactly
  * as a send does, one transaction per batch. A failure stops at a batch
  * boundary and the reply says how many rows were written. The recipients'
- * sync hints are invalidated per batch over a blocking Redis connection.
+ * sync hints are invalidated per batch over a blocking Redis connection
+ * (retried once on a fresh connection: the old one may be stale after a
+ * Redis restart); mailboxes still not invalidated are handed to the job's
+ * worker before the reply, whose dirty list replays them (hint.h).
  * Recipients are not notified: they see the message at their next pull.
  */
 #ifndef LOGIC_FANOUT_H

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "log.h"
 #include "logic.h"
 #include "metrics.h"
@@ -41,7 +43,13 @@ struct hint_mbox {
 struct hint_dirty {
     struct hint_mbox *items;
     int n;
+    struct event *retry; /* replays while the list is not empty (created on first use) */
 };
+
+/* How often a non-empty dirty list is replayed while Redis stays connected. */
+#define HINT_REPLAY_INTERVAL_MS 1000
+
+static void replay_tick(evutil_socket_t fd, short what, void *arg);
 
 /* hint:{app:uid} into buf (without printf: this runs on every sync); returns its length. */
 static size_t
@@ -87,16 +95,38 @@ hint_dirty_new(void)
 void
 hint_dirty_free(struct hint_dirty *d)
 {
-    if (d != NULL)
+    if (d != NULL) {
+        if (d->retry != NULL)
+            event_free(d->retry);
         free(d->items);
+    }
     free(d);
 }
 
-/* Remembers a mailbox whose invalidation did not reach Redis. */
+/* Replays the list within HINT_REPLAY_INTERVAL_MS (a command timeout does
+ * not always end in a reconnect, so the on-connect replay is not enough). */
+static void
+arm_replay(struct logic_worker *w)
+{
+    struct hint_dirty *d = w->dirty;
+    if (d->retry == NULL)
+        d->retry = evtimer_new(w->base, replay_tick, w);
+    if (d->retry == NULL || evtimer_pending(d->retry, NULL))
+        return;
+    struct timeval tv = {HINT_REPLAY_INTERVAL_MS / 1000, (HINT_REPLAY_INTERVAL_MS % 1000) * 1000};
+    evtimer_add(d->retry, &tv);
+}
+
+/*
+ * Remembers a mailbox whose invalidation did not reach Redis. Every writer
+ * ends here on failure (sends, recalls, fanout batches handed over by the
+ * fanout thread, and failed replays), so there is one replay mechanism.
+ */
 static void
 dirty_add(struct logic_worker *w, uint64_t app_id, uint64_t uid)
 {
     struct hint_dirty *d = w->dirty;
+    arm_replay(w);
     if (d->n == HINT_DIRTY_CAP) {
         metric_inc(metrics_counter(w->app->metrics, "mbox_hint_dirty_dropped_total",
                                    "mailboxes whose hint could not be invalidated or remembered",
@@ -247,20 +277,38 @@ hint_invalidate(struct logic_worker *w, uint64_t app_id, const uint64_t *uids, i
     inval_finish(c);
 }
 
+/*
+ * Sends every remembered invalidation again through hint_invalidate, so one
+ * that fails (not sent, error reply, timeout) is remembered again and
+ * replayed later. Items re-added while the loop runs land at indexes it has
+ * already read (at most one per item read).
+ */
+static void
+replay(struct logic_worker *w)
+{
+    struct hint_dirty *d = w->dirty;
+    if (d->n == 0 || !redis_connected(w->redis))
+        return;
+    int n = d->n;
+    d->n = 0;
+    for (int i = 0; i < n; i++) {
+        struct hint_mbox m = d->items[i];
+        hint_invalidate(w, m.app_id, &m.uid, 1, NULL, NULL);
+    }
+    log_info("hint_dirty_replayed", "worker=%d sent=%d requeued=%d", w->id, n, d->n);
+}
+
+static void
+replay_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct logic_worker *w = arg;
+    replay(w);
+    if (w->dirty->n > 0)
+        arm_replay(w);
+}
+
 void
 hint_on_redis_connect(void *worker)
 {
-    struct logic_worker *w = worker;
-    struct hint_dirty *d = w->dirty;
-    if (d->n == 0)
-        return;
-    int n = d->n, sent = 0;
-    d->n = 0;
-    for (int i = 0; i < n; i++) {
-        if (send_invalidate(w, d->items[i].app_id, d->items[i].uid, NULL, NULL))
-            sent++;
-        else
-            dirty_add(w, d->items[i].app_id, d->items[i].uid);
-    }
-    log_info("hint_dirty_replayed", "worker=%d sent=%d", w->id, sent);
+    replay(worker);
 }

@@ -27,8 +27,11 @@
  *      survives: every sync that starts after the send returned sees it.
  *   3. If the invalidation cannot reach Redis (Redis down), the send still
  *      succeeds; the mailbox is remembered in this worker's dirty list and
- *      invalidated again as soon as Redis is back, before hints written
- *      meanwhile could matter for long. A Redis that restarted has lost
+ *      invalidated again as soon as Redis is back (on reconnect, and every
+ *      second while the list is not empty; a replay that fails is
+ *      remembered again), before hints written meanwhile could matter for
+ *      long. Every writer uses this list: the fanout thread hands the
+ *      mailboxes it could not invalidate to the job's worker. A Redis that restarted has lost
  *      every hint anyway (it runs without persistence), and a reader whose
  *      READ and SET straddle a reconnect skips the SET (the connection
  *      generation changed). The one residual case, this worker cut off from

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "http.h"
 #include "token.h"
 
 struct event_base;
@@ -30,6 +31,7 @@ struct pub_snapshot;
 struct token_cache;
 struct metric;
 struct retention;
+struct reach_sampler;
 
 struct logic_config {
     char *sdk_listen;
@@ -52,6 +54,12 @@ struct logic_config {
     int64_t internal_max_body;
     int64_t max_header_bytes;
     int64_t http_timeout_s;
+    int64_t http_head_timeout_s;
+    int64_t http_min_body_rate;
+    int64_t sdk_max_connections;
+    int64_t internal_max_connections;
+    bool sdk_health;
+    char *cors_allow_origins;
     int64_t max_recipients;
     int64_t max_content_bytes;
     int64_t default_expire_s;
@@ -66,6 +74,8 @@ struct logic_config {
     int64_t retention_interval_s;
     int64_t retention_batch;
     int64_t fanout_max_uids;
+    char *console_dir;
+    int64_t reach_sample_interval_s;
 };
 
 extern const struct cfg_schema logic_config_schema;
@@ -76,10 +86,22 @@ bool logic_config_validate(const struct logic_config *c, char *err, size_t errle
 
 #define LOGIC_MAX_OPS_TOKENS 16
 
+/* What an ops token may do (ops_tokens "name:token[:role]"): an editor
+ * writes notices and the whitelist; a publisher also changes what users
+ * see (publish, stop, retract, delete). */
+enum logic_role {
+    LOGIC_ROLE_EDITOR = 1,
+    LOGIC_ROLE_PUBLISHER = 2,
+};
+
 struct logic_ops_token {
     char name[64];
     char token[128];
+    enum logic_role role;
 };
+
+/* Most origins in cors_allow_origins. */
+#define LOGIC_MAX_CORS_ORIGINS 32
 
 struct logic {
     struct logic_config cfg;
@@ -89,9 +111,16 @@ struct logic {
     int nops;
     char sdk_host[256], internal_host[256];
     int sdk_port, internal_port;
+    /* connection caps of the two listeners, shared by every worker's server */
+    struct http_gate sdk_gate, internal_gate;
+    /* the SDK listener's CORS policy (cors_allow_origins), when set */
+    char *cors_origins[LOGIC_MAX_CORS_ORIGINS];
+    struct http_cors cors;
+    bool cors_on;
     int64_t started_us;
     struct fanout *fanout;     /* the write-diffusion thread (fanout.h) */
     struct pubcache *pubcache; /* the public-mailbox poller (pubcache.h) */
+    char console_dir[1024];    /* console_dir as resolved at start (console.c) */
 };
 
 struct logic_worker {
@@ -105,6 +134,7 @@ struct logic_worker {
     struct redis *redis;
     struct hint_dirty *dirty;    /* hint invalidations to replay (hint.h) */
     struct retention *retention; /* worker 0 only */
+    struct reach_sampler *reach; /* worker 0 only (reach.h) */
     struct pub_snapshot *snap;   /* public cache as this worker sees it (pubcache.h) */
     struct token_cache *tokens;  /* verified user tokens (api_io.c) */
     struct pull_op *pull_spares; /* freed pull states kept for reuse (api_sync.c) */

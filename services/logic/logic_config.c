@@ -32,7 +32,8 @@ static const struct cfg_key logic_keys[] = {
     K(server_key, CFG_SECRET, NULL, 0, 0,
       "shared secret of business servers on the internal listener (required)"),
     K(ops_tokens, CFG_SECRET, NULL, 0, 0,
-      "operator tokens as name:token[,name:token...]; the name is written to the audit log"),
+      "operator tokens as name:token[:role][,...]; role editor or publisher (default); the name "
+      "is written to the audit log"),
     K(token_key_id, CFG_STR, "k1", 0, 0, "id of the key that signs new user tokens"),
     K(token_key, CFG_SECRET, NULL, 0, 0, "HMAC-SHA256 key of new user tokens (required)"),
     K(token_prev_key_id, CFG_STR, NULL, 0, 0, "id of the previous key, still accepted (rotation)"),
@@ -42,7 +43,22 @@ static const struct cfg_key logic_keys[] = {
       "largest internal request body in bytes (fanout uid lists are large)"),
     K(max_header_bytes, CFG_INT, "16384", 1024, 1048576,
       "largest request head, request line and header fields (larger: 431)"),
-    K(http_timeout_s, CFG_INT, "30", 1, 3600, "HTTP connection read/write timeout"),
+    K(http_timeout_s, CFG_INT, "30", 1, 3600,
+      "HTTP idle timeout between requests, and per read/write progress of a reply"),
+    K(http_head_timeout_s, CFG_INT, "10", 1, 3600,
+      "a request head must be complete this long after its first byte (408), however it trickles"),
+    K(http_min_body_rate, CFG_INT, "1024", 0, 1073741824,
+      "bytes/s a request body must keep up after http_head_timeout_s of grace (408); 0: off"),
+    K(sdk_max_connections, CFG_INT, "0", 0, 10000000,
+      "most open connections of the SDK listener (503 beyond); 0: derived from RLIMIT_NOFILE "
+      "(api.md 1.6)"),
+    K(internal_max_connections, CFG_INT, "0", 0, 10000000,
+      "most open connections of the internal listener; 0: derived from RLIMIT_NOFILE (api.md 1.6)"),
+    K(sdk_health, CFG_BOOL, "false", 0, 0,
+      "also serve /healthz and /metrics on the SDK listener (default: internal listener only)"),
+    K(cors_allow_origins, CFG_STR, NULL, 0, 0,
+      "browser origins allowed on the SDK listener (CORS): scheme://host[:port],... or *; "
+      "empty: none"),
     K(max_recipients, CFG_INT, "1000", 1, 100000, "most recipients of one POST /v1/messages"),
     K(max_content_bytes, CFG_INT, "65536", 1, 16777216, "largest message or notice content"),
     K(default_expire_s, CFG_INT, "1209600", 60, 315360000,
@@ -61,6 +77,11 @@ static const struct cfg_key logic_keys[] = {
     K(retention_interval_s, CFG_INT, "60", 1, 86400, "period of the expired-row deletion job"),
     K(fanout_max_uids, CFG_INT, "5000000", 1, 100000000, "most uids in one POST /v1/fanout"),
     K(retention_batch, CFG_INT, "5000", 1, 1000000, "rows deleted per statement by that job"),
+    K(console_dir, CFG_STR, NULL, 0, 0,
+      "static files of the operations console (/console/ on the internal listener); empty: "
+      "console/www of the working directory if present, else the installed copy"),
+    K(reach_sample_interval_s, CFG_INT, "60", 1, 86400,
+      "period of the reach sampler (one logicd at a time) that records each live notice's reach"),
 };
 
 const struct cfg_schema logic_config_schema = {

@@ -12,10 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <event2/thread.h>
 
 #include "config.h"
+#include "console.h"
 #include "fanout.h"
 #include "log.h"
 #include "logic.h"
@@ -23,7 +25,12 @@
 #include "migrate.h"
 #include "pubcache.h"
 
-/* Parses "name:token,name:token" into app->ops. */
+/*
+ * Parses "name:token[:role],..." into app->ops. The role is the text after
+ * the last ':' when it is "editor" or "publisher"; an entry without one is
+ * a publisher (what every ops token could do before roles existed). A
+ * token that itself contains ':' must then be followed by its role.
+ */
 static bool
 parse_ops_tokens(struct logic *app, const char *s, char *err, size_t errlen)
 {
@@ -33,10 +40,28 @@ parse_ops_tokens(struct logic *app, const char *s, char *err, size_t errlen)
         size_t len = end ? (size_t)(end - s) : strlen(s);
         const char *colon = memchr(s, ':', len);
         if (colon == NULL || colon == s || colon + 1 == s + len) {
-            snprintf(err, errlen, "key 'ops_tokens': entry %d is not name:token", app->nops + 1);
+            snprintf(err, errlen, "key 'ops_tokens': entry %d is not name:token[:role]",
+                     app->nops + 1);
             return false;
         }
         size_t nlen = (size_t)(colon - s), tlen = len - nlen - 1;
+        enum logic_role role = LOGIC_ROLE_PUBLISHER;
+        const char *last = memrchr(colon + 1, ':', tlen);
+        if (last != NULL) {
+            size_t rlen = (size_t)(s + len - last - 1);
+            if (rlen == 6 && memcmp(last + 1, "editor", 6) == 0)
+                role = LOGIC_ROLE_EDITOR;
+            else if (rlen == 9 && memcmp(last + 1, "publisher", 9) == 0)
+                role = LOGIC_ROLE_PUBLISHER;
+            else
+                last = NULL; /* part of the token */
+            if (last != NULL)
+                tlen = (size_t)(last - colon - 1);
+        }
+        if (tlen == 0) {
+            snprintf(err, errlen, "key 'ops_tokens': entry %d has an empty token", app->nops + 1);
+            return false;
+        }
         if (app->nops == LOGIC_MAX_OPS_TOKENS || nlen >= sizeof(app->ops[0].name) ||
             tlen >= sizeof(app->ops[0].token)) {
             snprintf(err, errlen, "key 'ops_tokens': too many entries or too long");
@@ -46,6 +71,7 @@ parse_ops_tokens(struct logic *app, const char *s, char *err, size_t errlen)
         app->ops[app->nops].name[nlen] = '\0';
         memcpy(app->ops[app->nops].token, colon + 1, tlen);
         app->ops[app->nops].token[tlen] = '\0';
+        app->ops[app->nops].role = role;
         app->nops++;
         s += len;
         if (*s == ',')
@@ -54,13 +80,68 @@ parse_ops_tokens(struct logic *app, const char *s, char *err, size_t errlen)
     return true;
 }
 
+/*
+ * Parses cors_allow_origins ("*", or origins "scheme://host[:port]"
+ * separated by commas and spaces) into app->cors.
+ */
+static bool
+parse_cors(struct logic *app, const char *s, char *err, size_t errlen)
+{
+    size_t n = 0;
+    while (*s) {
+        size_t len = strcspn(s, ", ");
+        if (len == 0) {
+            s++;
+            continue;
+        }
+        if (len == 1 && *s == '*') {
+            app->cors.any = true;
+        } else {
+            const char *sep = memmem(s, len, "://", 3);
+            if (n == LOGIC_MAX_CORS_ORIGINS || sep == NULL || sep == s || sep + 3 == s + len ||
+                memchr(sep + 3, '/', len - (size_t)(sep + 3 - s)) != NULL) {
+                snprintf(err, errlen,
+                         "key 'cors_allow_origins': '%.*s' is not scheme://host[:port] "
+                         "(at most %d origins)",
+                         (int)(len < 200 ? len : 200), s, LOGIC_MAX_CORS_ORIGINS);
+                return false;
+            }
+            app->cors_origins[n] = strndup(s, len);
+            if (app->cors_origins[n] == NULL) {
+                snprintf(err, errlen, "out of memory");
+                return false;
+            }
+            n++;
+        }
+        s += len;
+    }
+    app->cors.origins = (const char *const *)app->cors_origins;
+    app->cors.norigins = n;
+    app->cors.allow_headers =
+        "Authorization, Content-Type, Accept, platform, app_version, core_level";
+    app->cors.max_age_s = 600;
+    app->cors_on = n > 0 || app->cors.any;
+    return true;
+}
+
+static void
+free_cors(struct logic *app)
+{
+    for (size_t i = 0; i < LOGIC_MAX_CORS_ORIGINS; i++) {
+        free(app->cors_origins[i]);
+        app->cors_origins[i] = NULL;
+    }
+}
+
 /* Everything about the config that the table cannot check. */
 static bool
 prepare_app(struct logic *app, char *err, size_t errlen)
 {
     struct logic_config *c = &app->cfg;
     if (!logic_config_validate(c, err, errlen) ||
-        !parse_ops_tokens(app, c->ops_tokens, err, errlen))
+        !parse_ops_tokens(app, c->ops_tokens, err, errlen) ||
+        !parse_cors(app, c->cors_allow_origins, err, errlen) ||
+        !console_resolve_dir(app, err, errlen))
         return false;
     if (!cfg_parse_hostport(c->sdk_listen, app->sdk_host, sizeof(app->sdk_host), &app->sdk_port) ||
         !cfg_parse_hostport(c->internal_listen, app->internal_host, sizeof(app->internal_host),
@@ -68,11 +149,62 @@ prepare_app(struct logic *app, char *err, size_t errlen)
         snprintf(err, errlen, "bad listener address");
         return false;
     }
+    /* The internal listener's body cap (lib/http has one per listener)
+     * must hold a POST /v1/fanout of fanout_max_uids + 1 uids of 20 digits
+     * and CRLF after a first line with the largest content (JSON escapes
+     * take up to 6 bytes a byte), so that a list that is too long gets
+     * "more than N uids" rather than the body cap. */
+    int64_t fanout_body = (c->fanout_max_uids + 1) * 22 + c->max_content_bytes * 6 + 4096;
+    if (c->internal_max_body < fanout_body)
+        c->internal_max_body = fanout_body;
     app->keys.current_id = c->token_key_id;
     app->keys.current_key = c->token_key;
     app->keys.previous_id = c->token_prev_key_id[0] ? c->token_prev_key_id : NULL;
     app->keys.previous_key = c->token_prev_key[0] ? c->token_prev_key : NULL;
     return true;
+}
+
+/*
+ * Caps the connections of both listeners so that descriptors never run out
+ * (the soft RLIMIT_NOFILE is raised to the hard one first). Descriptors
+ * the process needs for itself (database and Redis connections of every
+ * worker, the poller, fanout, logs) are set aside; of the rest, an eighth
+ * (16..4096) goes to the internal listener and the remainder to the SDK
+ * listener, so operators and /healthz still get in while the SDK listener
+ * is full. Configured caps win; a configuration that cannot fit is
+ * reported, not silently shrunk.
+ */
+static void
+plan_connections(struct logic *app)
+{
+    struct logic_config *c = &app->cfg;
+    struct rlimit rl;
+    long nofile = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            (void)setrlimit(RLIMIT_NOFILE, &rl);
+            (void)getrlimit(RLIMIT_NOFILE, &rl);
+        }
+        nofile = rl.rlim_cur > (rlim_t)100000000 ? 100000000 : (long)rl.rlim_cur;
+    }
+    long own = 64 + c->threads * (c->pg_pool_size + 8);
+    long avail = nofile - own > 32 ? nofile - own : 32;
+    long internal = avail / 8 < 16 ? 16 : avail / 8 > 4096 ? 4096 : avail / 8;
+    app->internal_gate.max =
+        c->internal_max_connections > 0 ? c->internal_max_connections : internal;
+    app->sdk_gate.max =
+        c->sdk_max_connections > 0
+            ? c->sdk_max_connections
+            : (avail - app->internal_gate.max > 16 ? avail - app->internal_gate.max : 16);
+    if (app->sdk_gate.max + app->internal_gate.max > avail)
+        log_warn("connections_overcommitted",
+                 "nofile=%ld own=%ld sdk_max_connections=%ld internal_max_connections=%ld "
+                 "hint=\"raise LimitNOFILE or lower the caps: descriptors can run out\"",
+                 nofile, own, app->sdk_gate.max, app->internal_gate.max);
+    log_info("connections_planned",
+             "nofile=%ld sdk_max_connections=%ld internal_max_connections=%ld", nofile,
+             app->sdk_gate.max, app->internal_gate.max);
 }
 
 int
@@ -86,12 +218,14 @@ main(int argc, char **argv)
 
     enum cfg_action act = cfg_main(&logic_config_schema, &app.cfg, argc, argv, extra, &flags);
     if (act != CFG_RUN) {
+        free_cors(&app);
         cfg_free(&logic_config_schema, &app.cfg);
         return act == CFG_EXIT_OK ? 0 : 1;
     }
     char err[512];
     if (!prepare_app(&app, err, sizeof(err))) {
         fprintf(stderr, "logicd: config error: %s\n", err);
+        free_cors(&app);
         cfg_free(&logic_config_schema, &app.cfg);
         return 1;
     }
@@ -102,10 +236,12 @@ main(int argc, char **argv)
     if (flags & 3u) {
         if (!migrate_run(app.cfg.pg_conninfo, app.cfg.migrations_dir, err, sizeof(err))) {
             fprintf(stderr, "logicd: migration failed: %s\n", err);
+            free_cors(&app);
             cfg_free(&logic_config_schema, &app.cfg);
             return 1;
         }
         if (flags & 2u) {
+            free_cors(&app);
             cfg_free(&logic_config_schema, &app.cfg);
             return 0;
         }
@@ -120,6 +256,7 @@ main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
 
+    plan_connections(&app);
     app.metrics = metrics_new();
     app.started_us = logic_now_us();
     int n = (int)app.cfg.threads;
@@ -194,6 +331,7 @@ out:
     fanout_stop(app.fanout);
     free(workers);
     metrics_free(app.metrics);
+    free_cors(&app);
     cfg_free(&logic_config_schema, &app.cfg);
     return status;
 }

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "logic.h"
 #include "metrics.h"
+#include "pg.h"
 #include "redis.h"
 
 #define NOTIFY_NODE_MAX    64
@@ -144,4 +145,52 @@ notify_mailboxes(struct logic_worker *w, uint64_t app_id, const uint64_t *uids,
         }
     }
     notify_done_one(op);
+}
+
+bool
+notify_pace_line(char *out, size_t outlen, uint64_t app, uint64_t notice, uint64_t msg_id,
+                 int64_t rate, int64_t start_us, int64_t expire_at, bool login_only,
+                 uint64_t min_core, uint64_t max_core, const char *platforms)
+{
+    int n = snprintf(out, outlen,
+                     "p %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRId64 " %" PRId64 " %" PRId64
+                     " %d %" PRIu64 " %" PRIu64 " %s\n",
+                     app, notice, msg_id, rate, start_us, expire_at, login_only ? 1 : 0, min_core,
+                     max_core, platforms[0] != '\0' ? platforms : "-");
+    return n > 0 && (size_t)n < outlen;
+}
+
+void
+notify_pacing(struct logic_worker *w, const PGresult *res, int row, const char *action)
+{
+    char line[512];
+    size_t len;
+    uint64_t app = (uint64_t)pg_get_i64(res, row, pg_col(res, "app_id"));
+    uint64_t id = (uint64_t)pg_get_i64(res, row, pg_col(res, "notice_id"));
+    if (strcmp(action, "publish") == 0) {
+        const char *mode = pg_get_bytes(res, row, pg_col(res, "notify_mode"), &len);
+        if (strcmp(mode, "paced") != 0)
+            return;
+        int64_t now = logic_now_us();
+        int64_t start_at = pg_get_i64(res, row, pg_col(res, "start_at"));
+        int64_t start_us = start_at > now ? start_at + 2 * w->app->cfg.poll_interval_ms * 1000 : 0;
+        if (!notify_pace_line(line, sizeof(line), app, id,
+                              (uint64_t)pg_get_i64(res, row, pg_col(res, "msg_id")),
+                              pg_get_i64(res, row, pg_col(res, "notify_rate")), start_us,
+                              pg_get_i64(res, row, pg_col(res, "expire_at")),
+                              pg_get_bool(res, row, pg_col(res, "login_only")),
+                              (uint64_t)pg_get_i64(res, row, pg_col(res, "min_core_level")),
+                              (uint64_t)pg_get_i64(res, row, pg_col(res, "max_core_level")),
+                              pg_get_bytes(res, row, pg_col(res, "platforms"), &len)))
+            return;
+    } else if (strcmp(action, "stop") == 0 || strcmp(action, "retract") == 0 ||
+               strcmp(action, "delete") == 0) {
+        snprintf(line, sizeof(line), "x %" PRIu64 " %" PRIu64 "\n", app, id);
+    } else {
+        return;
+    }
+    const char *argv[3] = {"PUBLISH", "lcs:broadcast", line};
+    size_t lens[3] = {7, 13, strlen(line)};
+    if (!redis_command_argv(w->redis, NULL, NULL, 3, argv, lens))
+        log_warn("pacing_broadcast_dropped", "notice=%" PRIu64 " reason=redis_down", id);
 }

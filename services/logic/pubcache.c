@@ -14,8 +14,12 @@
 #include <event2/event.h>
 #include <libpq-fe.h>
 
+#include <jansson.h>
+
+#include "api_io.h"
 #include "log.h"
 #include "logic.h"
+#include "sql.h"
 
 struct pubcache {
     struct logic *app;
@@ -35,11 +39,20 @@ struct pubcache {
     "priority, business_type, start_at, expire_at, platforms, min_core_level, "                    \
     "max_core_level, login_only, activated, deleted, gray_seq"
 
-/* Changes since $1, with the head seq of the same snapshot in column 0. */
+/*
+ * Changes since $1, with the head seq (column 0) and the whitelist version
+ * (column 1) read in the same statement, hence the same snapshot: the
+ * whitelist the poller then reads is at least as new as the seqs it hands
+ * out. (A version read separately could fail and leave new seqs paired with
+ * an old whitelist: a user just added would sync past a renumbered notice.)
+ */
 static const char changes_sql[] =
-    "SELECT h.seq AS head, n.* FROM public_head h LEFT JOIN LATERAL"
+    "SELECT h.seq AS head, w.version AS white_version, n.* FROM public_head h"
+    " JOIN whitelist_version w ON w.id = 1 LEFT JOIN LATERAL"
     " (SELECT " NOTICE_COLS " FROM notice WHERE seq > $1::int8 ORDER BY seq) n ON true"
     " WHERE h.id = 1 ORDER BY n.seq";
+/* Column of notice_id in a changes_sql row (the notice columns follow). */
+#define CH_NOTICE 2
 
 /*
  * Activation of scheduled notices: each due notice gets the next seq under
@@ -141,14 +154,14 @@ col_i64(const PGresult *r, int row, int col)
     return strtoll(PQgetvalue(r, row, col), NULL, 10);
 }
 
-/* A notice from a text-format row (col 0 is the head seq). */
+/* A notice from a text-format changes_sql row. */
 static struct pub_notice *
 notice_from_row(const PGresult *r, int row, bool *live)
 {
     struct pub_notice *n = calloc(1, sizeof(*n));
     if (n == NULL)
         return NULL;
-    int c = 1;
+    int c = CH_NOTICE;
     n->notice_id = (uint64_t)col_i64(r, row, c++);
     n->app_id = (uint64_t)col_i64(r, row, c++);
     if (!pub_state_parse(PQgetvalue(r, row, c++), &n->state))
@@ -241,8 +254,8 @@ snap_build(const struct pub_snapshot *old, const PGresult *changes, uint64_t hea
     for (size_t i = 0; old != NULL && i < old->count; i++) {
         bool changed = false;
         for (int k = 0; k < rows && !changed; k++) {
-            if (!PQgetisnull(changes, k, 1))
-                changed = (uint64_t)col_i64(changes, k, 1) == old->notices[i]->notice_id;
+            if (!PQgetisnull(changes, k, CH_NOTICE))
+                changed = (uint64_t)col_i64(changes, k, CH_NOTICE) == old->notices[i]->notice_id;
         }
         if (changed)
             continue;
@@ -254,7 +267,7 @@ snap_build(const struct pub_snapshot *old, const PGresult *changes, uint64_t hea
         s->count++;
     }
     for (int k = 0; k < rows; k++) {
-        if (PQgetisnull(changes, k, 1))
+        if (PQgetisnull(changes, k, CH_NOTICE))
             continue;
         bool live;
         struct pub_notice *n = notice_from_row(changes, k, &live);
@@ -280,10 +293,14 @@ snap_build(const struct pub_snapshot *old, const PGresult *changes, uint64_t hea
         s->nwhite = nwhite;
     } else if (old != NULL && old->nwhite > 0) {
         s->white = malloc(old->nwhite * sizeof(old->white[0]));
-        if (s->white != NULL) {
-            memcpy(s->white, old->white, old->nwhite * sizeof(old->white[0]));
-            s->nwhite = old->nwhite;
+        if (s->white == NULL) {
+            /* A snapshot without its whitelist would let max_seq pass the
+             * whitelisted users' notices: build nothing. */
+            snap_free(s);
+            return NULL;
         }
+        memcpy(s->white, old->white, old->nwhite * sizeof(old->white[0]));
+        s->nwhite = old->nwhite;
     }
     s->white_version = white_version;
     return s;
@@ -362,7 +379,43 @@ activate_due(struct pubcache *c, int64_t now)
     PQclear(r);
 }
 
-/* One poll: returns false when the database could not be read. */
+/*
+ * The whole whitelist, sorted, into *out (NULL and false on any error).
+ */
+static bool
+read_whitelist(struct pubcache *c, uint64_t (**out)[2], size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    PGresult *wl = PQexec(c->pg, "SELECT app_id, uid FROM whitelist ORDER BY app_id, uid");
+    if (PQresultStatus(wl) != PGRES_TUPLES_OK) {
+        log_warn("pubcache_poll_failed", "error=%s", PQresultErrorField(wl, PG_DIAG_SQLSTATE));
+        PQclear(wl);
+        return false;
+    }
+    size_t count = (size_t)PQntuples(wl);
+    uint64_t(*white)[2] = calloc(count + 1, sizeof(*white));
+    if (white == NULL) {
+        PQclear(wl);
+        return false; /* out of memory: keep the old snapshot, retry next poll */
+    }
+    for (size_t i = 0; i < count; i++) {
+        white[i][0] = (uint64_t)col_i64(wl, (int)i, 0);
+        white[i][1] = (uint64_t)col_i64(wl, (int)i, 1);
+    }
+    qsort(white, count, sizeof(*white), cmp_white);
+    PQclear(wl);
+    *out = white;
+    *n = count;
+    return true;
+}
+
+/*
+ * One poll: returns false when the database could not be read. Any error
+ * publishes nothing from this poll (the workers keep the previous snapshot
+ * and the next poll starts again from its max_seq): a snapshot must never
+ * pair new seqs with an older whitelist than the one they were given for.
+ */
 static bool
 poll_once(struct pubcache *c)
 {
@@ -383,47 +436,28 @@ poll_once(struct pubcache *c)
         return false;
     }
     uint64_t head = (uint64_t)col_i64(ch, 0, 0);
-    bool notices_changed = !PQgetisnull(ch, 0, 1);
-
-    PGresult *wv = PQexec(c->pg, "SELECT version FROM whitelist_version WHERE id = 1");
-    uint64_t wver = PQresultStatus(wv) == PGRES_TUPLES_OK && PQntuples(wv) == 1
-                        ? (uint64_t)col_i64(wv, 0, 0)
-                        : (c->cur ? c->cur->white_version : 0);
-    PQclear(wv);
+    uint64_t wver = (uint64_t)col_i64(ch, 0, 1);
+    bool notices_changed = !PQgetisnull(ch, 0, CH_NOTICE);
     uint64_t(*white)[2] = NULL;
     size_t nwhite = 0;
     bool white_changed = c->cur == NULL || wver != c->cur->white_version;
-    if (white_changed) {
-        PGresult *wl = PQexec(c->pg, "SELECT app_id, uid FROM whitelist ORDER BY app_id, uid");
-        if (PQresultStatus(wl) != PGRES_TUPLES_OK) {
-            PQclear(wl);
-            PQclear(ch);
-            return false;
-        }
-        nwhite = (size_t)PQntuples(wl);
-        white = calloc(nwhite + 1, sizeof(*white));
-        if (white == NULL) {
-            PQclear(wl);
-            PQclear(ch);
-            return false; /* out of memory: keep the old snapshot, retry next poll */
-        }
-        for (size_t i = 0; i < nwhite; i++) {
-            white[i][0] = (uint64_t)col_i64(wl, (int)i, 0);
-            white[i][1] = (uint64_t)col_i64(wl, (int)i, 1);
-        }
-        qsort(white, nwhite, sizeof(*white), cmp_white);
-        PQclear(wl);
+    if (white_changed && !read_whitelist(c, &white, &nwhite)) {
+        PQclear(ch);
+        return false;
     }
     if (notices_changed || white_changed || c->cur == NULL || head != c->cur->max_seq) {
         struct pub_snapshot *s =
             snap_build(c->cur, notices_changed ? ch : NULL, head, white, nwhite, wver);
-        if (s != NULL) {
-            log_debug("pubcache_snapshot", "max_seq=%" PRIu64 " notices=%zu whitelist=%zu",
-                      s->max_seq, s->count, s->nwhite);
-            distribute(c, s);
-            pubsnap_unref(c->cur);
-            c->cur = s;
+        if (s == NULL) {
+            /* Nothing published; the next poll reads the same changes again. */
+            PQclear(ch);
+            return false;
         }
+        log_debug("pubcache_snapshot", "max_seq=%" PRIu64 " notices=%zu whitelist=%zu", s->max_seq,
+                  s->count, s->nwhite);
+        distribute(c, s);
+        pubsnap_unref(c->cur);
+        c->cur = s;
     }
     PQclear(ch);
     __atomic_store_n(&c->last_ok_us, logic_now_us(), __ATOMIC_RELAXED);
@@ -504,21 +538,26 @@ pubcache_stop(struct pubcache *c)
     free(c);
 }
 
-bool
-pubcache_load_whitelist_file(const char *conninfo, const char *path, char *err, size_t errlen)
+/* Most entries whitelist_file may hold (a bad file must not eat the memory). */
+#define WHITELIST_FILE_MAX 10000000
+/* uids per mbox_whitelist_change call, as for POST /v1/whitelist. */
+#define WHITELIST_FILE_CHUNK 100000
+
+/* Reads "app_id uid" lines into *out (sorted by app, then uid); false with err set. */
+static bool
+read_whitelist_file(const char *path, uint64_t (**out)[2], size_t *n, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
     if (f == NULL) {
         snprintf(err, errlen, "whitelist_file %s: %s", path, strerror(errno));
         return false;
     }
-    /* "{app,...}" and "{uid,...}" text arrays for one INSERT ... unnest. */
-    size_t cap = 4096, alen = 1, ulen = 1, lineno = 0, count = 0;
-    char *apps = malloc(cap), *uids = malloc(cap), line[256];
-    bool ok = apps != NULL && uids != NULL;
-    if (ok) {
-        apps[0] = uids[0] = '{';
-    }
+    size_t cap = 1024, count = 0, lineno = 0;
+    uint64_t(*pairs)[2] = malloc(cap * sizeof(*pairs));
+    char line[256];
+    bool ok = pairs != NULL;
+    if (!ok)
+        snprintf(err, errlen, "out of memory");
     while (ok && fgets(line, sizeof(line), f) != NULL) {
         lineno++;
         char *h = line + strspn(line, " \t");
@@ -526,53 +565,124 @@ pubcache_load_whitelist_file(const char *conninfo, const char *path, char *err, 
             continue;
         unsigned long long a, u;
         char extra;
-        if (sscanf(h, "%llu %llu %c", &a, &u, &extra) != 2) {
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            snprintf(err, errlen, "whitelist_file %s:%zu: expected 'app_id uid' (line too long)",
+                     path, lineno);
+            ok = false;
+        } else if (sscanf(h, "%llu %llu %c", &a, &u, &extra) != 2 || a > INT64_MAX ||
+                   u > INT64_MAX || strchr(h, '-') != NULL) {
             snprintf(err, errlen, "whitelist_file %s:%zu: expected 'app_id uid'", path, lineno);
             ok = false;
-            break;
-        }
-        if (alen + 24 >= cap || ulen + 24 >= cap) {
-            cap *= 2;
-            char *na = realloc(apps, cap), *nu = na ? realloc(uids, cap) : NULL;
-            if (na)
-                apps = na;
-            if (nu)
-                uids = nu;
-            if (!na || !nu) {
-                snprintf(err, errlen, "out of memory");
-                ok = false;
-                break;
+        } else if (count == WHITELIST_FILE_MAX) {
+            snprintf(err, errlen, "whitelist_file %s: expected at most %d entries", path,
+                     WHITELIST_FILE_MAX);
+            ok = false;
+        } else {
+            if (count == cap) {
+                uint64_t(*grown)[2] = realloc(pairs, 2 * cap * sizeof(*pairs));
+                if (grown == NULL) {
+                    snprintf(err, errlen, "out of memory");
+                    ok = false;
+                    break;
+                }
+                pairs = grown;
+                cap *= 2;
             }
+            pairs[count][0] = a;
+            pairs[count][1] = u;
+            count++;
         }
-        alen += (size_t)sprintf(apps + alen, "%s%" PRId64, count ? "," : "", (int64_t)a);
-        ulen += (size_t)sprintf(uids + ulen, "%s%" PRId64, count ? "," : "", (int64_t)u);
-        count++;
     }
     fclose(f);
-    if (ok && count > 0) {
-        strcpy(apps + alen, "}");
-        strcpy(uids + ulen, "}");
-        PGconn *c = PQconnectdb(conninfo);
-        const char *params[2] = {apps, uids};
-        PGresult *r = PQstatus(c) == CONNECTION_OK
-                          ? PQexecParams(c,
-                                         "WITH ins AS (INSERT INTO whitelist (app_id, uid)"
-                                         " SELECT * FROM unnest($1::int8[], $2::int8[])"
-                                         " ON CONFLICT DO NOTHING RETURNING 1)"
-                                         " UPDATE whitelist_version SET version = version + 1"
-                                         " WHERE id = 1 AND EXISTS (SELECT 1 FROM ins)",
-                                         2, NULL, params, NULL, NULL, 0)
-                          : NULL;
-        ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok)
-            snprintf(err, errlen, "whitelist_file: %s",
-                     r ? PQresultErrorMessage(r) : PQerrorMessage(c));
-        PQclear(r);
-        PQfinish(c);
-        if (ok)
-            log_info("whitelist_loaded", "file=%s entries=%zu", path, count);
+    if (!ok) {
+        free(pairs);
+        return false;
     }
-    free(apps);
+    qsort(pairs, count, sizeof(*pairs), cmp_white);
+    *out = pairs;
+    *n = count;
+    return true;
+}
+
+/* Runs one bound statement; the result (caller clears) or NULL with err set. */
+static PGresult *
+exec_stmt(PGconn *c, const char *name, int n, const char *const *params, ExecStatusType want,
+          char *err, size_t errlen)
+{
+    PGresult *r = PQexecParams(c, sql_text(name), n, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) == want)
+        return r;
+    snprintf(err, errlen, "whitelist_file: %s", PQresultErrorMessage(r));
+    err[strcspn(err, "\n")] = '\0';
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * Adds one app's uids through mbox_whitelist_change, the head-locked path
+ * of POST /v1/whitelist: the app's prepublished (and gray) notices get new
+ * seqs, so a uid whose cursor passed them still receives them. Skipped when
+ * every uid is already listed (a restart must not re-deliver notices).
+ */
+static bool
+whitelist_add_app(PGconn *c, const char *path, uint64_t app, const uint64_t *uids, size_t n,
+                  char *err, size_t errlen)
+{
+    char appbuf[24], nowbuf[24];
+    char *arr = api_int8_array(uids, n);
+    json_t *body = json_pack("{s:s, s:I}", "whitelist_file", path, "uids", (json_int_t)n);
+    char *audit = body != NULL ? json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(body);
+    bool ok = arr != NULL && audit != NULL;
+    if (!ok)
+        snprintf(err, errlen, "whitelist_file: %s",
+                 arr == NULL ? "out of memory" : "cannot build the audit entry (path not UTF-8?)");
+    snprintf(appbuf, sizeof(appbuf), "%" PRIu64, app);
+    snprintf(nowbuf, sizeof(nowbuf), "%" PRId64, logic_now_us());
+    const char *missing_params[2] = {appbuf, arr};
+    PGresult *r =
+        ok ? exec_stmt(c, SQL_WHITELIST_MISSING, 2, missing_params, PGRES_TUPLES_OK, err, errlen)
+           : NULL;
+    ok = r != NULL;
+    bool needed = ok && strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+    PQclear(r);
+    if (needed) {
+        const char *params[6] = {appbuf, arr, "add", "whitelist_file", nowbuf, audit};
+        r = exec_stmt(c, SQL_WHITELIST_CHANGE, 6, params, PGRES_TUPLES_OK, err, errlen);
+        ok = r != NULL;
+        if (ok)
+            log_info("whitelist_loaded", "file=%s app=%" PRIu64 " added=%s renumbered=%s", path,
+                     app, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 2));
+        PQclear(r);
+    }
+    free(arr);
+    free(audit);
+    return ok;
+}
+
+bool
+pubcache_load_whitelist_file(const char *conninfo, const char *path, char *err, size_t errlen)
+{
+    uint64_t(*pairs)[2] = NULL;
+    size_t n = 0;
+    if (!read_whitelist_file(path, &pairs, &n, err, errlen))
+        return false;
+    uint64_t *uids = malloc((n + 1) * sizeof(*uids));
+    PGconn *c = n > 0 && uids != NULL ? PQconnectdb(conninfo) : NULL;
+    bool ok = n == 0 || (uids != NULL && PQstatus(c) == CONNECTION_OK);
+    if (!ok)
+        snprintf(err, errlen, "whitelist_file: %s",
+                 uids == NULL ? "out of memory" : "database unavailable");
+    /* One call per app (and per WHITELIST_FILE_CHUNK uids of it). */
+    for (size_t i = 0; ok && i < n;) {
+        size_t k = 0;
+        uint64_t app = pairs[i][0];
+        while (i < n && pairs[i][0] == app && k < WHITELIST_FILE_CHUNK)
+            uids[k++] = pairs[i++][1];
+        ok = whitelist_add_app(c, path, app, uids, k, err, errlen);
+    }
+    PQfinish(c);
     free(uids);
+    free(pairs);
     return ok;
 }

@@ -62,7 +62,13 @@ bool pubsnap_whitelisted(const struct pub_snapshot *s, uint64_t app_id, uint64_t
 /* The notice with this id, or NULL. */
 const struct pub_notice *pubsnap_find(const struct pub_snapshot *s, uint64_t notice_id);
 
-/* Loads whitelist_file ("app_id uid" lines) into the database at start. */
+/*
+ * Loads whitelist_file ("app_id uid" lines, # comments) into the database
+ * at start through mbox_whitelist_change (migrations/0003), the head-locked
+ * path of POST /v1/whitelist, so listed uids receive the app's prepublished
+ * notices their cursors passed. An err containing "expected" is a bad file
+ * (a config error); anything else is the database's.
+ */
 bool pubcache_load_whitelist_file(const char *conninfo, const char *path, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 

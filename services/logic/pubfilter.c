@@ -26,19 +26,36 @@ pub_state_str(enum pub_state s)
     return (size_t)s < sizeof(state_names) / sizeof(state_names[0]) ? state_names[s] : "?";
 }
 
-/* Targeting: platform set, core level bounds, login-only. */
+uint32_t
+pub_platform_hash(const char *platform)
+{
+    if (platform[0] == '\0')
+        return 0;
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)platform; *p != '\0'; p++)
+        h = (h ^ *p) * 16777619u;
+    return h != 0 ? h : 1;
+}
+
+/* Whether the notice's platform list holds the viewer's platform (by name or by hash). */
 static bool
-targets(const struct pub_notice *n, const struct pub_viewer *v)
+platform_listed(const struct pub_notice *n, const struct pub_viewer *v)
+{
+    for (int i = 0; i < n->nplatforms; i++) {
+        if (v->platform != NULL ? strcmp(n->platforms[i], v->platform) == 0
+                                : pub_platform_hash(n->platforms[i]) == v->platform_hash)
+            return true;
+    }
+    return false;
+}
+
+bool
+pub_targets(const struct pub_notice *n, const struct pub_viewer *v)
 {
     if (n->login_only && v->guest)
         return false;
-    if (n->nplatforms > 0) {
-        bool found = false;
-        for (int i = 0; i < n->nplatforms && !found; i++)
-            found = strcmp(n->platforms[i], v->platform) == 0;
-        if (!found)
-            return false;
-    }
+    if (n->nplatforms > 0 && !platform_listed(n, v))
+        return false;
     /* A client that does not say its core level is outside any bound. */
     if (n->min_core_level != 0 && (v->core_level == 0 || v->core_level < n->min_core_level))
         return false;
@@ -65,7 +82,7 @@ pub_visible(const struct pub_notice *n, const struct pub_viewer *v, int64_t now_
         return false;
     if (n->expire_at != 0 && n->expire_at <= now_us)
         return false;
-    return targets(n, v);
+    return pub_targets(n, v);
 }
 
 size_t
@@ -112,5 +129,28 @@ pub_select(const struct pub_notice *const *notices, size_t count, uint64_t max_s
         n++;
     }
     *new_g = max_seq;
+    return n;
+}
+
+size_t
+pub_select_gained(const struct pub_notice *const *notices, size_t count, const struct pub_viewer *v,
+                  const struct pub_viewer *old, uint64_t g, int64_t now_us, struct pub_item *out,
+                  size_t cap, bool *truncated)
+{
+    size_t n = 0;
+    *truncated = false;
+    /* notices are sorted by seq: the ones the cursor passed come first. */
+    for (size_t i = 0; i < count && notices[i]->seq <= g; i++) {
+        const struct pub_notice *pn = notices[i];
+        if (!pub_visible(pn, v, now_us) || pub_visible(pn, old, now_us))
+            continue;
+        if (n == cap) {
+            *truncated = true;
+            return n;
+        }
+        out[n].n = pn;
+        out[n].kind = PUB_ITEM_NOTICE;
+        n++;
+    }
     return n;
 }

@@ -39,14 +39,33 @@ struct pub_notice {
     uint64_t gray_seq; /* seq at which this version reached the whitelist (0: not) */
 };
 
-/* The user and client asking. */
+/*
+ * The user and client asking. The platform is given as text, or (platform
+ * NULL) only as its pub_platform_hash: the form a sync cursor keeps of
+ * the attributes an earlier sync was evaluated with.
+ */
 struct pub_viewer {
     uint64_t app_id, uid;
     bool guest;
-    const char *platform; /* "" when unknown */
-    uint64_t core_level;  /* 0 when unknown */
-    bool whitelisted;     /* (app_id, uid) is on the gray-release whitelist */
+    const char *platform;   /* "" when unknown; NULL: compare platform_hash */
+    uint32_t platform_hash; /* used when platform is NULL */
+    uint64_t core_level;    /* 0 when unknown */
+    bool whitelisted;       /* (app_id, uid) is on the gray-release whitelist */
 };
+
+/*
+ * A 32-bit hash of a platform name (FNV-1a): 0 for "" (unknown), never 0
+ * otherwise. A collision between two platform names can only make an
+ * attribute change look smaller than it is (see pub_select_gained).
+ */
+uint32_t pub_platform_hash(const char *platform);
+
+/*
+ * Targeting alone: n's platform set, core level bounds and login_only
+ * against v's platform, core_level and guest flag (the other fields of
+ * either are not read). Also used by lcsd's paced notify (services/lcs/pace.c).
+ */
+bool pub_targets(const struct pub_notice *n, const struct pub_viewer *v);
 
 /* True when n is visible to v at now_us (state, activation, expiry, targeting, whitelist). */
 bool pub_visible(const struct pub_notice *n, const struct pub_viewer *v, int64_t now_us);
@@ -73,6 +92,21 @@ struct pub_item {
 size_t pub_select(const struct pub_notice *const *notices, size_t count, uint64_t max_seq,
                   const struct pub_viewer *v, uint64_t g, int64_t now_us, struct pub_item *out,
                   size_t cap, uint64_t *new_g, bool *truncated);
+
+/*
+ * The notices a changed client gained: those with seq <= g (the part of
+ * the public log the cursor has passed) that are visible to v now and were
+ * not visible to old, the viewer with the attributes the cursor's public
+ * side was evaluated with (the same user; only platform, core level and
+ * guest differ). Every change of a notice and every whitelist change that
+ * affects it takes a new seq, so for seq <= g the notice is still what the
+ * cursor was evaluated against, and "not visible to old" means "not
+ * delivered". Fills at most cap items (kind notice), in seq order; returns
+ * their number, and *truncated says whether more remain.
+ */
+size_t pub_select_gained(const struct pub_notice *const *notices, size_t count,
+                         const struct pub_viewer *v, const struct pub_viewer *old, uint64_t g,
+                         int64_t now_us, struct pub_item *out, size_t cap, bool *truncated);
 
 /* Parses "draft" etc.; false when unknown. */
 bool pub_state_parse(const char *s, enum pub_state *out);

@@ -17,6 +17,7 @@
 #include "sql.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #include "pg.h"
 
@@ -31,6 +32,8 @@
     "min_core_level, max_core_level, "                                                             \
     "login_only, notify_mode, notify_rate, template, created_by, created_at, updated_by, "         \
     "updated_at"
+/* The reach sampler's advisory lock (migrate.c uses 7204312001). */
+#define REACH_LOCK_KEY "7204312002"
 /* Every visible notice change takes the next seq under the head row lock (migrations/0002). */
 #define NEXT_SEQ "UPDATE public_head SET seq = seq + 1 WHERE id = 1"
 
@@ -119,8 +122,10 @@ static const struct sql_stmt statements[] = {
      "  WHERE EXISTS (SELECT 1 FROM mark)"
      "  RETURNING msg_id"
      ")"
+     /* target_was_recalled without a previous recall row: retention deleted
+      * that row (a concurrent recall shows the target not yet recalled). */
      " SELECT (SELECT msg_id FROM target), (SELECT msg_id FROM ins), (SELECT msg_id FROM prev),"
-     " (SELECT count(*) FROM mark)"},
+     " (SELECT count(*) FROM mark), (SELECT recalled FROM target)"},
     {SQL_NOTICE_CREATE, 19,
      "WITH ins AS (INSERT INTO notice (app_id, title, content, category, type, priority,"
      "  business_type, start_at, expire_at, platforms, min_core_level, max_core_level,"
@@ -139,9 +144,11 @@ static const struct sql_stmt statements[] = {
      "SELECT " NOTICE_COLS " FROM notice WHERE NOT deleted"
      " AND ($1::int8 = 0 OR app_id = $1::int8) AND ($2::text = '' OR state = $2::text)"
      " ORDER BY notice_id DESC LIMIT $3::int4"},
-    {SQL_NOTICE_TRANSITION, 8,
-     "WITH cur AS (SELECT notice_id, state FROM notice WHERE notice_id = $1::int8 AND NOT deleted),"
-     " head AS (" NEXT_SEQ " AND EXISTS (SELECT 1 FROM cur WHERE state = ANY($3::text[]))"
+    {SQL_NOTICE_TRANSITION, 9,
+     "WITH cur AS (SELECT notice_id, state, version FROM notice"
+     "  WHERE notice_id = $1::int8 AND NOT deleted),"
+     " head AS (" NEXT_SEQ " AND EXISTS (SELECT 1 FROM cur WHERE state = ANY($3::text[])"
+     "  AND ($9::int4 = 0 OR version = $9::int4))"
      "  RETURNING seq),"
      " upd AS (UPDATE notice n SET"
      "  state = CASE WHEN NOT $8::bool THEN $2::text"
@@ -157,11 +164,12 @@ static const struct sql_stmt statements[] = {
      "   THEN n.activated OR n.start_at <= $5::int8 ELSE n.activated END,"
      "  updated_by = $4::text, updated_at = $5::int8"
      "  FROM head WHERE n.notice_id = $1::int8 AND n.state = ANY($3::text[]) AND NOT n.deleted"
+     "  AND ($9::int4 = 0 OR n.version = $9::int4)"
      "  RETURNING n.*),"
      " aud AS (INSERT INTO audit_log (at, actor, action, notice_id, app_id, body)"
      "  SELECT $5::int8, $4::text, $6::text, notice_id, app_id, $7::text FROM upd)"
-     " SELECT (SELECT state FROM cur) AS prev_state, " NOTICE_COLS
-     " FROM (SELECT 1) one LEFT JOIN upd ON true"},
+     " SELECT (SELECT state FROM cur) AS prev_state, (SELECT version FROM cur) AS "
+     "prev_version, " NOTICE_COLS " FROM (SELECT 1) one LEFT JOIN upd ON true"},
     {SQL_NOTICE_PATCH, 20,
      "WITH cur AS (SELECT notice_id, state, version FROM notice"
      "  WHERE notice_id = $1::int8 AND NOT deleted),"
@@ -207,13 +215,41 @@ static const struct sql_stmt statements[] = {
      "SELECT added, removed, renumbered FROM mbox_whitelist_change($1::int8, $2::int8[],"
      " $3::text, $4::text, $5::int8, $6::text)"},
     {SQL_WHITELIST_LIST, 1, "SELECT uid FROM whitelist WHERE app_id = $1::int8 ORDER BY uid"},
+    {SQL_WHITELIST_MISSING, 2,
+     "SELECT count(*) FROM unnest($2::int8[]) AS u WHERE NOT EXISTS"
+     " (SELECT 1 FROM whitelist w WHERE w.app_id = $1::int8 AND w.uid = u)"},
     {SQL_AUDIT_LIST, 2,
      "SELECT id, at, actor, action, notice_id, app_id, body FROM audit_log"
      " WHERE $1::int8 = 0 OR notice_id = $1::int8 ORDER BY id DESC LIMIT $2::int4"},
+    {SQL_REACH_DUE, 2,
+     "SELECT notice_id FROM notice n WHERE NOT deleted AND state IN ('prepublished', 'published')"
+     " AND NOT EXISTS (SELECT 1 FROM notice_reach r WHERE r.notice_id = n.notice_id"
+     "  AND r.at = $1::int8) ORDER BY notice_id LIMIT $2::int4"},
+    /* One writer at a time (the transaction-scoped advisory lock: the
+     * others write nothing), and one sample per interval (the key). */
+    {SQL_REACH_RECORD, 3,
+     "INSERT INTO notice_reach (notice_id, at, reach)"
+     " SELECT s.id, $1::int8, s.reach FROM unnest($2::int8[], $3::int8[]) AS s(id, reach)"
+     " JOIN notice n ON n.notice_id = s.id"
+     " WHERE (SELECT pg_try_advisory_xact_lock(" REACH_LOCK_KEY "))"
+     " ON CONFLICT DO NOTHING"},
+    {SQL_REACH_SERIES, 2,
+     "SELECT at, reach FROM notice_reach WHERE notice_id = $1::int8 ORDER BY at DESC"
+     " LIMIT $2::int4"},
     {SQL_RETENTION, 2,
      "DELETE FROM message WHERE (uid, app_id, msg_id) IN"
      " (SELECT uid, app_id, msg_id FROM message WHERE expire_at <= $1::int8 LIMIT $2::int4)"},
 };
+
+const char *
+sql_text(const char *name)
+{
+    for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++) {
+        if (strcmp(statements[i].name, name) == 0)
+            return statements[i].text;
+    }
+    return NULL;
+}
 
 bool
 sql_prepare_all(struct pg_pool *pg)

@@ -28,7 +28,7 @@ struct pg_pool;
 /* $1 app, $2 uid, $3 msg_ids[], $4 notice_ids[] -> (messages marked, notices marked) */
 #define SQL_READ "read"
 /* $1 app, $2 uid, $3 msg_id (0: by msgkey), $4 msgkey, $5 now, $6 expire_at
- * -> (target, new_msg_id, previous_recall_msg_id, marked) */
+ * -> (target, new_msg_id, previous_recall_msg_id, marked, target_was_recalled) */
 #define SQL_RECALL "recall"
 /* $1 now, $2 batch -> command tag count */
 #define SQL_RETENTION "retention"
@@ -44,7 +44,8 @@ struct pg_pool;
 /* $1 app (0 = any), $2 state ('' = any), $3 limit -> notices, newest first */
 #define SQL_NOTICE_LIST "notice_list"
 /* $1 notice_id, $2 new state, $3 allowed from-states text[], $4 actor, $5 now,
- * $6 action, $7 audit body, $8 delete -> (prev_state, notice columns or NULLs) */
+ * $6 action, $7 audit body, $8 delete, $9 If-Match version (0: none)
+ * -> (prev_state, prev_version, notice columns or NULLs) */
 #define SQL_NOTICE_TRANSITION "notice_transition"
 /* $1 notice_id, $2 expected version, $3..$16 as create $2..$15 shifted (title .. notify_rate),
  * $17 template, $18 actor, $19 now, $20 audit body -> (prev_state, prev_version, notice...) */
@@ -57,10 +58,23 @@ struct pg_pool;
 #define SQL_WHITELIST_CHANGE "whitelist_change"
 /* $1 app -> uid */
 #define SQL_WHITELIST_LIST "whitelist_list"
+/* $1 app, $2 uids[] -> how many of them are not on the app's whitelist */
+#define SQL_WHITELIST_MISSING "whitelist_missing"
 /* $1 notice_id (0 = any), $2 limit -> audit rows */
 #define SQL_AUDIT_LIST "audit_list"
+/* $1 interval start (us), $2 limit -> notice_id of live notices without a sample there */
+#define SQL_REACH_DUE "reach_due"
+/* $1 interval start (us), $2 notice_ids[], $3 reach[] -> command tag count (0 when
+ * another logicd holds the sampler lock or already wrote the interval) */
+#define SQL_REACH_RECORD "reach_record"
+/* $1 notice_id, $2 limit -> (at, reach), newest first */
+#define SQL_REACH_SERIES "reach_series"
 
 /* Registers all statements with the pool. */
 bool sql_prepare_all(struct pg_pool *pg) __attribute__((warn_unused_result));
+
+/* The text of statement name (for blocking libpq users: the whitelist_file
+ * loader), or NULL. */
+const char *sql_text(const char *name);
 
 #endif

@@ -17,6 +17,7 @@
 #include "pg.h"
 #include "pubcache.h"
 #include "redis.h"
+#include "reach.h"
 #include "retention.h"
 #include "sql.h"
 
@@ -44,8 +45,8 @@ on_stop(evutil_socket_t fd, short what, void *arg)
 /* Opens one listener of this worker (its own SO_REUSEPORT socket). */
 static struct http_server *
 open_listener(struct logic_worker *w, const char *name, const char *host, int port,
-              const struct http_route *routes, size_t nroutes, size_t max_body, char *err,
-              size_t errlen)
+              const struct http_route *routes, size_t nroutes, size_t max_body,
+              struct http_gate *gate, http_precheck_fn precheck, char *err, size_t errlen)
 {
     const struct logic_config *c = &w->app->cfg;
     int fd = http_listen(host, port, err, errlen);
@@ -55,9 +56,15 @@ open_listener(struct logic_worker *w, const char *name, const char *host, int po
         .max_body = max_body,
         .max_headers = (size_t)c->max_header_bytes,
         .timeout_s = (int)c->http_timeout_s,
+        .head_timeout_s = (int)c->http_head_timeout_s,
+        .min_body_rate = (size_t)c->http_min_body_rate,
+        .gate = gate,
     };
-    return http_server_new(w->base, fd, name, routes, nroutes, &limits, w, w->app->metrics, err,
-                           errlen);
+    struct http_server *s = http_server_new(w->base, fd, name, routes, nroutes, &limits, w,
+                                            w->app->metrics, err, errlen);
+    if (s != NULL)
+        http_server_set_precheck(s, precheck);
+    return s;
 }
 
 bool
@@ -111,15 +118,23 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
         return false;
     }
     redis_set_on_connect(w->redis, hint_on_redis_connect, w);
-    if (id == 0)
+    if (id == 0) {
         w->retention = retention_start(w);
-    w->sdk = open_listener(w, "sdk", app->sdk_host, app->sdk_port, logic_sdk_routes,
-                           logic_sdk_nroutes, (size_t)c->sdk_max_body, err, errlen);
+        w->reach = reach_sampler_start(w);
+    }
+    /* /healthz and /metrics are the last two routes of the SDK table
+     * (api_routes.c): without sdk_health the listener serves the rest. */
+    size_t sdk_nroutes = c->sdk_health ? logic_sdk_nroutes : logic_sdk_nroutes - 2;
+    w->sdk = open_listener(w, "sdk", app->sdk_host, app->sdk_port, logic_sdk_routes, sdk_nroutes,
+                           (size_t)c->sdk_max_body, &app->sdk_gate, api_precheck_user, err, errlen);
     if (w->sdk == NULL)
         return false;
+    if (app->cors_on)
+        http_server_set_cors(w->sdk, &app->cors);
     w->internal =
         open_listener(w, "internal", app->internal_host, app->internal_port, logic_internal_routes,
-                      logic_internal_nroutes, (size_t)c->internal_max_body, err, errlen);
+                      logic_internal_nroutes, (size_t)c->internal_max_body, &app->internal_gate,
+                      api_precheck_internal, err, errlen);
     return w->internal != NULL;
 }
 
@@ -169,6 +184,7 @@ logic_worker_free(struct logic_worker *w)
         pg_pool_free(w->pg);
     api_pull_spares_free(w);
     retention_free(w->retention);
+    reach_sampler_free(w->reach);
     pubsnap_unref(w->snap);
     hint_dirty_free(w->dirty);
     api_token_cache_free(w->tokens);

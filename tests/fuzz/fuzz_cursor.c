@@ -2,8 +2,10 @@
  * fuzz_cursor: cursor_decode on arbitrary bytes.
  *
  * Properties checked: no crash or sanitizer report; the empty cursor is
- * {current_epoch, 0, 0}; any other cursor that decodes re-encodes to
- * exactly the input (one spelling per value).
+ * {current_epoch, 0, 0} without attributes; any other cursor that decodes
+ * re-encodes to exactly the input (one spelling per value, in both
+ * versions), and carries attributes exactly when it is a version-2 cursor
+ * (51 characters; version 1 has 34).
  */
 #include "cursor.h"
 
@@ -27,9 +29,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct cursor c;
     if (cursor_decode(s, FUZZ_EPOCH, &c) == CURSOR_OK) {
         if (s[0] == '\0') {
-            if (c.epoch != FUZZ_EPOCH || c.p != 0 || c.g != 0)
+            if (c.epoch != FUZZ_EPOCH || c.p != 0 || c.g != 0 || c.has_attrs)
                 abort();
         } else {
+            size_t len = strlen(s);
+            if (len != (c.has_attrs ? 51u : 34u))
+                abort();
             char again[CURSOR_STR_LEN];
             cursor_encode(&c, again);
             if (strcmp(again, s) != 0)

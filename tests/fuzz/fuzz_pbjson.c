@@ -6,6 +6,8 @@
  * round trip unchanged: encode to JSON, pack to protobuf, unpack (with a
  * capped allocator), encode again and compare; print the JSON as text (the
  * text encoder must print the same bytes as jansson) and decode that again.
+ * Every repeated field is in the output as an array, also when empty (a
+ * reply's lists are always present), at every depth of the message.
  * A rejected input must leave a printable error message and no leak. Each
  * input is also decoded under a small allocation cap so the out-of-memory
  * paths (and their frees of half-built messages) run.
@@ -119,6 +121,33 @@ check_same_as_tree(const ProtobufCMessageDescriptor *desc, const uint8_t *data, 
     }
 }
 
+/* Aborts unless every repeated field of msg (and of its sub-messages) is an array in j. */
+static void
+check_lists_present(const ProtobufCMessage *msg, const json_t *j)
+{
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const json_t *v = json_object_get(j, f->name);
+        const char *base = (const char *)msg;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            if (!json_is_array(v) || json_array_size(v) != n) {
+                fprintf(stderr, "repeated field '%s' not written as a list of %zu\n", f->name, n);
+                abort();
+            }
+            if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+                ProtobufCMessage *const *subs =
+                    *(ProtobufCMessage *const *const *)(base + f->offset);
+                for (size_t k = 0; k < n; k++)
+                    check_lists_present(subs[k], json_array_get(v, k));
+            }
+        } else if (f->type == PROTOBUF_C_TYPE_MESSAGE && v != NULL) {
+            check_lists_present(*(ProtobufCMessage *const *)(base + f->offset), v);
+        }
+    }
+}
+
 static void
 fuzz_one_type(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t size)
 {
@@ -133,6 +162,7 @@ fuzz_one_type(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_
     json_t *j1 = pbjson_encode(m);
     if (j1 == NULL)
         abort();
+    check_lists_present(m, j1);
 
     /* Through protobuf. */
     size_t len = protobuf_c_message_get_packed_size(m);

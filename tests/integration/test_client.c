@@ -99,6 +99,7 @@ child_start(struct child *c, const char *tag, const char *cmd, ...)
             dup2(fd, 2);
         close(p[0]);
         unsetenv("MBOX_TOKEN");
+        unsetenv("MBOX_TOKEN_FILE");
         unsetenv("MBOX_WS_URL");
         unsetenv("MBOX_SDK_URL");
         setenv("MBOX_LOG_LEVEL", "debug", 1);
@@ -269,6 +270,78 @@ START_TEST(send_notify_pull_end_to_end)
     char line[8192];
     ck_assert_msg(!child_line(&c, line, sizeof(line), 1500), "unexpected extra line: %s", line);
     ck_assert(child_running(&c));
+    ck_assert_int_eq(child_stop(&c, SIGTERM), 0);
+}
+END_TEST
+
+/* Writes token into path atomically (temp file + rename), as a token renewer would. */
+static void
+write_token_file(const char *path, const char *token)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_ge(fprintf(f, "%s\n", token), 0);
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert_int_eq(rename(tmp, path), 0);
+}
+
+START_TEST(token_file_refresh_keeps_session_across_expiry)
+{
+    char tok[256], fresh[256], tf[512], ws[128], sdk[128];
+    uint64_t uid = 5020;
+    snprintf(tf, sizeof(tf), "%s/refresh.token", h.dir);
+    mt_token(&h, 0, APP, uid, 2, false, tok, sizeof(tok));
+    write_token_file(tf, tok);
+    urls(ws, sizeof(ws), h.lcsd[0].port[0], sdk, sizeof(sdk));
+    struct child c;
+    int64_t t0 = mono_ms();
+    child_start(&c, "refresh", "watch", "--ws", ws, "--sdk", sdk, "--token-file", tf, "--device",
+                "dev-refresh", NULL);
+    ck_assert_msg(child_log_has(&c, "state=online", 5000), "not online (log: %s)", c.log);
+    /* The renewer rewrites the file before the refresh is due (4/5 of the 2 s). */
+    mt_token(&h, 0, APP, uid, 3600, false, fresh, sizeof(fresh));
+    write_token_file(tf, fresh);
+    ck_assert_msg(child_log_has(&c, "mbox_client_token_renewed", 3000), "no refresh (log: %s)",
+                  c.log);
+    /* Past the first token's expiry: the same session is notified (and syncs with the new token).
+     */
+    int64_t wait = 3000 - (mono_ms() - t0);
+    if (wait > 0)
+        usleep((useconds_t)wait * 1000);
+    uint64_t id = mt_send1(&h, 0, APP, 7, uid, "after expiry");
+    ck_assert_uint_eq(child_item(&c, 5000), id);
+    ck_assert_int_eq(child_count_log(&c, "state=online"), 1); /* never reconnected */
+    ck_assert_int_eq(child_count_log(&c, "code=4401"), 0);
+    ck_assert_int_eq(child_stop(&c, SIGTERM), 0);
+}
+END_TEST
+
+START_TEST(token_file_after_expiry_close_reconnects)
+{
+    char tok[256], fresh[256], tf[512], ws[128], sdk[128];
+    uint64_t uid = 5021;
+    snprintf(tf, sizeof(tf), "%s/expired.token", h.dir);
+    mt_token(&h, 0, APP, uid, 2, false, tok, sizeof(tok));
+    write_token_file(tf, tok);
+    urls(ws, sizeof(ws), h.lcsd[0].port[0], sdk, sizeof(sdk));
+    struct child c;
+    child_start(&c, "expired", "watch", "--ws", ws, "--sdk", sdk, "--token-file", tf, "--device",
+                "dev-expired", NULL);
+    ck_assert_msg(child_log_has(&c, "state=online", 5000), "not online (log: %s)", c.log);
+    /* Nobody renews: lcsd closes at the expiry with 4401 and the client keeps retrying. */
+    ck_assert_msg(child_log_has(&c, "code=4401", 4000), "no 4401 close (log: %s)", c.log);
+    ck_assert(child_running(&c));
+    /* A renewed file: the next attempt logs in with it. */
+    mt_token(&h, 0, APP, uid, 3600, false, fresh, sizeof(fresh));
+    write_token_file(tf, fresh);
+    int64_t end = mono_ms() + 15000;
+    while (child_count_log(&c, "state=online") < 2 && mono_ms() < end)
+        usleep(50 * 1000);
+    ck_assert_msg(child_count_log(&c, "state=online") >= 2, "not online again (log: %s)", c.log);
+    uint64_t id = mt_send1(&h, 0, APP, 7, uid, "after renewal");
+    ck_assert_uint_eq(child_item(&c, 5000), id);
     ck_assert_int_eq(child_stop(&c, SIGTERM), 0);
 }
 END_TEST
@@ -699,6 +772,8 @@ client_suite(void)
     tcase_add_test(tc, notify_burst_is_coalesced);
     tcase_add_test(tc, reset_and_torn_cursor_resync_from_the_start);
     tcase_add_test(tc, sync_failures_are_retried_with_backoff);
+    tcase_add_test(tc, token_file_refresh_keeps_session_across_expiry);
+    tcase_add_test(tc, token_file_after_expiry_close_reconnects);
     suite_add_tcase(s, tc);
     return s;
 }

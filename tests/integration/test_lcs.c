@@ -6,7 +6,8 @@
  *   0  default config: most cases, paced notify
  *   1  login_timeout_ms = 300, heartbeat_s = 1 (timeouts; second node for kicks)
  *   2  max_output_bytes = 4096, so_sndbuf = 4096 (slow reader)
- *   3  default config, stopped by the SIGTERM case
+ *   3  fd_reserve = 1 (EMFILE back-off case), stopped by the SIGTERM case
+ *   4  max_connections = 6, fd_reserve = 40 (connection limit case)
  */
 #include <arpa/inet.h>
 #include <check.h>
@@ -40,7 +41,8 @@ setup(void)
     if (!harness_start(&h, HARNESS_LOGICD | HARNESS_LCSD) ||
         harness_add_lcsd(&h, "login_timeout_ms = 300\nheartbeat_s = 1") != 1 ||
         harness_add_lcsd(&h, "max_output_bytes = 4096\nso_sndbuf = 4096") != 2 ||
-        harness_add_lcsd(&h, NULL) != 3) {
+        harness_add_lcsd(&h, "fd_reserve = 1") != 3 ||
+        harness_add_lcsd(&h, "max_connections = 6\nfd_reserve = 40") != 4) {
         fprintf(stderr, "harness failed\n");
         exit(1);
     }
@@ -72,16 +74,30 @@ admin_port(int i)
     return h.lcsd[i].port[1];
 }
 
+static int64_t
+now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Mints a user token expiring in ttl_ms with the harness's key; returns its expiry (unix µs). */
+static int64_t
+token_ttl(uint64_t app, uint64_t uid, int64_t ttl_ms, bool guest, char *out, size_t outlen)
+{
+    struct token_keys keys = {.current_id = "k1", .current_key = h.token_key};
+    struct token_claims cl = {.app_id = app, .uid = uid, .guest = guest};
+    cl.expires_at_us = now_us() + ttl_ms * 1000;
+    ck_assert(token_mint(&keys, &cl, out, outlen));
+    return cl.expires_at_us;
+}
+
 /* Mints a user token with the harness's key (same as logicd's /v1/tokens). */
 static void
 local_token(uint64_t app, uint64_t uid, char *out, size_t outlen)
 {
-    struct token_keys keys = {.current_id = "k1", .current_key = h.token_key};
-    struct token_claims cl = {.app_id = app, .uid = uid};
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    cl.expires_at_us = ((int64_t)ts.tv_sec + 3600) * 1000000;
-    ck_assert(token_mint(&keys, &cl, out, outlen));
+    (void)token_ttl(app, uid, 3600 * 1000, false, out, outlen);
 }
 
 /* Runs redis-cli against the harness's Redis; returns its stdout (caller frees). */
@@ -774,6 +790,477 @@ START_TEST(healthz_and_memory_gauges)
 }
 END_TEST
 
+/* ---- per-user session cap, connection limit ------------------------------------ */
+
+/* Reads until a frame of `type` (JSON); asserts it arrives and returns it (caller decrefs). */
+static json_t *
+expect_type(struct wsc *c, const char *type, int timeout_ms)
+{
+    int64_t end = mono_ms() + timeout_ms;
+    while (mono_ms() < end) {
+        int code = 0;
+        json_t *j = wsc_read_json(c, (int)(end - mono_ms()), &code);
+        ck_assert_msg(j != NULL, "no %s frame (close code %d)", type, code);
+        const char *t = json_string_value(json_object_get(j, "type"));
+        if (t != NULL && strcmp(t, type) == 0)
+            return j;
+        json_decref(j);
+    }
+    ck_abort_msg("no %s frame in %d ms", type, timeout_ms);
+    return NULL;
+}
+
+/* The connection answers a ping frame with a pong. */
+static void
+assert_alive(struct wsc *c)
+{
+    ck_assert(wsc_send_text(c, "{\"type\":\"ping\"}"));
+    json_decref(expect_type(c, "pong", 3000));
+}
+
+START_TEST(per_user_session_cap_kicks_oldest)
+{
+    enum { CAP = 32, UID = 6001 };
+    struct wsc *cs[CAP + 2];
+    char dev[16];
+    for (int i = 0; i < CAP; i++) {
+        snprintf(dev, sizeof(dev), "d%d", i);
+        cs[i] = login(0, APP, UID, dev);
+    }
+    double kicks = mt_metric(admin_port(0), "lcs_kicks_total", "session_cap");
+    /* The 33rd device gets in; the oldest session is kicked with 4429. */
+    cs[CAP] = login(0, APP, UID, "d32");
+    json_t *k = expect_type(cs[0], "kick", 3000);
+    ck_assert_str_eq(json_string_value(json_object_get(k, "reason")), "too many sessions");
+    json_decref(k);
+    ck_assert_int_eq(wsc_wait_close(cs[0], 3000), 4429);
+    ck_assert(wait_route(UID, "d0", NULL, 3000));
+    ck_assert(wait_route(UID, "d32", "lcs0 ", 3000));
+    assert_alive(cs[1]);
+    assert_alive(cs[CAP]);
+    /* And again: the next oldest goes. */
+    cs[CAP + 1] = login(0, APP, UID, "d33");
+    ck_assert_int_eq(wsc_wait_close(cs[1], 3000), 4429);
+    assert_alive(cs[2]);
+    ck_assert_double_eq(mt_metric(admin_port(0), "lcs_kicks_total", "session_cap") - kicks, 2);
+    /* Other users are not affected by this user's cap. */
+    assert_serving(0);
+    for (int i = 0; i < CAP + 2; i++)
+        wsc_free(cs[i]);
+}
+END_TEST
+
+/* GET /healthz on lcsd i's admin listener; asserts 200 within 1 s, returns "connections". */
+static int64_t
+healthz_fast(int i)
+{
+    struct httpc_resp r;
+    int64_t t0 = mono_ms();
+    int st = httpc_request("GET", admin_port(i), "/healthz", NULL, NULL, 0, &r);
+    int64_t took = mono_ms() - t0;
+    ck_assert_int_eq(st, 200);
+    ck_assert_msg(took < 1000, "/healthz took %lld ms", (long long)took);
+    json_t *j = json_loads(r.body, 0, NULL);
+    httpc_resp_free(&r);
+    ck_assert_ptr_nonnull(j);
+    int64_t n = json_integer_value(json_object_get(j, "connections"));
+    json_decref(j);
+    return n;
+}
+
+/* True when a new WebSocket client of lcsd i is refused (closed without a 101). */
+static bool
+ws_refused(int i)
+{
+    struct wsc *c = wsc_connect_opts(ws_port(i), "/ws", 0);
+    bool refused = c == NULL || c->http_status != 101;
+    wsc_free(c);
+    return refused;
+}
+
+/* Lines of a daemon's log that contain needle. */
+static int
+log_count(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+static int count_fds(pid_t pid);
+
+START_TEST(connection_limit_refuses_ws_keeps_admin)
+{
+    /* lcsd 4: max_connections = 6. */
+    struct wsc *cs[6];
+    for (int i = 0; i < 6; i++)
+        cs[i] = wsc_open(ws_port(4));
+    int logged = log_count(h.lcsd[4].log, "connection_limit_reached");
+    for (int i = 0; i < 50; i++)
+        ck_assert_msg(ws_refused(4), "client %d over max_connections got in", i);
+    ck_assert_int_eq(healthz_fast(4), 6);
+    /* Logged once for the whole flood, not per refused client. */
+    ck_assert_int_eq(log_count(h.lcsd[4].log, "connection_limit_reached") - logged, 1);
+    ck_assert_double_ge(mt_metric(admin_port(4), "lcs_closes_total", "max_connections"), 50);
+    for (int i = 0; i < 6; i++)
+        wsc_free(cs[i]);
+    int64_t end = mono_ms() + 5000;
+    while (healthz_fast(4) != 0 && mono_ms() < end)
+        usleep(50 * 1000);
+    ck_assert_int_eq(healthz_fast(4), 0);
+
+    /* Derived from RLIMIT_NOFILE: limit 43 - fd_reserve 40 = 3 connections. */
+    pid_t pid = h.lcsd[4].pid;
+    ck_assert_int_lt(count_fds(pid), 43 - 3 - 8); /* room for 3 clients and the admin */
+    struct rlimit old, tight;
+    ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, NULL, &old), 0);
+    tight = old;
+    tight.rlim_cur = 43;
+    ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, &tight, NULL), 0);
+    struct wsc *ds[3];
+    for (int i = 0; i < 3; i++)
+        ds[i] = wsc_open(ws_port(4));
+    for (int i = 0; i < 20; i++)
+        ck_assert_msg(ws_refused(4), "client %d over the descriptor limit got in", i);
+    /* The reserve keeps the admin listener answering, several times in a row. */
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(healthz_fast(4), 3);
+    ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, &old, NULL), 0);
+    for (int i = 0; i < 3; i++)
+        wsc_free(ds[i]);
+}
+END_TEST
+
+/* ---- token expiry and refresh ------------------------------------------------ */
+
+/* Sends {"type":"refresh","token":tok}. */
+static void
+send_refresh(struct wsc *c, const char *tok)
+{
+    char buf[512];
+    snprintf(buf, sizeof(buf), "{\"type\":\"refresh\",\"token\":\"%s\"}", tok);
+    ck_assert(wsc_send_text(c, buf));
+}
+
+START_TEST(refresh_right_after_login_waits_for_the_route)
+{
+    /* Regression: a refresh arriving while the login's route write was
+     * still in flight sent the login_ack at once, before the route existed
+     * (a notify right after the ack could not be routed). With Redis
+     * stopped the route write can only end by its timeout: the login_ack,
+     * then the refresh_ack, come after it. */
+    char path[600];
+    snprintf(path, sizeof(path), "%s/redis/redis.pid", h.dir);
+    FILE *pf = fopen(path, "r");
+    ck_assert_ptr_nonnull(pf);
+    int redis_pid = 0;
+    ck_assert_int_eq(fscanf(pf, "%d", &redis_pid), 1);
+    fclose(pf);
+    char tok[TOKEN_MAX_LEN], fresh[TOKEN_MAX_LEN], text[1024];
+    (void)token_ttl(APP, 6105, 60000, false, tok, sizeof(tok));
+    (void)token_ttl(APP, 6105, 120000, false, fresh, sizeof(fresh));
+    struct wsc *c = wsc_open(ws_port(0));
+    ck_assert_int_eq(kill(redis_pid, SIGSTOP), 0);
+    int64_t t0 = mono_ms();
+    snprintf(text, sizeof(text), "{\"type\":\"login\",\"token\":\"%s\",\"device_id\":\"rr-1\"}",
+             tok);
+    ck_assert(wsc_send_text(c, text));
+    send_refresh(c, fresh);
+    json_t *first = wsc_read_json(c, 5000, NULL);
+    int64_t waited = mono_ms() - t0;
+    kill(redis_pid, SIGCONT);
+    ck_assert_ptr_nonnull(first);
+    ck_assert_str_eq(json_string_value(json_object_get(first, "type")), "login_ack");
+    ck_assert_msg(waited >= 100, "login_ack after %lld ms: before the route write ended",
+                  (long long)waited);
+    json_decref(first);
+    json_t *r = expect_type(c, "refresh_ack", 3000);
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    wsc_free(c);
+}
+END_TEST
+
+START_TEST(token_expiry_closes_session)
+{
+    char tok[TOKEN_MAX_LEN];
+    int64_t exp = token_ttl(APP, 6101, 2000, false, tok, sizeof(tok));
+    int64_t t0 = mono_ms();
+    struct wsc *c = wsc_open(ws_port(0));
+    json_t *ack = wsc_login_json(c, tok, "exp-1");
+    ck_assert_ptr_nonnull(ack);
+    ck_assert(json_is_true(json_object_get(ack, "ok")));
+    /* The ack tells the client when the session ends. */
+    ck_assert_int_eq((int64_t)mt_u64(ack, "expires_at"), exp);
+    json_decref(ack);
+    ck_assert(wait_route(6101, "exp-1", "lcs0 ", 1000));
+    uint64_t id = mt_send1(&h, 0, APP, 7, 6101, "before expiry");
+    ck_assert_uint_eq(read_notify(c, 3000), id);
+
+    /* No refresh: closed at the expiry with 4401, not before. */
+    ck_assert_int_eq(wsc_wait_close(c, 4000), 4401);
+    int64_t took = mono_ms() - t0;
+    ck_assert_msg(took >= 1800 && took < 3000, "closed after %lld ms", (long long)took);
+    ck_assert(wait_route(6101, "exp-1", NULL, 3000));
+    /* Nothing reaches the expired session any more. */
+    (void)mt_send1(&h, 0, APP, 7, 6101, "after expiry");
+    ck_assert_uint_eq(read_notify(c, 1000), 0);
+    ck_assert_double_ge(mt_metric(admin_port(0), "lcs_closes_total", "token_expired"), 1);
+    wsc_free(c);
+}
+END_TEST
+
+START_TEST(refresh_keeps_session_past_expiry)
+{
+    char tok[TOKEN_MAX_LEN], fresh[TOKEN_MAX_LEN], other[TOKEN_MAX_LEN];
+    (void)token_ttl(APP, 6102, 2000, false, tok, sizeof(tok));
+    int64_t t0 = mono_ms();
+    struct wsc *c = wsc_open(ws_port(0));
+    json_t *ack = wsc_login_json(c, tok, "ref-1");
+    ck_assert(json_is_true(json_object_get(ack, "ok")));
+    json_decref(ack);
+
+    /* A bad token is answered ok=false and changes nothing. */
+    send_refresh(c, "v1.k1.bad.bad");
+    json_t *r = expect_type(c, "refresh_ack", 3000);
+    ck_assert(json_is_false(json_object_get(r, "ok")));
+    ck_assert_str_eq(json_string_value(json_object_get(r, "reason")), "malformed");
+    json_decref(r);
+
+    int64_t exp = token_ttl(APP, 6102, 60000, false, fresh, sizeof(fresh));
+    send_refresh(c, fresh);
+    r = expect_type(c, "refresh_ack", 3000);
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    ck_assert_int_eq((int64_t)mt_u64(r, "expires_at"), exp);
+    json_decref(r);
+
+    /* Past the first token's expiry the session is open and notified. */
+    int64_t wait = 3000 - (mono_ms() - t0);
+    if (wait > 0)
+        usleep((useconds_t)wait * 1000);
+    assert_alive(c);
+    uint64_t id = mt_send1(&h, 0, APP, 7, 6102, "after the first expiry");
+    ck_assert_uint_eq(read_notify(c, 3000), id);
+
+    /* A valid token of another user: refused with 4403. */
+    local_token(APP, 6103, other, sizeof(other));
+    send_refresh(c, other);
+    ck_assert_int_eq(wsc_wait_close(c, 3000), 4403);
+    wsc_free(c);
+
+    /* The same over protobuf. */
+    (void)token_ttl(APP, 6104, 2000, false, tok, sizeof(tok));
+    t0 = mono_ms();
+    c = wsc_open(ws_port(0));
+    Mbox__Frame f = MBOX__FRAME__INIT;
+    f.type = "login";
+    f.token = tok;
+    f.device_id = "ref-pb";
+    send_pb(c, &f);
+    Mbox__Frame *a = read_pb(c);
+    ck_assert_str_eq(a->type, "login_ack");
+    ck_assert(a->ok && a->has_expires_at);
+    mbox__frame__free_unpacked(a, NULL);
+    exp = token_ttl(APP, 6104, 60000, false, fresh, sizeof(fresh));
+    Mbox__Frame rf = MBOX__FRAME__INIT;
+    rf.type = "refresh";
+    rf.token = fresh;
+    send_pb(c, &rf);
+    a = read_pb(c);
+    ck_assert_str_eq(a->type, "refresh_ack");
+    ck_assert(a->has_ok && a->ok);
+    ck_assert_int_eq((int64_t)a->expires_at, exp);
+    mbox__frame__free_unpacked(a, NULL);
+    wait = 2800 - (mono_ms() - t0);
+    if (wait > 0)
+        usleep((useconds_t)wait * 1000);
+    Mbox__Frame ping = MBOX__FRAME__INIT;
+    ping.type = "ping";
+    send_pb(c, &ping);
+    a = read_pb(c);
+    ck_assert_str_eq(a->type, "pong");
+    mbox__frame__free_unpacked(a, NULL);
+    wsc_free(c);
+}
+END_TEST
+
+/* ---- paced notify: targeting, start time ------------------------------------ */
+
+/* Logs in over JSON with a platform and core_level (NULL = not sent); asserts the ack. */
+static struct wsc *
+login_client(uint64_t app, uint64_t uid, bool guest, const char *platform, const char *core)
+{
+    char tok[TOKEN_MAX_LEN], dev[32];
+    (void)token_ttl(app, uid, 3600 * 1000, guest, tok, sizeof(tok));
+    snprintf(dev, sizeof(dev), "t%" PRIu64, uid);
+    struct wsc *c = wsc_open(ws_port(0));
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s}", "type", "login", "token", tok, "device_id", dev,
+                          "platform", platform);
+    if (core != NULL)
+        json_object_set_new(j, "core_level", json_string(core));
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    ck_assert(wsc_send_text(c, s));
+    free(s);
+    json_t *ack = expect_type(c, "login_ack", 5000);
+    ck_assert(json_is_true(json_object_get(ack, "ok")));
+    json_decref(ack);
+    return c;
+}
+
+/* The msg_id of the next notify of app within timeout_ms, 0 when none came. */
+static uint64_t
+notify_of(struct wsc *c, uint64_t app, int timeout_ms)
+{
+    int64_t end = mono_ms() + timeout_ms;
+    while (mono_ms() < end) {
+        json_t *j = wsc_read_json(c, (int)(end - mono_ms()), NULL);
+        if (j == NULL)
+            return 0;
+        const char *t = json_string_value(json_object_get(j, "type"));
+        uint64_t id = 0;
+        if (t != NULL && strcmp(t, "notify") == 0) {
+            ck_assert_uint_eq(mt_u64(j, "app_id"), app);
+            id = mt_u64(j, "msg_id");
+        }
+        json_decref(j);
+        if (id != 0)
+            return id;
+    }
+    return 0;
+}
+
+static void broadcast(const char *line);
+
+START_TEST(paced_notify_follows_targeting)
+{
+    enum { A = 78 };
+    struct {
+        uint64_t uid;
+        bool guest;
+        const char *platform, *core;
+        bool targeted;
+    } who[] = {
+        {7001, false, "ios", "220819", true},      /* in every bound */
+        {7002, false, "android", "220819", false}, /* other platform */
+        {7003, false, "ios", "100", false},        /* below min_core_level */
+        {7004, false, "ios", NULL, false},         /* no core level: outside any bound */
+        {7005, true, "ios", "220819", false},      /* guest, login_only notice */
+        {7006, false, "IOS", "300000", true},      /* platform compared as sync does */
+        {7007, false, "ios", "900000", false},     /* above max_core_level */
+    };
+    enum { N = sizeof(who) / sizeof(who[0]) };
+    struct wsc *cs[N];
+    for (int i = 0; i < N; i++)
+        cs[i] = login_client(A, who[i].uid, who[i].guest, who[i].platform, who[i].core);
+    broadcast("p 78 9101 1700000000000101 1000 0 0 1 200000 800000 ios,ipados");
+    for (int i = 0; i < N; i++) {
+        uint64_t got = notify_of(cs[i], A, who[i].targeted ? 3000 : 700);
+        ck_assert_msg(got == (who[i].targeted ? 1700000000000101ULL : 0),
+                      "uid %" PRIu64 ": %" PRIu64, who[i].uid, got);
+    }
+    /* Without targeting ("-", no bounds, not login-only) every connection of the app. */
+    broadcast("p 78 9102 1700000000000102 1000 0 0 0 0 0 -");
+    for (int i = 0; i < N; i++)
+        ck_assert_uint_eq(notify_of(cs[i], A, 3000), 1700000000000102ULL);
+    for (int i = 0; i < N; i++)
+        wsc_free(cs[i]);
+}
+END_TEST
+
+START_TEST(paced_notify_waits_for_start_at)
+{
+    enum { A = 79 };
+    struct wsc *c = login_client(A, 7101, false, "android", "1");
+    char line[160];
+
+    /* Scheduled 1.5 s ahead: nothing before, the notify at the start. */
+    int64_t t0 = mono_ms();
+    snprintf(line, sizeof(line), "p 79 9201 1700000000000201 1000 %" PRId64 " 0 0 0 0 -",
+             now_us() + 1500 * 1000);
+    broadcast(line);
+    ck_assert_uint_eq(notify_of(c, A, 1200), 0);
+    ck_assert_uint_eq(notify_of(c, A, 2500), 1700000000000201ULL);
+    int64_t took = mono_ms() - t0;
+    ck_assert_msg(took >= 1400 && took < 3000, "paced after %lld ms", (long long)took);
+
+    /* Stopped before its start: never paced. */
+    snprintf(line, sizeof(line), "p 79 9202 1700000000000202 1000 %" PRId64 " 0 0 0 0 -",
+             now_us() + 800 * 1000);
+    broadcast(line);
+    broadcast("x 79 9202");
+    ck_assert_uint_eq(notify_of(c, A, 1800), 0);
+
+    /* Already expired: not paced. */
+    snprintf(line, sizeof(line), "p 79 9203 1700000000000203 1000 0 %" PRId64 " 0 0 0 -",
+             now_us() - 1000 * 1000);
+    broadcast(line);
+    ck_assert_uint_eq(notify_of(c, A, 700), 0);
+    /* A malformed targeted line is dropped as bad, not half-applied. */
+    double bad = mt_metric(admin_port(0), "lcs_notify_dropped_total", "bad_line");
+    broadcast("p 79 9204 1700000000000204 1000 0 0 2 0 0 -");
+    broadcast("p 79 9205 1700000000000205 1000 0 0 0 0 0 IOS");
+    broadcast("p 79 9206 1700000000000206 1000 0 0 0 0 0 a,b,c,d,e,f,g,h,i");
+    ck_assert_uint_eq(notify_of(c, A, 700), 0);
+    ck_assert_double_eq(mt_metric(admin_port(0), "lcs_notify_dropped_total", "bad_line") - bad, 3);
+    wsc_free(c);
+}
+END_TEST
+
+/* ---- paced notify end to end: publish -> notify_pacing() -> lcsd ------------- */
+
+/* Creates and publishes a paced notice on logicd 0; returns its msg_id. */
+static uint64_t
+publish_paced(const char *body)
+{
+    int st;
+    json_t *j = httpc_json("POST", h.logicd[0].port[1], "/v1/notices", h.ops_token, body, &st);
+    ck_assert_msg(st == 201, "create: %d", st);
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/notices/%" PRIu64 "/publish", mt_u64(j, "notice_id"));
+    json_decref(j);
+    j = httpc_json("POST", h.logicd[0].port[1], path, h.ops_token, NULL, &st);
+    ck_assert_int_eq(st, 200);
+    uint64_t msg_id = mt_u64(j, "msg_id");
+    json_decref(j);
+    ck_assert_uint_gt(msg_id, 0);
+    return msg_id;
+}
+
+START_TEST(paced_notice_end_to_end_targeting_and_start_at)
+{
+    enum { A = 81 };
+    struct wsc *in = login_client(A, 7201, false, "android", "220819");
+    struct wsc *out = login_client(A, 7202, false, "ios", "220819");
+    uint64_t id =
+        publish_paced("{\"app_id\":\"81\",\"title\":\"now\",\"content\":\"x\","
+                      "\"targeting\":{\"platforms\":[\"android\"],\"min_core_level\":\"100\"},"
+                      "\"notify\":{\"mode\":\"paced\",\"rate_per_s\":1000}}");
+    ck_assert_uint_eq(notify_of(in, A, 3000), id);
+    ck_assert_uint_eq(notify_of(out, A, 700), 0);
+
+    /* start_at 1 s ahead: paced from start_at + 2 poll intervals (harness: 200 ms), not before. */
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"app_id\":\"81\",\"title\":\"later\",\"content\":\"x\",\"start_at\":\"%" PRId64
+             "\",\"notify\":{\"mode\":\"paced\",\"rate_per_s\":1000}}",
+             now_us() + 1000 * 1000);
+    int64_t t0 = mono_ms();
+    id = publish_paced(body);
+    ck_assert_uint_eq(notify_of(in, A, 1100), 0);
+    ck_assert_uint_eq(notify_of(in, A, 3000), id);
+    ck_assert_int_ge(mono_ms() - t0, 1350);
+    ck_assert_uint_eq(notify_of(out, A, 2000), id); /* no targeting: every platform */
+    wsc_free(in);
+    wsc_free(out);
+}
+END_TEST
+
 static Suite *
 lcs_suite(void)
 {
@@ -793,6 +1280,14 @@ lcs_suite(void)
     tcase_add_test(tc, healthz_and_memory_gauges);
     tcase_add_test(tc, redis_restart_notifies_resume);
     tcase_add_test(tc, accept_backs_off_on_emfile);
+    tcase_add_test(tc, per_user_session_cap_kicks_oldest);
+    tcase_add_test(tc, connection_limit_refuses_ws_keeps_admin);
+    tcase_add_test(tc, token_expiry_closes_session);
+    tcase_add_test(tc, refresh_keeps_session_past_expiry);
+    tcase_add_test(tc, refresh_right_after_login_waits_for_the_route);
+    tcase_add_test(tc, paced_notify_follows_targeting);
+    tcase_add_test(tc, paced_notify_waits_for_start_at);
+    tcase_add_test(tc, paced_notice_end_to_end_targeting_and_start_at);
     tcase_add_test(tc, sigterm_closes_with_1001);
     suite_add_tcase(s, tc);
     return s;

@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <libpq-fe.h>
 
 #include "cursor.h"
 #include "harness.h"
@@ -453,15 +456,15 @@ START_TEST(empty_sync_is_served_by_the_hint)
     ck_assert_uint_gt(mt_send1(&h, 0, APP, 3, 7001, "x"), 0);
     int st;
     json_decref(mt_sync(&h, 0, tok, cur, 10, &st)); /* reads PostgreSQL, sets the hint */
-    double hint0 = mt_metric(h.logicd[0].port[0], "mbox_sync_total", "path=\"hint\"");
-    double db0 = mt_metric(h.logicd[0].port[0], "mbox_sync_total", "path=\"db\"");
+    double hint0 = mt_metric(h.logicd[0].port[1], "mbox_sync_total", "path=\"hint\"");
+    double db0 = mt_metric(h.logicd[0].port[1], "mbox_sync_total", "path=\"db\"");
     for (int i = 0; i < 10; i++) {
         json_t *j = mt_sync(&h, 0, tok, cur, 10, &st);
         ck_assert_int_eq(json_array_size(json_object_get(j, "items")), 0);
         json_decref(j);
     }
-    ck_assert_double_eq(mt_metric(h.logicd[0].port[0], "mbox_sync_total", "path=\"db\""), db0);
-    ck_assert_double_ge(mt_metric(h.logicd[0].port[0], "mbox_sync_total", "path=\"hint\""),
+    ck_assert_double_eq(mt_metric(h.logicd[0].port[1], "mbox_sync_total", "path=\"db\""), db0);
+    ck_assert_double_ge(mt_metric(h.logicd[0].port[1], "mbox_sync_total", "path=\"hint\""),
                         hint0 + 10);
     /* A new message invalidates the hint before the send returns. */
     uint64_t id = mt_send1(&h, 1, APP, 3, 7001, "y");
@@ -494,14 +497,14 @@ START_TEST(redis_down_loses_nothing)
     ck_assert(harness_redis_start(&h));
     /* Each worker thread reconnects on its own backoff; within a few seconds
      * empty syncs are answered from the hint again (and still return nothing). */
-    double hint0 = mt_metric(h.logicd[0].port[0], "mbox_sync_total", "path=\"hint\"");
+    double hint0 = mt_metric(h.logicd[0].port[1], "mbox_sync_total", "path=\"hint\"");
     bool hinted = false;
     for (int i = 0; i < 100 && !hinted; i++) {
         j = mt_sync(&h, 0, tok, cur, 10, &st);
         ck_assert_int_eq(st, 200);
         ck_assert_int_eq(json_array_size(json_object_get(j, "items")), 0);
         json_decref(j);
-        hinted = mt_metric(h.logicd[0].port[0], "mbox_sync_total", "path=\"hint\"") > hint0;
+        hinted = mt_metric(h.logicd[0].port[1], "mbox_sync_total", "path=\"hint\"") > hint0;
         usleep(100 * 1000);
     }
     ck_assert_msg(hinted, "the hint was not used again after Redis came back");
@@ -660,6 +663,225 @@ START_TEST(invariant_two_logicd)
 }
 END_TEST
 
+/* ---- write side: hints after timeouts, Redis faults, expired recall rows ---- */
+
+/* Runs a command on conn; the test fails unless it succeeds. */
+static void
+h3_exec(PGconn *conn, const char *sql)
+{
+    PGresult *r = PQexec(conn, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
+                  "%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+}
+
+static int64_t
+h3_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * A send that times out (the test holds its mailbox header row lock, so the
+ * statement outlives pg_query_timeout_ms) commits after the release, after
+ * the invalidation logicd made at the timeout; a sync in between wrote the
+ * hint again. The msgkey retry answers duplicate:true, and from then on the
+ * next sync must show the message.
+ */
+START_TEST(timed_out_send_is_seen_after_its_duplicate_answer)
+{
+    const uint64_t uid = 9301;
+    char tok[256], cur[64] = "";
+    mt_token(&h, 0, APP, uid, 3600, false, tok, sizeof(tok));
+    ck_assert_uint_gt(mt_send1(&h, 0, APP, 3, uid, "first"), 0);
+    int st;
+    json_decref(mt_sync(&h, 0, tok, cur, 10, &st));
+    json_decref(mt_sync(&h, 0, tok, cur, 10, &st)); /* the hint is set */
+
+    PGconn *lock = PQconnectdb(h.pg_conninfo);
+    ck_assert_int_eq(PQstatus(lock), CONNECTION_OK);
+    h3_exec(lock, "BEGIN");
+    h3_exec(lock, "SELECT 1 FROM mailbox WHERE uid = 9301 AND app_id = 1 FOR UPDATE");
+    const char *body = "{\"app_id\":\"1\",\"from_uid\":\"3\",\"to_uids\":[\"9301\"],"
+                       "\"content\":\"late\",\"msgkey\":\"late-9301\"}";
+    json_t *j = mt_send(&h, 0, body, &st); /* pg_query_timeout_ms (5 s) */
+    ck_assert_int_eq(st, 503);
+    json_decref(j);
+    /* Uncommitted: this sync reads PostgreSQL and writes the hint again. */
+    j = mt_sync(&h, 1, tok, cur, 10, &st);
+    ck_assert_int_eq(st, 200);
+    ck_assert_int_eq(json_array_size(json_object_get(j, "items")), 0);
+    json_decref(j);
+    h3_exec(lock, "COMMIT");
+    PQfinish(lock);
+    int64_t committed = 0;
+    for (int i = 0; i < 100 && committed == 0; i++) {
+        committed = mt_sql_i64(&h, "SELECT count(*) FROM message WHERE msgkey = 'late-9301'");
+        if (committed == 0)
+            usleep(50 * 1000);
+    }
+    ck_assert_msg(committed == 1, "the timed-out send did not commit after the lock went");
+
+    j = mt_send(&h, 1, body, &st);
+    ck_assert_int_eq(st, 200);
+    ck_assert(json_is_true(json_object_get(json_array_get(json_object_get(j, "results"), 0),
+                                           "duplicate")));
+    json_decref(j);
+    j = mt_sync(&h, 0, tok, cur, 10, &st);
+    ck_assert_int_eq(st, 200);
+    ck_assert_msg(json_array_size(json_object_get(j, "items")) == 1,
+                  "the acknowledged message is hidden by a stale hint");
+    ck_assert_str_eq(
+        json_string_value(json_object_get(json_array_get(json_object_get(j, "items"), 0), "content")),
+        "late");
+    json_decref(j);
+}
+END_TEST
+
+/* POST /v1/fanout of one uid on logicd 0; the test fails unless 200. */
+static void
+h3_fanout_one(uint64_t app, uint64_t uid, const char *content)
+{
+    char body[256], headers[256];
+    int len = snprintf(body, sizeof(body),
+                       "{\"app_id\":\"%" PRIu64 "\",\"from_uid\":\"1\",\"content\":\"%s\"}\n%" PRIu64
+                       "\n",
+                       app, content, uid);
+    snprintf(headers, sizeof(headers), "Content-Type: text/plain\r\nAuthorization: Bearer %s\r\n",
+             h.server_key);
+    struct httpc_resp r;
+    int st = httpc_request("POST", h.logicd[0].port[1], "/v1/fanout", headers, body, (size_t)len,
+                           &r);
+    ck_assert_msg(st == 200, "fanout: %d %s", st, r.body ? r.body : "");
+    httpc_resp_free(&r);
+}
+
+/* Syncs on logicd 0 until an item shows up (or timeout_ms); returns the items seen. */
+static size_t
+h3_sync_until_item(const char *tok, char *cur, int timeout_ms)
+{
+    int64_t end = h3_mono_ms() + timeout_ms;
+    for (;;) {
+        int st;
+        json_t *j = mt_sync(&h, 0, tok, cur, 10, &st);
+        ck_assert_int_eq(st, 200);
+        size_t n = json_array_size(json_object_get(j, "items"));
+        json_decref(j);
+        if (n > 0 || h3_mono_ms() > end)
+            return n;
+        usleep(100 * 1000);
+    }
+}
+
+/* Syncs on logicd 0 until the private side is answered from the hint again. */
+static void
+h3_wait_hint_used(const char *tok, char *cur)
+{
+    bool hinted = false;
+    for (int i = 0; i < 100 && !hinted; i++) {
+        double before = mt_metric(h.logicd[0].port[1], "mbox_sync_total", "path=\"hint\"");
+        int st;
+        json_decref(mt_sync(&h, 0, tok, cur, 10, &st));
+        hinted = mt_metric(h.logicd[0].port[1], "mbox_sync_total", "path=\"hint\"") > before;
+        if (!hinted)
+            usleep(100 * 1000);
+    }
+    ck_assert_msg(hinted, "syncs are not answered from the hint");
+}
+
+/*
+ * Fanout rows must reach a cursor sync although Redis went away during or
+ * before the job: (1) after a Redis restart the fanout thread's connection
+ * is stale and fails on first use; (2) while Redis is paused every
+ * invalidation times out, and the hints it holds survive the pause. Both
+ * are far below hint_ttl_s (3600 s).
+ */
+START_TEST(fanout_hints_survive_redis_restart_and_pause)
+{
+    const uint64_t uid = 9401;
+    char tok[256], cur[64] = "";
+    mt_token(&h, 0, APP, uid, 3600, false, tok, sizeof(tok));
+    h3_fanout_one(APP, uid, "f1"); /* opens the fanout thread's Redis connection */
+    ck_assert_uint_eq(h3_sync_until_item(tok, cur, 0), 1);
+
+    ck_assert(harness_redis_stop(&h));
+    ck_assert(harness_redis_start(&h));
+    h3_wait_hint_used(tok, cur);
+    h3_fanout_one(APP, uid, "f2");
+    ck_assert_msg(h3_sync_until_item(tok, cur, 0) == 1, "restart: the fanout row is hidden");
+
+    h3_wait_hint_used(tok, cur);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "redis-cli -p %d CLIENT PAUSE 4000 ALL >/dev/null", h.redis_port);
+    int64_t paused = h3_mono_ms();
+    ck_assert_int_eq(system(cmd), 0);
+    h3_fanout_one(APP, uid, "f3");
+    int64_t left = paused + 4300 - h3_mono_ms();
+    if (left > 0)
+        usleep((useconds_t)left * 1000);
+    ck_assert_msg(h3_sync_until_item(tok, cur, 5000) == 1, "pause: the fanout row is hidden");
+}
+END_TEST
+
+/*
+ * Retention can delete a recall row before the message it recalls (both
+ * expired, one batch took the row). Recalling that message again answers
+ * 200 with recalled_msg_id and no msg_id, not 409 "being recalled" forever.
+ */
+START_TEST(recall_after_its_recall_row_expired)
+{
+    uint64_t target = mt_send1(&h, 0, APP, 3, 9501, "to recall");
+    ck_assert_uint_gt(target, 0);
+    char body[160];
+    snprintf(body, sizeof(body), "{\"app_id\":\"1\",\"uid\":\"9501\",\"msg_id\":\"%" PRIu64 "\"}",
+             target);
+    int st;
+    json_t *j = httpc_json("POST", h.logicd[0].port[1], "/v1/messages/recall", h.server_key, body,
+                           &st);
+    ck_assert_int_eq(st, 200);
+    ck_assert_uint_gt(mt_u64(j, "msg_id"), target);
+    json_decref(j);
+    ck_assert_int_eq(mt_sql_i64(&h, "WITH d AS (DELETE FROM message WHERE uid = 9501 AND app_id = 1"
+                                    " AND kind = 1 RETURNING 1) SELECT count(*) FROM d"),
+                     1);
+    for (int i = 0; i < 2; i++) {
+        j = httpc_json("POST", h.logicd[i].port[1], "/v1/messages/recall", h.server_key, body, &st);
+        ck_assert_msg(st == 200, "recall %d: %d", i, st);
+        ck_assert_uint_eq(mt_u64(j, "recalled_msg_id"), target);
+        ck_assert_ptr_null(json_object_get(j, "msg_id"));
+        json_decref(j);
+    }
+}
+END_TEST
+
+/* An empty sync (from PostgreSQL, then from the hint) and an empty history say "items":[]. */
+START_TEST(empty_sync_has_items_array)
+{
+    char tok[256], body[128];
+    mt_token(&h, 0, APP, 7301, 3600, false, tok, sizeof(tok));
+    snprintf(body, sizeof(body), "{\"cursor\":\"\",\"limit\":10}");
+    char headers[512];
+    snprintf(headers, sizeof(headers),
+             "Content-Type: application/json\r\nAuthorization: Bearer %s\r\n", tok);
+    for (int i = 0; i < 3; i++) {
+        struct httpc_resp r;
+        ck_assert_int_eq(
+            httpc_request("POST", h.logicd[0].port[0], "/v1/sync", headers, body, strlen(body), &r),
+            200);
+        static const char start[] = "{\"items\":[],\"cursor\":";
+        ck_assert_msg(strncmp(r.body, start, strlen(start)) == 0, "sync %d: %s", i, r.body);
+        httpc_resp_free(&r);
+    }
+    struct httpc_resp r;
+    ck_assert_int_eq(httpc_request("GET", h.logicd[0].port[0], "/v1/history", headers, NULL, 0, &r),
+                     200);
+    ck_assert_str_eq(r.body, "{\"items\":[],\"has_more\":false}");
+    httpc_resp_free(&r);
+}
+END_TEST
+
 static Suite *
 private_suite(void)
 {
@@ -676,11 +898,15 @@ private_suite(void)
     tcase_add_test(tc, stale_epoch_resets);
     tcase_add_test(tc, protobuf_sync);
     tcase_add_test(tc, empty_sync_is_served_by_the_hint);
+    tcase_add_test(tc, empty_sync_has_items_array);
     tcase_add_test(tc, fanout_writes_every_mailbox);
     tcase_add_test(tc, invariant_one_logicd);
     tcase_add_test(tc, invariant_two_logicd);
     tcase_add_test(tc, redis_down_loses_nothing);
     tcase_add_test(tc, expired_rows_are_not_returned_and_are_deleted);
+    tcase_add_test(tc, timed_out_send_is_seen_after_its_duplicate_answer);
+    tcase_add_test(tc, fanout_hints_survive_redis_restart_and_pause);
+    tcase_add_test(tc, recall_after_its_recall_row_expired);
     suite_add_tcase(s, tc);
     return s;
 }

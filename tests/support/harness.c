@@ -256,7 +256,7 @@ harness_add_logicd(struct harness *h, const char *extra_config)
         return -1;
     }
     d->pid = spawn(prog, d->config, d->log, NULL);
-    if (d->pid < 0 || !wait_healthy(d->port[0], d->pid, 20000)) {
+    if (d->pid < 0 || !wait_healthy(d->port[1], d->pid, 20000)) {
         hfail("logicd %d did not become healthy (log: %s)", i, d->log);
         harness_daemon_stop(d);
         return -1;

@@ -23,7 +23,7 @@
 #define HARNESS_REDIS       (1u << 1)
 #define HARNESS_LOGICD      (1u << 2) /* implies PG, REDIS and migrations */
 #define HARNESS_LCSD        (1u << 3) /* implies REDIS */
-#define HARNESS_MAX_DAEMONS 4
+#define HARNESS_MAX_DAEMONS 6
 
 struct harness_daemon {
     pid_t pid;

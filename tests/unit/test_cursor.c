@@ -1,6 +1,6 @@
 /*
- * test_cursor: Check suite for lib/cursor (wire format, round trips,
- * corruption detection, strict decoding). Known-answer vectors were
+ * test_cursor: Check suite for lib/cursor (wire format of versions 1 and 2,
+ * round trips, corruption detection, strict decoding). Known-answer vectors were
  * computed independently (Python struct + base64 + a bitwise CRC-32C).
  */
 #include "cursor.h"
@@ -38,23 +38,77 @@ ref_crc32c(const uint8_t *p, size_t n)
     return ~crc;
 }
 
-/* Reference base64url decoder for 34 chars → 25 bytes (no validation). */
-static void
-ref_decode(const char *s, uint8_t out[25])
+/* Reference base64url decoder of the n characters of s (no validation). */
+static size_t
+ref_decode(const char *s, size_t n, uint8_t *out)
 {
-    uint8_t tmp[27] = {0};
     uint32_t acc = 0;
     int bits = 0;
     size_t o = 0;
-    for (size_t i = 0; i < 34; i++) {
+    for (size_t i = 0; i < n; i++) {
         acc = acc << 6 | (uint32_t)(strchr(alphabet, s[i]) - alphabet);
         bits += 6;
         if (bits >= 8) {
-            tmp[o++] = (uint8_t)(acc >> (bits - 8));
+            out[o++] = (uint8_t)(acc >> (bits - 8));
             bits -= 8;
         }
     }
-    memcpy(out, tmp, 25);
+    return o;
+}
+
+/* Sets the CRC of bin[0..n) (over its first n - 4 bytes) and encodes it by reference rules. */
+static void
+ref_encode(uint8_t *bin, size_t n, char s[CURSOR_STR_LEN])
+{
+    uint32_t crc = ref_crc32c(bin, n - 4);
+    bin[n - 4] = (uint8_t)(crc >> 24);
+    bin[n - 3] = (uint8_t)(crc >> 16);
+    bin[n - 2] = (uint8_t)(crc >> 8);
+    bin[n - 1] = (uint8_t)crc;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        acc = acc << 8 | bin[i];
+        bits += 8;
+        while (bits >= 6) {
+            s[o++] = alphabet[(acc >> (bits - 6)) & 63];
+            bits -= 6;
+        }
+    }
+    if (bits > 0)
+        s[o++] = alphabet[(acc << (6 - bits)) & 63];
+    s[o] = '\0';
+}
+
+/* A random cursor; with attributes (version 2) when attrs. */
+static struct cursor
+rand_cursor(uint64_t *seed, bool attrs)
+{
+    struct cursor c = {
+        .epoch = (uint32_t)next_rand(seed),
+        .p = next_rand(seed),
+        .g = next_rand(seed),
+    };
+    if (attrs) {
+        c.has_attrs = true;
+        c.a.core_level = next_rand(seed);
+        c.a.platform_hash = (uint32_t)next_rand(seed);
+        c.a.guest = next_rand(seed) & 1;
+    }
+    return c;
+}
+
+static void
+assert_same(const struct cursor *d, const struct cursor *c)
+{
+    ck_assert_uint_eq(d->epoch, c->epoch);
+    ck_assert_uint_eq(d->p, c->p);
+    ck_assert_uint_eq(d->g, c->g);
+    ck_assert_int_eq(d->has_attrs, c->has_attrs);
+    ck_assert_uint_eq(d->a.core_level, c->has_attrs ? c->a.core_level : 0);
+    ck_assert_uint_eq(d->a.platform_hash, c->has_attrs ? c->a.platform_hash : 0);
+    ck_assert_int_eq(d->a.guest, c->has_attrs ? c->a.guest : 0);
 }
 
 START_TEST(test_crc_reference)
@@ -96,13 +150,30 @@ END_TEST
 
 START_TEST(test_known_answer)
 {
+    /* Computed independently (Python struct + base64 + bitwise CRC-32C). */
     struct {
         struct cursor c;
         const char *s;
     } v[] = {
-        {{3, 1679757323320865ULL, 42}, "AQAAAAMABfe6-pC-IQAAAAAAAAAqMl5OdA"},
-        {{0, 0, 0}, "AQAAAAAAAAAAAAAAAAAAAAAAAAAAw1AdfA"},
-        {{UINT32_MAX, UINT64_MAX, UINT64_MAX}, "Af__________________________LTViRw"},
+        /* version 1: written for a cursor without attributes, and what old clients hold */
+        {{.epoch = 3, .p = 1679757323320865ULL, .g = 42}, "AQAAAAMABfe6-pC-IQAAAAAAAAAqMl5OdA"},
+        {{.epoch = 0}, "AQAAAAAAAAAAAAAAAAAAAAAAAAAAw1AdfA"},
+        {{.epoch = UINT32_MAX, .p = UINT64_MAX, .g = UINT64_MAX},
+         "Af__________________________LTViRw"},
+        /* version 2: with the client attributes */
+        {{.epoch = 3,
+          .p = 1679757323320865ULL,
+          .g = 42,
+          .has_attrs = true,
+          .a = {.core_level = 220819, .platform_hash = 0x1234abcdu}},
+         "AgAAAAMABfe6-pC-IQAAAAAAAAAqAAAAAAAAA16TEjSrzZkMhfQ"},
+        {{.has_attrs = true}, "AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACTTrhU"},
+        {{.epoch = UINT32_MAX,
+          .p = UINT64_MAX,
+          .g = UINT64_MAX,
+          .has_attrs = true,
+          .a = {.core_level = UINT64_MAX, .platform_hash = UINT32_MAX, .guest = true}},
+         "Av__________________________Af_______________yKIK1k"},
     };
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         char out[CURSOR_STR_LEN];
@@ -110,9 +181,7 @@ START_TEST(test_known_answer)
         ck_assert_str_eq(out, v[i].s);
         struct cursor d;
         ck_assert_int_eq(cursor_decode(v[i].s, 7, &d), CURSOR_OK);
-        ck_assert_uint_eq(d.epoch, v[i].c.epoch);
-        ck_assert_uint_eq(d.p, v[i].c.p);
-        ck_assert_uint_eq(d.g, v[i].c.g);
+        assert_same(&d, &v[i].c);
     }
 }
 END_TEST
@@ -121,57 +190,52 @@ START_TEST(test_round_trip_random)
 {
     uint64_t seed = 20240601;
     for (int i = 0; i < 10000; i++) {
-        struct cursor c = {
-            .epoch = (uint32_t)next_rand(&seed),
-            .p = next_rand(&seed),
-            .g = next_rand(&seed),
-        };
+        bool v2 = i % 2 == 0;
+        struct cursor c = rand_cursor(&seed, v2);
         /* small values too, where most bytes are zero */
-        if (i % 4 == 1) {
+        if (i % 4 < 2) {
             c.p >>= 40;
             c.g >>= 50;
+            c.a.core_level >>= 44;
         }
+        size_t chars = v2 ? 51 : 34, bytes = v2 ? 38 : 25;
         char out[CURSOR_STR_LEN];
         memset(out, 'x', sizeof(out));
         cursor_encode(&c, out);
-        ck_assert_uint_eq(strlen(out), 34);
-        ck_assert_uint_eq(strspn(out, alphabet), 34);
+        ck_assert_uint_eq(strlen(out), chars);
+        ck_assert_uint_eq(strspn(out, alphabet), chars);
 
-        /* the check value is CRC-32C of the first 21 bytes */
-        uint8_t bin[25];
-        ref_decode(out, bin);
-        ck_assert_uint_eq(bin[0], 1);
-        uint32_t crc =
-            (uint32_t)bin[21] << 24 | (uint32_t)bin[22] << 16 | (uint32_t)bin[23] << 8 | bin[24];
-        ck_assert_uint_eq(crc, ref_crc32c(bin, 21));
+        /* the version byte, and the check value: CRC-32C of the bytes before it */
+        uint8_t bin[40];
+        ck_assert_uint_eq(ref_decode(out, chars, bin), bytes);
+        ck_assert_uint_eq(bin[0], v2 ? 2 : 1);
+        uint32_t crc = (uint32_t)bin[bytes - 4] << 24 | (uint32_t)bin[bytes - 3] << 16 |
+                       (uint32_t)bin[bytes - 2] << 8 | bin[bytes - 1];
+        ck_assert_uint_eq(crc, ref_crc32c(bin, bytes - 4));
 
         struct cursor d;
         ck_assert_int_eq(cursor_decode(out, c.epoch + 1, &d), CURSOR_OK);
-        ck_assert_uint_eq(d.epoch, c.epoch);
-        ck_assert_uint_eq(d.p, c.p);
-        ck_assert_uint_eq(d.g, c.g);
+        assert_same(&d, &c);
     }
 }
 END_TEST
 
 START_TEST(test_empty)
 {
-    struct cursor d = {1, 2, 3};
+    struct cursor d = {.epoch = 1, .p = 2, .g = 3, .has_attrs = true, .a = {.core_level = 4}};
     ck_assert_int_eq(cursor_decode("", 9, &d), CURSOR_OK);
-    ck_assert_uint_eq(d.epoch, 9);
-    ck_assert_uint_eq(d.p, 0);
-    ck_assert_uint_eq(d.g, 0);
-    d = (struct cursor){1, 2, 3};
+    struct cursor want = {.epoch = 9};
+    assert_same(&d, &want);
+    d = (struct cursor){.epoch = 1, .p = 2, .g = 3, .has_attrs = true};
     ck_assert_int_eq(cursor_decode(NULL, 11, &d), CURSOR_OK);
-    ck_assert_uint_eq(d.epoch, 11);
-    ck_assert_uint_eq(d.p, 0);
-    ck_assert_uint_eq(d.g, 0);
+    want.epoch = 11;
+    assert_same(&d, &want);
 }
 END_TEST
 
 START_TEST(test_epoch_not_compared)
 {
-    struct cursor c = {5, 100, 200}, d;
+    struct cursor c = {.epoch = 5, .p = 100, .g = 200, .has_attrs = true}, d;
     char out[CURSOR_STR_LEN];
     cursor_encode(&c, out);
     ck_assert_int_eq(cursor_decode(out, 6, &d), CURSOR_OK);
@@ -181,23 +245,41 @@ START_TEST(test_epoch_not_compared)
 }
 END_TEST
 
+START_TEST(test_attrs_equal)
+{
+    struct cursor_attrs x = {.core_level = 220819, .platform_hash = 7, .guest = false};
+    struct cursor_attrs y = x;
+    ck_assert(cursor_attrs_equal(&x, &y));
+    y.core_level++;
+    ck_assert(!cursor_attrs_equal(&x, &y));
+    y = x;
+    y.platform_hash = 8;
+    ck_assert(!cursor_attrs_equal(&x, &y));
+    y = x;
+    y.guest = true;
+    ck_assert(!cursor_attrs_equal(&x, &y));
+}
+END_TEST
+
 START_TEST(test_every_single_char_corruption)
 {
     uint64_t seed = 7;
     int tried = 0;
     for (int round = 0; round < 20; round++) {
-        struct cursor c = {(uint32_t)next_rand(&seed), next_rand(&seed), next_rand(&seed)};
-        if (round == 0)
-            c = (struct cursor){0, 0, 0};
+        bool v2 = round % 2 == 1;
+        struct cursor c = rand_cursor(&seed, v2);
+        if (round < 2)
+            c = (struct cursor){.has_attrs = v2};
+        size_t chars = v2 ? 51 : 34;
         char out[CURSOR_STR_LEN], m[CURSOR_STR_LEN];
         cursor_encode(&c, out);
-        for (size_t i = 0; i < 34; i++) {
+        for (size_t i = 0; i < chars; i++) {
             for (size_t k = 0; k < 64; k++) {
                 if (alphabet[k] == out[i])
                     continue;
                 memcpy(m, out, sizeof(m));
                 m[i] = alphabet[k];
-                struct cursor d = {0xdead, 0xbeef, 0xf00d};
+                struct cursor d = {.epoch = 0xdead, .p = 0xbeef, .g = 0xf00d};
                 /*
                  * Strict decoding gives each value one spelling, so a
                  * changed string can never decode to the same value; and
@@ -209,96 +291,108 @@ START_TEST(test_every_single_char_corruption)
                 ck_assert_uint_eq(d.epoch, 0xdead);
                 ck_assert_uint_eq(d.p, 0xbeef);
                 ck_assert_uint_eq(d.g, 0xf00d);
+                ck_assert(!d.has_attrs);
                 tried++;
             }
         }
     }
-    ck_assert_int_eq(tried, 20 * 34 * 63);
+    ck_assert_int_eq(tried, 10 * 34 * 63 + 10 * 51 * 63);
 }
 END_TEST
 
 START_TEST(test_strict)
 {
-    struct cursor c = {1, 2, 3}, d;
-    char out[CURSOR_STR_LEN], m[256];
-    cursor_encode(&c, out);
+    for (int v2 = 0; v2 < 2; v2++) {
+        struct cursor c = {.epoch = 1, .p = 2, .g = 3, .has_attrs = v2}, d;
+        size_t chars = v2 ? 51 : 34;
+        char out[CURSOR_STR_LEN], m[256];
+        cursor_encode(&c, out);
 
-    /* padding: 25 bytes would be padded with two '=' */
-    strcpy(m, out);
-    strcat(m, "==");
-    ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
-    strcpy(m, out);
-    strcat(m, "=");
-    ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
-    /* one char short or long */
-    strcpy(m, out);
-    m[33] = '\0';
-    ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
-    strcpy(m, out);
-    strcat(m, "A");
-    ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
-    /* standard alphabet and other bytes */
-    const char bad[] = {'+', '/', '=', ' ', '.', '\n', '\x80', '\xff'};
-    for (size_t i = 0; i < sizeof(bad); i++) {
+        /* padding */
         strcpy(m, out);
-        m[10] = bad[i];
+        strcat(m, "=");
+        ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+        strcat(m, "=");
+        ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+        /* one char short or long */
+        strcpy(m, out);
+        m[chars - 1] = '\0';
+        ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+        strcpy(m, out);
+        strcat(m, "A");
+        ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+        /* standard alphabet and other bytes */
+        const char bad[] = {'+', '/', '=', ' ', '.', '\n', '\x80', '\xff'};
+        for (size_t i = 0; i < sizeof(bad); i++) {
+            strcpy(m, out);
+            m[10] = bad[i];
+            ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+        }
+        /* too long, including a valid cursor followed by junk */
+        memset(m, 'A', sizeof(m));
+        m[CURSOR_MAX_LEN + 1] = '\0';
+        ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+        memcpy(m, out, chars);
+        ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+        m[200] = '\0';
+        ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+        /* whitespace is not trimmed */
+        m[0] = ' ';
+        strcpy(m + 1, out);
         ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
     }
-    /* too long, including a valid cursor followed by junk */
-    memset(m, 'A', sizeof(m));
-    m[CURSOR_MAX_LEN + 1] = '\0';
-    ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
-    memcpy(m, out, 34);
-    ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
-    m[200] = '\0';
-    ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
-    /* whitespace is not trimmed */
-    m[0] = ' ';
-    strcpy(m + 1, out);
-    ck_assert_int_eq(cursor_decode(m, 0, &d), CURSOR_INVALID);
+    struct cursor d;
     ck_assert_int_eq(cursor_decode("A", 0, &d), CURSOR_INVALID);
     ck_assert_int_eq(cursor_decode("AA", 0, &d), CURSOR_INVALID);
 }
 END_TEST
 
-/* Sets the CRC of bin (from its first 21 bytes) and encodes it by reference rules. */
-static void
-ref_encode(uint8_t bin[25], char s[CURSOR_STR_LEN])
-{
-    uint32_t crc = ref_crc32c(bin, 21);
-    bin[21] = (uint8_t)(crc >> 24);
-    bin[22] = (uint8_t)(crc >> 16);
-    bin[23] = (uint8_t)(crc >> 8);
-    bin[24] = (uint8_t)crc;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < 25; i++) {
-        acc = acc << 8 | bin[i];
-        bits += 8;
-        while (bits >= 6) {
-            s[o++] = alphabet[(acc >> (bits - 6)) & 63];
-            bits -= 6;
-        }
-    }
-    s[o++] = alphabet[(acc << (6 - bits)) & 63];
-    s[o] = '\0';
-}
-
 START_TEST(test_version_byte)
 {
-    /* Correct CRC, every version byte: only 1 decodes. */
+    /* Correct CRC, every version byte, at both lengths: only 1 decodes from
+     * 25 bytes, only 2 from 38 (the length names the version). */
     for (int ver = 0; ver < 256; ver++) {
-        uint8_t bin[25] = {(uint8_t)ver, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2};
+        for (int v2 = 0; v2 < 2; v2++) {
+            uint8_t bin[38] = {(uint8_t)ver, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2};
+            size_t n = v2 ? 38 : 25;
+            char s[CURSOR_STR_LEN];
+            ref_encode(bin, n, s);
+            ck_assert_uint_eq(strlen(s), v2 ? 51 : 34);
+            struct cursor d;
+            bool ok = ver == (v2 ? 2 : 1);
+            ck_assert_int_eq(cursor_decode(s, 0, &d), ok ? CURSOR_OK : CURSOR_INVALID);
+            if (ok) {
+                ck_assert_uint_eq(d.epoch, 1);
+                ck_assert_uint_eq(d.p, 2);
+                ck_assert_uint_eq(d.g, 0);
+                ck_assert_int_eq(d.has_attrs, v2);
+            }
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_flags_byte)
+{
+    /* Version 2, correct CRC, every flags byte: bit 0 is guest, any other bit is invalid. */
+    for (int flags = 0; flags < 256; flags++) {
+        uint8_t bin[38] = {2, 0, 0, 0, 1};
+        bin[21] = (uint8_t)flags;
+        bin[29] = 9;    /* core_level 9 */
+        bin[33] = 0x42; /* platform_hash 0x42 */
         char s[CURSOR_STR_LEN];
-        ref_encode(bin, s);
-        ck_assert_uint_eq(strlen(s), 34);
+        ref_encode(bin, sizeof(bin), s);
         struct cursor d;
-        ck_assert_int_eq(cursor_decode(s, 0, &d), ver == 1 ? CURSOR_OK : CURSOR_INVALID);
-        if (ver == 1) {
-            ck_assert_uint_eq(d.epoch, 1);
-            ck_assert_uint_eq(d.p, 2);
-            ck_assert_uint_eq(d.g, 0);
+        enum cursor_status st = cursor_decode(s, 0, &d);
+        ck_assert_int_eq(st, flags <= 1 ? CURSOR_OK : CURSOR_INVALID);
+        if (st == CURSOR_OK) {
+            ck_assert(d.has_attrs);
+            ck_assert_int_eq(d.a.guest, flags == 1);
+            ck_assert_uint_eq(d.a.core_level, 9);
+            ck_assert_uint_eq(d.a.platform_hash, 0x42);
+            char again[CURSOR_STR_LEN];
+            cursor_encode(&d, again);
+            ck_assert_str_eq(again, s);
         }
     }
 }
@@ -315,9 +409,11 @@ cursor_suite(void)
     tcase_add_test(tc, test_round_trip_random);
     tcase_add_test(tc, test_empty);
     tcase_add_test(tc, test_epoch_not_compared);
+    tcase_add_test(tc, test_attrs_equal);
     tcase_add_test(tc, test_every_single_char_corruption);
     tcase_add_test(tc, test_strict);
     tcase_add_test(tc, test_version_byte);
+    tcase_add_test(tc, test_flags_byte);
     suite_add_tcase(s, tc);
     return s;
 }

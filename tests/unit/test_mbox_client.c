@@ -4,6 +4,7 @@
  */
 #include <check.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,6 +372,68 @@ START_TEST(cursor_valid_chars)
 }
 END_TEST
 
+/* ---- token refresh ---------------------------------------------------------- */
+
+START_TEST(refresh_delay_before_expiry)
+{
+    int64_t now = INT64_C(1800000000000000);
+    /* A fifth of the time left before the expiry... */
+    ck_assert_uint_eq(mbox_refresh_delay_ms(now, now + 2000 * 1000), 1600);
+    ck_assert_uint_eq(mbox_refresh_delay_ms(now, now + 100 * 1000), 80);
+    /* ... but at most 60 s before it. */
+    ck_assert_uint_eq(mbox_refresh_delay_ms(now, now + INT64_C(86400) * 1000000),
+                      86400 * 1000 - 60000);
+    ck_assert_uint_eq(mbox_refresh_delay_ms(now, now + 300 * 1000000), 240 * 1000);
+    /* Due or past: at once. */
+    ck_assert_uint_eq(mbox_refresh_delay_ms(now, now), 0);
+    ck_assert_uint_eq(mbox_refresh_delay_ms(now, now - 5), 0);
+    ck_assert_uint_eq(mbox_refresh_delay_ms(now, now + 999), 0);
+    /* Far away: clamped to a timer libevent takes. */
+    ck_assert_uint_le(mbox_refresh_delay_ms(0, INT64_MAX), INT32_MAX);
+}
+END_TEST
+
+START_TEST(token_file_load)
+{
+    mk_tmpdir();
+    char path[512], tok[MBOX_TOKEN_MAX + 1];
+    snprintf(path, sizeof(path), "%s/token", tmpdir);
+    ck_assert(!mbox_token_load(path, tok, sizeof(tok))); /* missing */
+    ck_assert_str_eq(tok, "");
+    write_raw(path, "v1.k1.AAAA.BBBB\n", 16);
+    ck_assert(mbox_token_load(path, tok, sizeof(tok)));
+    ck_assert_str_eq(tok, "v1.k1.AAAA.BBBB");
+    write_raw(path, "v1.k1.CCCC.DDDD  \r\n\n", 20);
+    ck_assert(mbox_token_load(path, tok, sizeof(tok)));
+    ck_assert_str_eq(tok, "v1.k1.CCCC.DDDD");
+    /* Empty, two lines, inner spaces, a NUL: not one token. */
+    const char *bad[] = {"", "\n", "a\nb\n", "a b\n", "\ta\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_raw(path, bad[i], strlen(bad[i]));
+        ck_assert_msg(!mbox_token_load(path, tok, sizeof(tok)), "accepted %zu", i);
+        ck_assert_str_eq(tok, "");
+    }
+    write_raw(path, "ab\0cd\n", 6);
+    ck_assert(!mbox_token_load(path, tok, sizeof(tok)));
+    /* Longer than MBOX_TOKEN_MAX: refused, never truncated. */
+    size_t n = MBOX_TOKEN_MAX + 1;
+    char *big = malloc(n + 1);
+    memset(big, 'a', n);
+    big[n] = '\n';
+    write_raw(path, big, n + 1);
+    ck_assert(!mbox_token_load(path, tok, sizeof(tok)));
+    write_raw(path, big, MBOX_TOKEN_MAX);
+    ck_assert(mbox_token_load(path, tok, sizeof(tok)));
+    ck_assert_uint_eq(strlen(tok), MBOX_TOKEN_MAX);
+    /* A buffer too small for the token. */
+    char small[8];
+    write_raw(path, "v1.k1.AAAA.BBBB\n", 16);
+    ck_assert(!mbox_token_load(path, small, sizeof(small)));
+    free(big);
+    rm_tmpdir();
+}
+END_TEST
+
 static Suite *
 mbox_client_suite(void)
 {
@@ -395,6 +458,10 @@ mbox_client_suite(void)
     tcase_add_test(tc, cursor_round_trip);
     tcase_add_test(tc, cursor_torn_or_foreign_file);
     tcase_add_test(tc, cursor_valid_chars);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("token_refresh");
+    tcase_add_test(tc, refresh_delay_before_expiry);
+    tcase_add_test(tc, token_file_load);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -143,7 +143,7 @@ START_TEST(encode_empty_bytes_and_string)
     r.has_content = 1; /* set but empty, data NULL */
     r.msgkey = "";
     char *s = enc(&r.base);
-    ck_assert_str_eq(s, "{\"msgkey\":\"\",\"content\":\"\"}");
+    ck_assert_str_eq(s, "{\"to_uids\":[],\"msgkey\":\"\",\"content\":\"\"}");
     free(s);
 }
 END_TEST
@@ -160,9 +160,9 @@ START_TEST(encode_repeated)
     ck_assert_str_eq(s, "{\"app_id\":\"1\",\"uids\":[\"7\",\"8\",\"18446744073709551615\"]}");
     free(s);
 
-    w.n_uids = 0; /* empty repeated fields are left out */
+    w.n_uids = 0; /* an empty repeated field is written as [] */
     s = enc(&w.base);
-    ck_assert_str_eq(s, "{\"app_id\":\"1\"}");
+    ck_assert_str_eq(s, "{\"app_id\":\"1\",\"uids\":[]}");
     free(s);
 }
 END_TEST
@@ -354,11 +354,12 @@ START_TEST(text_sync_and_history_replies)
                                     "\"has_more\":false,\"reset\":false}"));
     free(s);
 
-    /* the empty sync */
+    /* the empty sync: "items":[] (clients index items without a check) */
     r.n_items = 0;
     s = enc(&r.base);
-    ck_assert_str_eq(s, "{\"cursor\":\"AQAAAAEABmDWVcc2qQAAAAAAAAAAQPjQtQ\",\"has_more\":false,"
-                        "\"reset\":false}");
+    ck_assert_str_eq(
+        s, "{\"items\":[],\"cursor\":\"AQAAAAEABmDWVcc2qQAAAAAAAAAAQPjQtQ\",\"has_more\":false,"
+           "\"reset\":false}");
     free(s);
 
     Mbox__HistoryResponse h = MBOX__HISTORY_RESPONSE__INIT;
@@ -369,6 +370,75 @@ START_TEST(text_sync_and_history_replies)
     s = enc(&h.base);
     ck_assert_str_eq(s + strlen(s) - strlen("],\"has_more\":true}"), "],\"has_more\":true}");
     free(s);
+}
+END_TEST
+
+/*
+ * Every repeated field of every reply is present, [] when empty, in the
+ * text and the tree encoder alike, at any depth; optional scalars,
+ * strings and sub-messages that are not set stay absent.
+ */
+START_TEST(repeated_fields_always_present)
+{
+    static const struct {
+        const ProtobufCMessageDescriptor *d;
+        const char *want;
+    } empty[] = {
+        {&mbox__sync_response__descriptor, "{\"items\":[]}"},
+        {&mbox__history_response__descriptor, "{\"items\":[]}"},
+        {&mbox__send_response__descriptor, "{\"results\":[]}"},
+        {&mbox__notice_list__descriptor, "{\"notices\":[]}"},
+        {&mbox__whitelist__descriptor, "{\"uids\":[]}"},
+        {&mbox__read_request__descriptor, "{\"msg_ids\":[],\"notice_ids\":[]}"},
+        {&mbox__targeting__descriptor, "{\"platforms\":[]}"},
+        {&mbox__item__descriptor, "{}"},
+        {&mbox__frame__descriptor, "{}"},
+    };
+    for (size_t i = 0; i < sizeof(empty) / sizeof(empty[0]); i++) {
+        ProtobufCMessage *m = calloc(1, empty[i].d->sizeof_message);
+        ck_assert_ptr_nonnull(m);
+        protobuf_c_message_init(empty[i].d, m);
+        char *s = enc(m);
+        ck_assert_msg(strcmp(s, empty[i].want) == 0, "%s: %s", empty[i].d->name, s);
+        free(s);
+        json_t *j = pbjson_encode(m);
+        ck_assert_ptr_nonnull(j);
+        char *t = json_dumps(j, JSON_COMPACT);
+        ck_assert_str_eq(t, empty[i].want);
+        free(t);
+        json_decref(j);
+        free(m);
+    }
+    /* Nested: a notice with a targeting object but no platforms; the unset
+     * optional notify message and scalars stay out. */
+    Mbox__Targeting t = MBOX__TARGETING__INIT;
+    t.has_min_core_level = 1;
+    t.min_core_level = 5;
+    Mbox__Notice n = MBOX__NOTICE__INIT;
+    n.has_notice_id = 1;
+    n.notice_id = 3;
+    n.targeting = &t;
+    char *s = enc(&n.base);
+    ck_assert_str_eq(s, "{\"notice_id\":\"3\",\"targeting\":{\"platforms\":[],"
+                        "\"min_core_level\":\"5\"}}");
+    free(s);
+    Mbox__NoticeList l = MBOX__NOTICE_LIST__INIT;
+    Mbox__Notice *np = &n;
+    l.notices = &np;
+    l.n_notices = 1;
+    s = enc(&l.base);
+    ck_assert_str_eq(s, "{\"notices\":[{\"notice_id\":\"3\",\"targeting\":{\"platforms\":[],"
+                        "\"min_core_level\":\"5\"}}]}");
+    free(s);
+    /* What is written decodes back to the same message (an empty list is no list). */
+    char err[128];
+    static const char text[] = "{\"notice_id\":\"3\",\"targeting\":{\"platforms\":[],"
+                               "\"min_core_level\":\"5\"}}";
+    ProtobufCMessage *back = pbjson_decode_bytes(&mbox__notice__descriptor, text, sizeof(text) - 1,
+                                                 1024, NULL, err, sizeof(err));
+    ck_assert_msg(back != NULL, "%s", err);
+    ck_assert_uint_eq(((Mbox__Notice *)back)->targeting->n_platforms, 0);
+    protobuf_c_message_free_unpacked(back, NULL);
 }
 END_TEST
 
@@ -526,7 +596,7 @@ START_TEST(decode_empty_array_and_bytes)
     ck_assert(r->has_content);
     ck_assert_uint_eq(r->content.len, 0);
     char *s = enc(&r->base);
-    ck_assert_str_eq(s, "{\"content\":\"\"}");
+    ck_assert_str_eq(s, "{\"to_uids\":[],\"content\":\"\"}");
     free(s);
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
@@ -541,7 +611,7 @@ START_TEST(decode_bytes_with_nul)
     ck_assert_uint_eq(r->content.len, 3);
     ck_assert_mem_eq(r->content.data, "a\0b", 3);
     char *s = enc(&r->base);
-    ck_assert_str_eq(s, "{\"content\":\"a\\u0000b\"}");
+    ck_assert_str_eq(s, "{\"to_uids\":[],\"content\":\"a\\u0000b\"}");
     free(s);
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
@@ -585,7 +655,7 @@ START_TEST(decode_nested_targeting)
     ck_assert_ptr_nonnull(n->targeting);
     ck_assert_uint_eq(n->targeting->n_platforms, 0);
     char *s = enc(&n->base);
-    ck_assert_str_eq(s, "{\"targeting\":{}}");
+    ck_assert_str_eq(s, "{\"targeting\":{\"platforms\":[]}}");
     free(s);
     protobuf_c_message_free_unpacked(&n->base, NULL);
 }
@@ -1123,6 +1193,11 @@ START_TEST(round_trip_every_type)
     ck_assert_msg(m4 != NULL, "%s: %s", desc->name, err);
     ck_assert_uint_eq(protobuf_c_message_get_packed_size(m4), 0);
     json_t *out4 = pbjson_encode(m4);
+    /* ... which is {} but for its repeated fields, always written ([]) */
+    for (unsigned i = 0; i < desc->n_fields; i++) {
+        if (desc->fields[i].label == PROTOBUF_C_LABEL_REPEATED)
+            json_object_set_new(empty, desc->fields[i].name, json_array());
+    }
     ck_assert(json_equal(empty, out4));
 
     json_decref(out4);
@@ -1328,7 +1403,7 @@ START_TEST(probe_encode)
     char *s = enc(&p.base);
     ck_assert_str_eq(s,
                      "{\"d\":1.5,\"f\":\"NaN\",\"color\":\"BLUE\",\"s64\":\"-9223372036854775808\","
-                     "\"s32\":-5,\"num\":\"42\"}");
+                     "\"s32\":-5,\"num\":\"42\",\"kids\":[]}");
     free(s);
 
     p.f = -INFINITY;
@@ -1338,7 +1413,7 @@ START_TEST(probe_encode)
     p.name = "n";
     s = enc(&p.base);
     ck_assert_str_eq(s, "{\"d\":\"Infinity\",\"f\":\"-Infinity\",\"color\":3,\"s64\":"
-                        "\"-9223372036854775808\",\"s32\":-5,\"name\":\"n\"}");
+                        "\"-9223372036854775808\",\"s32\":-5,\"name\":\"n\",\"kids\":[]}");
     free(s);
 }
 END_TEST
@@ -1558,7 +1633,7 @@ START_TEST(probe_reals_like_jansson)
                       ? strdup((float)values[i] > 0 ? "\"Infinity\"" : "\"-Infinity\"")
                       : jansson_text(json_real((float)values[i]));
         char want[256];
-        snprintf(want, sizeof(want), "{\"d\":%s,\"f\":%s}", d, f);
+        snprintf(want, sizeof(want), "{\"d\":%s,\"f\":%s,\"kids\":[]}", d, f);
         ck_assert_str_eq(got, want);
         free(d);
         free(f);
@@ -1762,6 +1837,7 @@ pbjson_suite(void)
     tcase_add_test(tc, text_escapes_like_jansson);
     tcase_add_test(tc, text_integers_at_the_limits);
     tcase_add_test(tc, text_sync_and_history_replies);
+    tcase_add_test(tc, repeated_fields_always_present);
     tcase_add_test(tc, text_buffer_grows);
     suite_add_tcase(s, tc);
 

@@ -167,6 +167,101 @@ START_TEST(gray_release_not_redelivered_on_publish)
 }
 END_TEST
 
+/* A viewer known only by its platform hash (a cursor's attributes) targets like the name. */
+START_TEST(platform_by_hash)
+{
+    ck_assert_uint_eq(pub_platform_hash(""), 0);
+    ck_assert_uint_ne(pub_platform_hash("ios"), 0);
+    ck_assert_uint_ne(pub_platform_hash("ios"), pub_platform_hash("android"));
+    ck_assert_uint_eq(pub_platform_hash("ios"), 0x80eb9be6u); /* FNV-1a, computed independently */
+    struct pub_notice n = mk(1, PUB_PUBLISHED, 1);
+    strcpy(n.platforms[0], "android");
+    strcpy(n.platforms[1], "ios");
+    n.nplatforms = 2;
+    struct pub_viewer v = viewer();
+    v.platform = NULL;
+    v.platform_hash = pub_platform_hash("ios");
+    ck_assert(pub_visible(&n, &v, NOW));
+    v.platform_hash = pub_platform_hash("web");
+    ck_assert(!pub_visible(&n, &v, NOW));
+    v.platform_hash = 0; /* unknown platform: outside any list */
+    ck_assert(!pub_visible(&n, &v, NOW));
+    n.nplatforms = 0;
+    ck_assert(pub_visible(&n, &v, NOW));
+}
+END_TEST
+
+/*
+ * An upgraded client gains, below g, exactly the live notices it sees now
+ * and did not see with the cursor's attributes, in seq order, capped.
+ */
+START_TEST(gained_after_attribute_change)
+{
+    struct pub_notice n[7];
+    n[0] = mk(1, PUB_PUBLISHED, 1); /* everyone: already delivered */
+    n[1] = mk(2, PUB_PUBLISHED, 2); /* core level >= 300000: gained */
+    n[1].min_core_level = 300000;
+    n[2] = mk(3, PUB_PUBLISHED, 3); /* core level <= 100000: lost, not gained */
+    n[2].max_core_level = 100000;
+    n[3] = mk(4, PUB_PUBLISHED, 4); /* gained but expired: nothing */
+    n[3].min_core_level = 300000;
+    n[3].expire_at = NOW;
+    n[4] = mk(5, PUB_PREPUBLISHED, 5); /* gained only for the whitelist */
+    n[4].min_core_level = 300000;
+    n[5] = mk(6, PUB_PUBLISHED, 6); /* android only: not gained by an ios client */
+    strcpy(n[5].platforms[0], "android");
+    n[5].nplatforms = 1;
+    n[6] = mk(7, PUB_PUBLISHED, 9); /* after g: the normal select's business */
+    n[6].min_core_level = 300000;
+    const struct pub_notice *ns[7];
+    for (int i = 0; i < 7; i++)
+        ns[i] = &n[i];
+    struct pub_viewer now = viewer(), old = viewer();
+    now.core_level = 300001;
+    old.platform = NULL;
+    old.platform_hash = pub_platform_hash("ios");
+    old.core_level = 90000;
+    struct pub_item out[8];
+    bool more;
+    size_t got = pub_select_gained(ns, 7, &now, &old, 8, NOW, out, 8, &more);
+    ck_assert_uint_eq(got, 1);
+    ck_assert(!more);
+    ck_assert_uint_eq(out[0].n->notice_id, 2);
+    ck_assert_int_eq(out[0].kind, PUB_ITEM_NOTICE);
+    now.whitelisted = old.whitelisted = true;
+    got = pub_select_gained(ns, 7, &now, &old, 8, NOW, out, 8, &more);
+    ck_assert_uint_eq(got, 2);
+    ck_assert_uint_eq(out[1].n->notice_id, 5);
+    /* Capped: the first in seq order, and more remain. */
+    got = pub_select_gained(ns, 7, &now, &old, 8, NOW, out, 1, &more);
+    ck_assert_uint_eq(got, 1);
+    ck_assert(more);
+    ck_assert_uint_eq(out[0].n->notice_id, 2);
+    /* The same attributes gain nothing; g = 0 passed nothing. */
+    old = now;
+    ck_assert_uint_eq(pub_select_gained(ns, 7, &now, &old, 8, NOW, out, 8, &more), 0);
+    old.core_level = 90000;
+    ck_assert_uint_eq(pub_select_gained(ns, 7, &now, &old, 0, NOW, out, 8, &more), 0);
+    /* Switching platform: android gains notice 6 (and keeps no ios-only one). */
+    now = viewer();
+    now.platform = "android";
+    old = viewer();
+    old.platform = NULL;
+    old.platform_hash = pub_platform_hash("ios");
+    got = pub_select_gained(ns, 7, &now, &old, 8, NOW, out, 8, &more);
+    ck_assert_uint_eq(got, 1);
+    ck_assert_uint_eq(out[0].n->notice_id, 6);
+    /* A guest who logs in gains the login-only notices. */
+    n[0].login_only = true;
+    now = viewer();
+    old.platform_hash = pub_platform_hash("ios");
+    old.guest = true;
+    got = pub_select_gained(ns, 7, &now, &old, 8, NOW, out, 8, &more);
+    ck_assert_uint_eq(got, 1);
+    ck_assert_uint_eq(out[0].n->notice_id, 1);
+}
+END_TEST
+
 START_TEST(state_names)
 {
     enum pub_state s;
@@ -186,6 +281,8 @@ main(void)
     tcase_add_test(tc, window_and_targeting);
     tcase_add_test(tc, select_moves_g_over_what_it_covers);
     tcase_add_test(tc, gray_release_not_redelivered_on_publish);
+    tcase_add_test(tc, platform_by_hash);
+    tcase_add_test(tc, gained_after_attribute_change);
     tcase_add_test(tc, state_names);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
