@@ -390,13 +390,8 @@ START_TEST(healthz_sees_paused_redis)
 {
     /* Regression: /healthz said Redis was up while Redis was stopped and
      * every command timed out (the socket stayed open). */
-    char path[600];
-    snprintf(path, sizeof(path), "%s/redis/redis.pid", h.dir);
-    FILE *f = fopen(path, "r");
-    ck_assert_ptr_nonnull(f);
-    int pid = 0;
-    ck_assert_int_eq(fscanf(f, "%d", &pid), 1);
-    fclose(f);
+    pid_t pid = harness_redis_pid(&h);
+    ck_assert_int_gt(pid, 0);
     ck_assert_int_eq(kill(pid, SIGSTOP), 0);
     int st;
     json_t *j = httpc_json("GET", h.logicd[0].port[1], "/healthz", NULL, NULL, &st);

@@ -954,13 +954,8 @@ START_TEST(refresh_right_after_login_waits_for_the_route)
      * (a notify right after the ack could not be routed). With Redis
      * stopped the route write can only end by its timeout: the login_ack,
      * then the refresh_ack, come after it. */
-    char path[600];
-    snprintf(path, sizeof(path), "%s/redis/redis.pid", h.dir);
-    FILE *pf = fopen(path, "r");
-    ck_assert_ptr_nonnull(pf);
-    int redis_pid = 0;
-    ck_assert_int_eq(fscanf(pf, "%d", &redis_pid), 1);
-    fclose(pf);
+    pid_t redis_pid = harness_redis_pid(&h);
+    ck_assert_int_gt(redis_pid, 0);
     char tok[TOKEN_MAX_LEN], fresh[TOKEN_MAX_LEN], text[1024];
     (void)token_ttl(APP, 6105, 60000, false, tok, sizeof(tok));
     (void)token_ttl(APP, 6105, 120000, false, fresh, sizeof(fresh));

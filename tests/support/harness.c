@@ -150,6 +150,21 @@ harness_redis_start(struct harness *h)
     return false;
 }
 
+pid_t
+harness_redis_pid(const struct harness *h)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/redis/redis.pid", h->dir);
+    FILE *f = fopen(path, "r");
+    int pid = -1;
+    if (f != NULL) {
+        if (fscanf(f, "%d", &pid) != 1)
+            pid = -1;
+        fclose(f);
+    }
+    return (pid_t)pid;
+}
+
 bool
 harness_redis_stop(struct harness *h)
 {

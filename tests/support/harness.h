@@ -59,6 +59,8 @@ bool harness_pg_resume(struct harness *h);
 
 /* Stops and restarts Redis on the same port (fault tests). */
 bool harness_redis_stop(struct harness *h);
+/* The running Redis's pid (from its pid file), for SIGSTOP/SIGCONT fault tests; -1 if none. */
+pid_t harness_redis_pid(const struct harness *h);
 bool harness_redis_start(struct harness *h);
 
 /* Stops one daemon (SIGTERM, then SIGKILL after 5 s). */

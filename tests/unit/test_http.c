@@ -439,20 +439,8 @@ start_server_limits(const struct http_limits *limits, http_precheck_fn precheck)
 static void
 start_server_with(int timeout_s)
 {
-    char err[256];
-    memset(&srv, 0, sizeof(srv));
-    g_metrics = metrics_new();
-    ck_assert_ptr_nonnull(g_metrics);
-    srv.base = event_base_new();
-    ck_assert_ptr_nonnull(srv.base);
-    int fd = http_listen("127.0.0.1", 0, err, sizeof(err));
-    ck_assert_msg(fd >= 0, "%s", err);
-    srv.port = http_bound_port(fd);
     struct http_limits limits = {.max_body = 1024, .max_headers = 4096, .timeout_s = timeout_s};
-    srv.http = http_server_new(srv.base, fd, "test", routes, sizeof(routes) / sizeof(routes[0]),
-                               &limits, NULL, g_metrics, err, sizeof(err));
-    ck_assert_msg(srv.http != NULL, "%s", err);
-    ck_assert_int_eq(pthread_create(&srv.thread, NULL, server_thread, &srv), 0);
+    start_server_limits(&limits, NULL);
 }
 
 static void
