@@ -12,3 +12,5 @@ CREATE TABLE notice_reach (
     reach bigint NOT NULL,
     PRIMARY KEY (notice_id, at)
 );
+-- The sampler deletes samples older than the series a stats reply shows.
+CREATE INDEX notice_reach_at ON notice_reach (at);

@@ -24,6 +24,7 @@
 #include "pbjson.h"
 #include "pg.h"
 #include "pubcache.h"
+#include "reach.h"
 #include "pubfilter.h"
 #include "redis.h"
 #include "sql.h"
@@ -587,7 +588,22 @@ struct patch_op {
     uint64_t id;
     uint32_t if_match; /* 0: none given */
     uint32_t based_on; /* the version the edit was merged into */
+    bool editor;       /* may not edit a published notice (publishers only) */
 };
+
+/* 403 for an editor's edit of a published notice: every user sees it, and
+ * changing it (content, timing, targeting) is a publisher's decision. */
+static bool
+patch_role_denied(const struct patch_op *op, const char *state)
+{
+    if (!op->editor || strcmp(state, "published") != 0)
+        return false;
+    http_reply_error(op->r, 403, "permission_denied",
+                     "operator '%s' has role editor; editing a published notice needs role "
+                     "publisher",
+                     op->actor);
+    return true;
+}
 
 static void
 patch_free(struct patch_op *op)
@@ -628,7 +644,7 @@ on_patch_reread(const PGresult *res, const struct pg_error *err, void *arg)
         size_t len;
         const char *st = pg_get_bytes(res, 0, pg_col(res, "state"), &len);
         int64_t now = pg_get_i64(res, 0, pg_col(res, "version"));
-        bool replied = patch_state_conflict(r, st);
+        bool replied = patch_role_denied(op, st) || patch_state_conflict(r, st);
         if (!replied && op->if_match != 0 && now != (int64_t)op->if_match)
             reply_version_mismatch(r, op->if_match, now);
         else if (!replied)
@@ -682,7 +698,7 @@ on_patch_read(const PGresult *res, const struct pg_error *err, void *arg)
     struct notice_out cur;
     notice_from_row(res, 0, &cur);
     const Mbox__Notice *e = op->edit;
-    if (patch_state_conflict(r, cur.n.state)) {
+    if (patch_role_denied(op, cur.n.state) || patch_state_conflict(r, cur.n.state)) {
         patch_free(op);
         return;
     }
@@ -748,6 +764,7 @@ on_patch_read(const PGresult *res, const struct pg_error *err, void *arg)
     pg_param_i64(&p, logic_now_us());
     char *audit = audit_json(&op->edit->base);
     pg_param_text(&p, audit);
+    pg_param_bool(&p, op->editor);
     bool sent = api_query(r, op->w, SQL_NOTICE_PATCH, &p, on_patched, op);
     free(audit);
     if (!sent) {
@@ -759,10 +776,11 @@ void
 api_notice_patch(struct http_req *r, void *ctx)
 {
     struct logic_worker *w = ctx;
-    const char *actor;
     uint64_t id;
-    if (!api_auth_ops(r, w, &actor) || !api_param_u64(r, "id", &id))
+    const struct logic_ops_token *who = api_auth_ops_as(r, w, LOGIC_ROLE_EDITOR);
+    if (who == NULL || !api_param_u64(r, "id", &id))
         return;
+    const char *actor = who->name;
     uint32_t if_match;
     if (!parse_if_match(r, &if_match))
         return;
@@ -785,6 +803,7 @@ api_notice_patch(struct http_req *r, void *ctx)
     op->edit = (Mbox__Notice *)m;
     op->id = id;
     op->if_match = if_match;
+    op->editor = who->role < LOGIC_ROLE_PUBLISHER;
     struct pg_params p;
     pg_params_init(&p);
     pg_param_i64(&p, (int64_t)id);
@@ -796,7 +815,7 @@ api_notice_patch(struct http_req *r, void *ctx)
 /* ---- GET /v1/notices/{id}/stats ---- */
 
 /* Most samples in a stats reply: a day at the default one a minute. */
-#define SERIES_MAX 1440
+#define SERIES_MAX REACH_SERIES_MAX
 
 struct stats_op {
     struct http_req *r;

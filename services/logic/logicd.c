@@ -72,6 +72,15 @@ parse_ops_tokens(struct logic *app, const char *s, char *err, size_t errlen)
         memcpy(app->ops[app->nops].token, colon + 1, tlen);
         app->ops[app->nops].token[tlen] = '\0';
         app->ops[app->nops].role = role;
+        /* One token, one operator: with two entries the role would depend
+         * on which one the lookup happens to meet. */
+        for (int i = 0; i < app->nops; i++) {
+            if (strcmp(app->ops[i].token, app->ops[app->nops].token) == 0) {
+                snprintf(err, errlen, "key 'ops_tokens': entries %d and %d have the same token",
+                         i + 1, app->nops + 1);
+                return false;
+            }
+        }
         app->nops++;
         s += len;
         if (*s == ',')

@@ -44,16 +44,25 @@ arm(struct reach_sampler *s)
     event_add(s->timer, &tv);
 }
 
+static void query_due(struct reach_sampler *s);
+
 static void
 on_recorded(const PGresult *res, const struct pg_error *err, void *arg)
 {
     struct reach_sampler *s = arg;
-    if (err->kind != PG_OK)
+    if (err->kind != PG_OK) {
         log_warn("reach_sample_failed", "message=%s", err->message ? err->message : "");
+        arm(s);
+        return;
+    }
+    const char *written = PQcmdTuples((PGresult *)res);
+    log_debug("reach_sampled", "at=%" PRId64 " notices=%d written=%s", s->at, s->nfigures, written);
+    /* A full batch that this logicd wrote: the next notices of the same
+     * interval now, not in an interval (the due query skips those done). */
+    if (s->n == REACH_MAX_NOTICES && atoi(written) > 0)
+        query_due(s);
     else
-        log_debug("reach_sampled", "at=%" PRId64 " notices=%d written=%s", s->at, s->nfigures,
-                  PQcmdTuples((PGresult *)res));
-    arm(s);
+        arm(s);
 }
 
 /* Every counter has answered: write the figures read. */
@@ -127,6 +136,27 @@ on_due(const PGresult *res, const struct pg_error *err, void *arg)
         record(s);
 }
 
+/* The next batch of live notices without a sample in the interval s->at. */
+static void
+query_due(struct reach_sampler *s)
+{
+    struct pg_params p;
+    pg_params_init(&p);
+    pg_param_i64(&p, s->at);
+    pg_param_i32(&p, REACH_MAX_NOTICES);
+    if (!pg_query(s->w->pg, SQL_REACH_DUE, &p, on_due, s))
+        arm(s);
+}
+
+static void
+on_pruned(const PGresult *res, const struct pg_error *err, void *arg)
+{
+    (void)res;
+    (void)arg;
+    if (err->kind != PG_OK)
+        log_warn("reach_prune_failed", "message=%s", err->message ? err->message : "");
+}
+
 static void
 on_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -136,12 +166,14 @@ on_tick(evutil_socket_t fd, short what, void *arg)
     s->running = true;
     int64_t step = s->w->app->cfg.reach_sample_interval_s * 1000000;
     s->at = logic_now_us() / step * step;
+    /* Samples a stats reply no longer shows go (a table that only grows
+     * would hold a row per live notice per interval, forever). */
     struct pg_params p;
     pg_params_init(&p);
-    pg_param_i64(&p, s->at);
-    pg_param_i32(&p, REACH_MAX_NOTICES);
-    if (!pg_query(s->w->pg, SQL_REACH_DUE, &p, on_due, s))
-        arm(s);
+    pg_param_i64(&p, s->at - (int64_t)REACH_SERIES_MAX * step);
+    if (!pg_query(s->w->pg, SQL_REACH_PRUNE, &p, on_pruned, NULL))
+        log_debug("reach_prune_skipped", "reason=postgres_unavailable");
+    query_due(s);
 }
 
 struct reach_sampler *

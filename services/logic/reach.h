@@ -17,6 +17,10 @@
 
 #define REACH_MAX_NOTICES 1000
 
+/* Samples kept per notice (older ones are deleted): a stats reply's series,
+ * a day at the default one a minute. */
+#define REACH_SERIES_MAX 1440
+
 struct logic_worker;
 struct reach_sampler;
 

@@ -170,11 +170,13 @@ static const struct sql_stmt statements[] = {
      "  SELECT $5::int8, $4::text, $6::text, notice_id, app_id, $7::text FROM upd)"
      " SELECT (SELECT state FROM cur) AS prev_state, (SELECT version FROM cur) AS "
      "prev_version, " NOTICE_COLS " FROM (SELECT 1) one LEFT JOIN upd ON true"},
-    {SQL_NOTICE_PATCH, 20,
+    {SQL_NOTICE_PATCH, 21,
      "WITH cur AS (SELECT notice_id, state, version FROM notice"
      "  WHERE notice_id = $1::int8 AND NOT deleted),"
+     /* $21: the operator is an editor, who may not change what every user
+      * already sees (a published notice). */
      " ok AS (SELECT 1 FROM cur WHERE state IN ('draft', 'prepublished', 'published')"
-     "  AND version = $2::int4),"
+     "  AND version = $2::int4 AND NOT ($21::bool AND state = 'published')),"
      " head AS (" NEXT_SEQ " AND EXISTS (SELECT 1 FROM ok)"
      "  AND EXISTS (SELECT 1 FROM cur WHERE state IN ('prepublished', 'published'))"
      "  RETURNING seq),"
@@ -236,6 +238,7 @@ static const struct sql_stmt statements[] = {
     {SQL_REACH_SERIES, 2,
      "SELECT at, reach FROM notice_reach WHERE notice_id = $1::int8 ORDER BY at DESC"
      " LIMIT $2::int4"},
+    {SQL_REACH_PRUNE, 1, "DELETE FROM notice_reach WHERE at < $1::int8"},
     {SQL_RETENTION, 2,
      "DELETE FROM message WHERE (uid, app_id, msg_id) IN"
      " (SELECT uid, app_id, msg_id FROM message WHERE expire_at <= $1::int8 LIMIT $2::int4)"},

@@ -69,6 +69,8 @@ struct pg_pool;
 #define SQL_REACH_RECORD "reach_record"
 /* $1 notice_id, $2 limit -> (at, reach), newest first */
 #define SQL_REACH_SERIES "reach_series"
+/* $1 oldest interval start (us) kept -> samples deleted */
+#define SQL_REACH_PRUNE "reach_prune"
 
 /* Registers all statements with the pool. */
 bool sql_prepare_all(struct pg_pool *pg) __attribute__((warn_unused_result));

@@ -63,6 +63,13 @@ setup(void)
     write_text(console_dir, "index.html", INDEX_HTML);
     write_text(console_dir, "app.js", APP_JS);
     write_text(console_dir, "notes.txt", "not a console type\n");
+    /* A FIFO named like an asset: opening it must not block a worker. */
+    char fifo[600];
+    snprintf(fifo, sizeof(fifo), "%s/fifo.js", console_dir);
+    if (mkfifo(fifo, 0644) != 0) {
+        fprintf(stderr, "mkfifo failed\n");
+        exit(1);
+    }
     write_text(secret_dir, "key.html", "SECRET\n");
     snprintf(target, sizeof(target), "%s/key.html", secret_dir);
     snprintf(link, sizeof(link), "%s/link.html", console_dir);
@@ -187,6 +194,19 @@ START_TEST(test_editor_cannot_publish)
     json_decref(j);
     /* a publisher can */
     ck_assert_int_eq(act(h.ops_token, id, "publish", code, sizeof(code)), 200);
+    /* Regression: an editor could PATCH a published notice (content, or a
+     * start_at in the future that hid it: a stop in all but name). */
+    j = call(EDITOR_TOKEN, "PATCH", path, "{\"title\":\"rewritten by an editor\"}", &st);
+    ck_assert_int_eq(st, 403);
+    ck_assert_str_eq(error_code(j), "permission_denied");
+    json_decref(j);
+    j = call(EDITOR_TOKEN, "PATCH", path, "{\"start_at\":\"4000000000000000\"}", &st);
+    ck_assert_int_eq(st, 403);
+    json_decref(j);
+    j = call(EDITOR_TOKEN, "GET", path, NULL, &st);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "title")), "edited by an editor");
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "version")), 2);
+    json_decref(j);
     ck_assert_int_eq(act(EDITOR_TOKEN, id, "stop", code, sizeof(code)), 403);
     ck_assert_int_eq(act(EDITOR_TOKEN, id, "retract", code, sizeof(code)), 403);
     ck_assert_int_eq(act(h.ops_token, id, "stop", code, sizeof(code)), 200);
@@ -265,6 +285,7 @@ START_TEST(test_static_refusals)
         {"/console/nope.html", 404},              /* unknown file */
         {"/console/notes.txt", 404},              /* not a console type */
         {"/console/link.html", 404},              /* symlink out of the directory */
+        {"/console/fifo.js", 404},                /* not a regular file (and must not block) */
         {"/console/..", 404},                     /* parent, literally */
         {"/console/%2e%2e", 404},                 /* parent, encoded */
         {"/console/.hidden.html", 404},           /* hidden files */
@@ -377,6 +398,46 @@ END_TEST
 
 /* While another session holds the sampler's advisory lock, nothing is
  * written; once it lets go, sampling resumes. */
+/* Polls a count query until it satisfies want (>0 or ==0) or timeout_ms passes. */
+static bool
+wait_count(const char *sql, bool want_some, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 100) {
+        if ((mt_sql_i64(&h, sql) > 0) == want_some)
+            return true;
+        usleep(100 * 1000);
+    }
+    return false;
+}
+
+START_TEST(test_reach_samples_every_live_notice)
+{
+    /* Regression: a tick sampled the 1000 lowest live notice ids only, so a
+     * later notice never got a sample while 1000 older ones were live. */
+    mt_sql_i64(&h, "WITH ins AS (INSERT INTO notice (app_id, state, created_by, created_at,"
+                   " updated_by, updated_at) SELECT 34, 'published', 't', 0, 't', 0"
+                   " FROM generate_series(1, 1005) RETURNING 1) SELECT count(*) FROM ins");
+    int64_t top = mt_sql_i64(&h, "SELECT max(notice_id) FROM notice WHERE app_id = 34");
+    char q[200];
+    snprintf(q, sizeof(q), "SELECT count(*) FROM notice_reach WHERE notice_id = %lld",
+             (long long)top);
+    bool sampled = wait_count(q, true, 10000);
+    /* Regression: samples were never deleted. One older than the series a
+     * stats reply shows goes at the next tick. */
+    char old[200];
+    snprintf(old, sizeof(old),
+             "WITH ins AS (INSERT INTO notice_reach (notice_id, at, reach) VALUES (%lld, 1, 5)"
+             " RETURNING 1) SELECT count(*) FROM ins",
+             (long long)top);
+    mt_sql_i64(&h, old);
+    bool pruned = wait_count("SELECT count(*) FROM notice_reach WHERE at = 1", false, 5000);
+    mt_sql_i64(&h, "WITH u AS (UPDATE notice SET state = 'stopped' WHERE app_id = 34"
+                   " RETURNING 1) SELECT count(*) FROM u");
+    ck_assert_msg(sampled, "notice %lld (the 1005th live one) was never sampled", (long long)top);
+    ck_assert_msg(pruned, "an ancient sample was not deleted");
+}
+END_TEST
+
 START_TEST(test_reach_lock)
 {
     char code[64];
@@ -425,6 +486,9 @@ START_TEST(test_config_errors)
                   "%s", line);
     check_config("LOGICD_OPS_TOKENS=a:b,c::editor", line, sizeof(line));
     ck_assert_msg(strstr(line, "key 'ops_tokens': entry 2 has an empty token"), "%s", line);
+    check_config("LOGICD_OPS_TOKENS=a:S:editor,b:S", line, sizeof(line));
+    ck_assert_msg(strstr(line, "key 'ops_tokens': entries 1 and 2 have the same token"), "%s",
+                  line);
     /* valid tokens (a role suffix, a ':' inside a token): the next check fails */
     check_config("LOGICD_OPS_TOKENS=a:b:c:publisher,d:e:viewer LOGICD_CONSOLE_DIR=/nonexistent",
                  line, sizeof(line));
@@ -446,6 +510,7 @@ console_suite(void)
     tcase_add_test(tc, test_reach_series);
     tcase_add_test(tc, test_reach_lock);
     tcase_add_test(tc, test_config_errors);
+    tcase_add_test(tc, test_reach_samples_every_live_notice);
     suite_add_tcase(s, tc);
     return s;
 }
