@@ -184,14 +184,15 @@ test('publisher: notice lifecycle, gray release, conflict, reach, whitelist and 
   await page.keyboard.press('Enter');
   await page.getByRole('heading', { name: /^Edit notice/ }).waitFor();
   const cur = await st.api('GET', `/v1/notices/${id}`);
-  const other = await st.api('PATCH', `/v1/notices/${id}`, { title: 'Maintenance tonight (moved)' }, st.editorToken, { 'If-Match': cur.etag });
+  // (by another publisher: an editor may not edit a published notice)
+  const other = await st.api('PATCH', `/v1/notices/${id}`, { title: 'Maintenance tonight (moved)' }, st.otherPublisherToken, { 'If-Match': cur.etag });
   assert.equal(other.status, 200);
   await page.getByLabel('Content').fill('My own change');
   await page.getByRole('button', { name: 'Save' }).click();
   const conflict = page.getByRole('alert').filter({ hasText: 'Someone else changed this notice' });
   await conflict.waitFor();
   page.expectHttp(412);
-  assert.match(await conflict.textContent(), /changed by bob/);
+  assert.match(await conflict.textContent(), /changed by carol/);
   assert.match(await conflict.textContent(), /title: − Maintenance tonight \+ Maintenance tonight \(moved\)/);
   await shot(page, 'notice-conflict');
   const after = await st.api('GET', `/v1/notices/${id}`);
@@ -206,10 +207,10 @@ test('publisher: notice lifecycle, gray release, conflict, reach, whitelist and 
   await page.getByRole('heading', { name: 'Audit' }).waitFor();
   const rows = page.getByRole('row');
   await rows.filter({ hasText: 'whitelist_add' }).first().waitFor();
-  for (const [who, action] of [['alice', 'create'], ['alice', 'prepublish'], ['alice', 'publish'], ['bob', 'edit'], ['alice', 'whitelist_remove']]) {
+  for (const [who, action] of [['alice', 'create'], ['alice', 'prepublish'], ['alice', 'publish'], ['carol', 'edit'], ['alice', 'whitelist_remove']]) {
     assert.ok(await rows.filter({ hasText: who }).filter({ hasText: action }).count() >= 1, `audit: ${who} ${action}`);
   }
-  assert.match(await rows.filter({ hasText: 'bob' }).textContent(), /title: − Maintenance tonight \+ Maintenance tonight \(moved\)/);
+  assert.match(await rows.filter({ hasText: 'carol' }).textContent(), /title: − Maintenance tonight \+ Maintenance tonight \(moved\)/);
   await shot(page, 'audit');
 
   // stop by keyboard, then the list shows it

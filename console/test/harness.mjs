@@ -34,6 +34,7 @@ class Stack {
     this.serverKey = hex(16);
     this.publisherToken = hex(16);
     this.editorToken = hex(16);
+    this.otherPublisherToken = hex(16); // a second publisher, for concurrent edits
     this.tokenKey = hex(16);
     this.pgPassword = hex(16);
     this.child = null;
@@ -57,7 +58,7 @@ class Stack {
     writeFileSync(config, [
       `sdk_listen = 127.0.0.1:${this.sdkPort}`, `internal_listen = 127.0.0.1:${this.internalPort}`,
       `pg_conninfo = "${conninfo}"`, `redis_port = ${this.redisPort}`, `server_key = ${this.serverKey}`,
-      `ops_tokens = alice:${this.publisherToken},bob:${this.editorToken}:editor`, `token_key = ${this.tokenKey}`,
+      `ops_tokens = alice:${this.publisherToken},bob:${this.editorToken}:editor,carol:${this.otherPublisherToken}`, `token_key = ${this.tokenKey}`,
       `migrations_dir = ${path.join(REPO, 'migrations')}`, `console_dir = ${path.join(REPO, 'console/www')}`,
       'reach_sample_interval_s = 1', 'poll_interval_ms = 200', 'log_level = debug', '',
     ].join('\n'));
