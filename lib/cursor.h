@@ -1,5 +1,5 @@
 /*
- * cursor: the opaque sync cursor (SPEC section 4).
+ * cursor: the opaque sync cursor (docs/design.md section 4).
  *
  * It carries the last private msg_id (p) and the last public seq (g) the
  * client has been given, plus the server epoch, and (version 2) the client

@@ -1,5 +1,5 @@
 /*
- * mbox_client: the SDK side of notify-pull (SPEC sections 4 to 6), on a
+ * mbox_client: the SDK side of notify-pull (docs/design.md 4 and 5.5), on a
  * libevent loop.
  *
  * It owns one WebSocket long connection to lcsd and one HTTP connection to

@@ -9,7 +9,7 @@
 -- Every private-mailbox table has uid first in its key and is hash
 -- partitioned by uid, so it can be spread over nodes (e.g. Citus) later.
 
--- The per-mailbox header row: the single append point of SPEC section 3.
+-- The per-mailbox header row: its single append point (docs/design.md 3.1).
 -- A send locks it (INSERT ... ON CONFLICT DO UPDATE) and takes
 -- msg_id = max(now_us, last_msg_id + 1) under that lock, so ids commit in
 -- order per mailbox and a cursor can never pass a row that commits later.

@@ -1,8 +1,8 @@
 -- 0002_public_head: the public mailbox's single append point, and soft
 -- deletion of notices.
 --
--- Why not nextval('notice_seq') (SPEC section 3 says "one database
--- sequence")? Sequence values are handed out at nextval time but become
+-- Why not nextval('notice_seq'), the sequence 0001 created (docs/design.md
+-- 3.2)? Sequence values are handed out at nextval time but become
 -- visible at commit time, in any order: a notice that took seq 10 can
 -- commit after one that took seq 11. A poller that has read up to 11 then
 -- never sees 10, and every logicd would miss that notice for good. Taking

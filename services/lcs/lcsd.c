@@ -1,5 +1,5 @@
 /*
- * lcsd: the long-connection notifier (SPEC section 6).
+ * lcsd: the long-connection notifier (docs/design.md section 5.5).
  *
  * One event loop: the WebSocket listener and its connections, the admin
  * listener (/healthz, /metrics), the Redis command client (routes) and

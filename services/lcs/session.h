@@ -1,6 +1,6 @@
 /*
  * session: lcsd's application protocol on top of WebSocket messages
- * (SPEC section 6). A message is one Mbox__Frame: packed protobuf in a
+ * (docs/design.md 5.5). A message is one Mbox__Frame: packed protobuf in a
  * binary message, the same fields as JSON (pbjson) in a text message.
  *
  *   client → server: login {token, device_id, platform, app_version,

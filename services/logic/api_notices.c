@@ -1,6 +1,6 @@
 /*
  * api_notices: the operators' side of the public mailbox on the internal
- * listener (SPEC sections 3 and 5): notices and their lifecycle, the
+ * listener (docs/design.md 3.2-3.5, 5.4): notices and their lifecycle, the
  * gray-release whitelist, the audit log, reach statistics.
  *
  * Every change is one SQL statement that also writes its audit entry and,

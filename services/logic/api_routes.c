@@ -1,6 +1,6 @@
 /*
  * api_routes: which handler serves which method and path on each listener
- * (SPEC section 5).
+ * (docs/design.md section 5; every route in docs/api.md).
  */
 #include "api.h"
 #include "console.h"

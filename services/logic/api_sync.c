@@ -1,6 +1,6 @@
 /*
  * api_sync: the SDK's pulls on the SDK listener: POST /v1/sync,
- * GET /v1/history, POST /v1/read (SPEC sections 4 and 5).
+ * GET /v1/history, POST /v1/read (docs/design.md sections 4 and 5.2).
  *
  * Sync, private side: rows with msg_id > cursor.p, ascending, at most
  * limit; the cursor moves only over what is returned (has_more says there

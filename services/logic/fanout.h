@@ -1,6 +1,6 @@
 /*
  * fanout: POST /v1/fanout, write diffusion of one message to a long uid
- * list (SPEC section 5). It is the baseline a public notice is compared
+ * list (docs/design.md 5.3). It is the baseline a public notice is compared
  * with, and what a business server uses for "send to my followers".
  *
  * Body (text/plain): the first line is a JSON object with the message

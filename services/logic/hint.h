@@ -18,7 +18,7 @@
  * Why a pull can never miss a committed message because of the hint:
  *   1. The hint never moves a cursor: a short-circuit returns no items and
  *      the same cursor, so the worst a wrong hint can do is delay, never
- *      skip (SPEC section 4's invariant holds whatever Redis says).
+ *      skip (docs/design.md 4.6's guarantee holds whatever Redis says).
  *   2. A stale m (below a committed row) can only be written by a reader
  *      whose PostgreSQL snapshot predates that commit. The commit's writer
  *      bumps g after committing; the reader's SET then sees a changed g and

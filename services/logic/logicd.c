@@ -1,5 +1,5 @@
 /*
- * logicd: the stateless HTTP service of the mailbox (SPEC section 2): SDK
+ * logicd: the stateless HTTP service of the mailbox (docs/design.md 2): SDK
  * sync and history pulls, the server send API, the ops API for notices and
  * the whitelist, and the public-mailbox cache.
  *

@@ -1,6 +1,6 @@
 /*
  * notify: after a commit, tell the recipients' long connections that their
- * mailbox has news (SPEC sections 2 and 6). Notifies are hints: a lost one
+ * mailbox has news (docs/design.md 5.5). Notifies are hints: a lost one
  * costs latency, never a message, so every failure here is logged and
  * counted, never returned to the sender.
  *

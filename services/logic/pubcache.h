@@ -1,5 +1,5 @@
 /*
- * pubcache: the public mailbox in memory (SPEC section 2).
+ * pubcache: the public mailbox in memory (docs/design.md section 2).
  *
  * A poller thread per logicd process reads, every poll_interval_ms, only
  * what changed since its last seq (notice rows with seq > last; seq

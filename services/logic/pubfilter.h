@@ -1,6 +1,6 @@
 /*
  * pubfilter: which public notices a user sees, and how the public side of
- * a sync moves its cursor (SPEC section 4). Pure functions over a cache
+ * a sync moves its cursor (docs/design.md 4.3). Pure functions over a cache
  * snapshot, unit tested without servers (tests/unit/test_pubfilter.c).
  */
 #ifndef LOGIC_PUBFILTER_H

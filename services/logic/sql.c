@@ -1,7 +1,7 @@
 /*
  * sql: the statement table (see sql.h).
  *
- * msg_id assignment (SPEC section 3): a send upserts the mailbox header row
+ * msg_id assignment (docs/design.md 3.1): a send upserts the mailbox header row
  * and takes last_msg_id = max(now_us, last_msg_id + 1) in the ON CONFLICT
  * branch, which runs while holding that row's lock, and the lock is held
  * until commit. The next writer of that mailbox waits for the lock and

@@ -25,7 +25,7 @@ START_TEST(test_spec_user_agent)
     struct clientver cv;
     clientver_parse(&cv, NULL, NULL, NULL, UA_SPEC);
     expect(&cv, "ios", "8.0.25", true, 220819);
-    /* the bare form from SPEC section 5 */
+    /* the bare form from docs/design.md 5.1 */
     clientver_parse(&cv, NULL, NULL, NULL, "platform/ios app_version/8.0.25 core_level/220819");
     expect(&cv, "ios", "8.0.25", true, 220819);
     /* order does not matter, other products are skipped */
