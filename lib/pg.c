@@ -131,6 +131,8 @@ struct pg_pool {
     struct pg_stmt *stmts, *stmts_tail;
     struct event *ev_tick; /* query timeouts, while anything is in flight */
     int nready;
+    void (*on_up)(bool up, void *arg);
+    void *on_up_arg;
     int npending; /* FIFO entries over all connections */
     unsigned rr;  /* rotates ties between equally loaded connections */
     uint64_t rng;
@@ -249,9 +251,13 @@ conn_set_state(struct pg_conn *c, enum pg_conn_state to)
     if (to == PG_CONN_READY) {
         p->nready++;
         metric_gauge_add(p->m_up, 1);
+        if (p->nready == 1 && p->on_up != NULL)
+            p->on_up(true, p->on_up_arg);
     } else if (from == PG_CONN_READY) {
         p->nready--;
         metric_gauge_add(p->m_up, -1);
+        if (p->nready == 0 && p->on_up != NULL)
+            p->on_up(false, p->on_up_arg);
     }
 }
 
@@ -1072,6 +1078,8 @@ pg_pool_new(struct event_base *base, const struct pg_pool_config *cfg, struct me
         p->backoff_max_ms = p->backoff_min_ms;
     p->query_timeout_ms = cfg->query_timeout_ms;
     p->max_inflight = cfg->max_inflight > 0 ? cfg->max_inflight : PG_DEFAULT_MAX_INFLIGHT;
+    p->on_up = cfg->on_up;
+    p->on_up_arg = cfg->on_up_arg;
     p->connect_timeout_ms = connect_timeout_ms;
     p->metrics = metrics;
     p->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)p ^ now_us();

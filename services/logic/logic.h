@@ -11,6 +11,7 @@
 #define LOGIC_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -121,6 +122,11 @@ struct logic {
     struct fanout *fanout;     /* the write-diffusion thread (fanout.h) */
     struct pubcache *pubcache; /* the public-mailbox poller (pubcache.h) */
     char console_dir[1024];    /* console_dir as resolved at start (console.c) */
+    int nworkers;
+    /* workers whose PostgreSQL pool has a ready connection: /healthz is
+     * 200 only when every worker can serve, so a load balancer never sends
+     * a request to a worker that would answer 503 (api_health.c) */
+    atomic_int pg_workers_up;
 };
 
 struct logic_worker {

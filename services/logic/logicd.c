@@ -269,6 +269,7 @@ main(int argc, char **argv)
     app.metrics = metrics_new();
     app.started_us = logic_now_us();
     int n = (int)app.cfg.threads;
+    app.nworkers = n;
     struct logic_worker *workers = calloc((size_t)n, sizeof(*workers));
     if (app.metrics == NULL || workers == NULL) {
         fprintf(stderr, "logicd: out of memory\n");

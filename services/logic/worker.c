@@ -42,6 +42,14 @@ on_stop(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(w->base, &grace);
 }
 
+/* Counts the workers whose pool can serve (struct logic.pg_workers_up). */
+static void
+on_pg_up(bool up, void *arg)
+{
+    struct logic *app = arg;
+    atomic_fetch_add(&app->pg_workers_up, up ? 1 : -1);
+}
+
 /* Opens one listener of this worker (its own SO_REUSEPORT socket). */
 static struct http_server *
 open_listener(struct logic_worker *w, const char *name, const char *host, int port,
@@ -88,6 +96,8 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
         .backoff_max_ms = 5000,
         .query_timeout_ms = (int)c->pg_query_timeout_ms,
         .max_inflight = 64,
+        .on_up = on_pg_up,
+        .on_up_arg = app,
     };
     w->pg = pg_pool_new(w->base, &pgc, app->metrics);
     if (w->pg == NULL) {

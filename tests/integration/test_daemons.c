@@ -99,6 +99,36 @@ START_TEST(healthz_reports_dependencies)
 }
 END_TEST
 
+START_TEST(healthy_means_every_worker_serves)
+{
+    /* Regression: /healthz was 200 as soon as the worker that answered it
+     * had a PostgreSQL connection, while another worker's pool was still
+     * connecting and answered syncs with 503 (seen in CI). Now 200 means
+     * every worker has one, so the first requests after it all succeed. */
+    int i = harness_add_logicd(&h, "threads = 4\npg_pool_size = 16\n");
+    ck_assert_int_ge(i, 0);
+    int st;
+    json_t *j = httpc_json("GET", h.logicd[i].port[1], "/healthz", NULL, NULL, &st);
+    ck_assert_int_eq(st, 200);
+    json_t *pg = json_object_get(j, "postgres");
+    ck_assert_int_eq(json_integer_value(json_object_get(pg, "workers")), 4);
+    ck_assert_int_eq(json_integer_value(json_object_get(pg, "workers_up")), 4);
+    json_decref(j);
+    char token[1024], hdrs[1200];
+    mt_token(&h, i, 1, 6, 60, false, token, sizeof(token));
+    snprintf(hdrs, sizeof(hdrs), "Authorization: Bearer %s\r\nContent-Type: application/json\r\n",
+             token);
+    for (int k = 0; k < 40; k++) { /* each on a new connection: every worker */
+        struct httpc_resp r;
+        ck_assert_int_eq(httpc_request("POST", h.logicd[i].port[0], "/v1/sync", hdrs, "{}", 2, &r),
+                         200);
+        httpc_resp_free(&r);
+    }
+    harness_daemon_stop(&h.logicd[i]);
+    h.nlogicd--;
+}
+END_TEST
+
 START_TEST(metrics_prometheus_text)
 {
     struct httpc_resp r;
@@ -620,6 +650,7 @@ daemons_suite(void)
     tcase_add_unchecked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, healthz_reports_dependencies);
+    tcase_add_test(tc, healthy_means_every_worker_serves);
     tcase_add_test(tc, metrics_prometheus_text);
     tcase_add_test(tc, unknown_path_and_oversize);
     tcase_add_test(tc, sigterm_stops_cleanly);
