@@ -13,11 +13,16 @@
 # Ports of ops/run and the spec's defaults are never chosen.
 declare -gA TAKEN=([54329]=1 [63799]=1 [8080]=1 [8081]=1 [8090]=1 [8091]=1 [5432]=1 [6379]=1)
 
-# free_port: a random port nobody listens on, never the same one twice.
+# free_port: a random port nobody listens on, never the same one twice,
+# below the kernel's ephemeral range: a port in that range can be taken
+# between our check and the server's bind by the local end of any outgoing
+# connection (the floods open thousands), which no listener check sees.
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$EPHEMERAL_LOW" -gt 21024 ] 2>/dev/null || EPHEMERAL_LOW=32768
 free_port() {
   local p
   for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((20000 + RANDOM % (EPHEMERAL_LOW - 20000)))
     [ -n "${TAKEN[$p]:-}" ] && continue
     ss -Htln "sport = :$p" 2>/dev/null | grep -q . && continue
     TAKEN[$p]=1

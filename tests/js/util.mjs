@@ -5,6 +5,7 @@
 // stack a harness registers. Node's standard library only.
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,16 +21,37 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** n random bytes as hex (secrets of a test stack). */
 export const hex = (n) => randomBytes(n).toString('hex');
 
-/** A loopback port nobody listens on right now. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
+/** Lowest port of the kernel's ephemeral range. */
+function ephemeralLow() {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').split(/\s+/)[0]);
+    return low > 21024 ? low : 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+/** Resolves true when port can be bound on loopback right now. */
+function canBind(port) {
+  return new Promise((resolve) => {
     const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
   });
+}
+
+/**
+ * A loopback port nobody listens on right now, drawn below the ephemeral
+ * range: a port the kernel hands out for port 0 can be taken again, before
+ * the server binds it, by the local end of any outgoing connection.
+ */
+export async function freePort() {
+  const low = ephemeralLow();
+  for (let k = 0; k < 200; k++) {
+    const port = 20000 + Math.floor(Math.random() * (low - 20000));
+    if (await canBind(port)) return port;
+  }
+  throw new Error('no free port below the ephemeral range');
 }
 
 /** Polls fn until it returns a truthy value or timeoutMs passes (then throws what). */
