@@ -88,8 +88,11 @@ test('notices: delivered with their title, again on a new version, then retracte
 
   const edited = await st.internal('PATCH', `/v1/notices/${n.notice_id}`, { title: 'Maintenance (moved)' }, st.opsToken);
   assert.equal(edited.version, 2);
-  await st.send([102], 'nudge'); // a notify; the sync brings the new version too
-  await waitFor(() => rec.items.some((i) => i.kind === 'notice' && i.version === 2), 3000, 'version 2');
+  // A notify, and the sync it causes brings the new version, once the
+  // poller has read the edit (every 200 ms); until then pull again.
+  await st.send([102], 'nudge');
+  const pulled = (pred) => async () => rec.items.some(pred) || (await c.sync(), rec.items.some(pred));
+  await waitFor(pulled((i) => i.kind === 'notice' && i.version === 2), 3000, 'version 2');
   assert.equal(rec.items.find((i) => i.version === 2).title, 'Maintenance (moved)');
 
   await c.hide(n.notice_id);
@@ -101,7 +104,7 @@ test('notices: delivered with their title, again on a new version, then retracte
   await waitFor(() => rec.items.some((i) => i.notice_id === m.notice_id), 3000, 'second notice');
   await st.noticeAction(m.notice_id, 'retract');
   await st.send([102], 'nudge 2');
-  await waitFor(() => rec.items.some((i) => i.kind === 'retract' && i.notice_id === m.notice_id), 3000, 'retract item');
+  await waitFor(pulled((i) => i.kind === 'retract' && i.notice_id === m.notice_id), 3000, 'retract item');
 });
 
 test('heartbeats keep an idle session online for several periods', async () => {
