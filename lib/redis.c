@@ -33,6 +33,7 @@
  */
 #include "redis.h"
 #include "decimal.h"
+#include "redis_cluster.h"
 
 #include "log.h"
 #include "metrics.h"
@@ -83,9 +84,12 @@ struct pending {
 };
 
 struct redis {
+    struct rcluster *cluster; /* cluster mode: everything below is unused */
     struct event_base *base;
-    struct redis_config cfg; /* cfg.host points to host */
+    struct redis_config cfg; /* cfg.host points to host; cfg.nodes is NULL */
     char *host;
+    char *user, *password; /* AUTH on every connect when password is set */
+    bool authing;          /* CONNECTING: TCP is up, the AUTH reply is awaited */
     redisAsyncContext *ac; /* NULL unless CONNECTING or CONNECTED */
     enum redis_state state;
     bool closing; /* ac is being torn down: refuse new commands */
@@ -216,6 +220,8 @@ redis_destroy(struct redis *r)
         free(r->channels[i]);
     free(r->channels);
     free(r->host);
+    free(r->user);
+    free(r->password);
     free(r);
 }
 
@@ -301,6 +307,8 @@ redis_lost(struct redis *r, const char *reason)
 {
     char q[256];
     r->ac = NULL;
+    r->authing = false;
+    evtimer_del(r->connect_ev); /* lost while the AUTH reply was awaited */
     event_del(r->hook_ev);
     gauge_set_up(r, false);
     redis_set_state(r, REDIS_STATE_BACKOFF);
@@ -447,6 +455,57 @@ set_keepalive(int fd)
 #endif
 }
 
+/* The connection is usable (connected, and authenticated when configured). */
+static void
+redis_ready(struct redis *r)
+{
+    evtimer_del(r->connect_ev);
+    r->authing = false;
+    redis_set_state(r, REDIS_STATE_CONNECTED);
+    r->conn_gen++;
+    r->attempt = 0;
+    r->failures = 0;
+    r->consecutive_timeouts = 0;
+    gauge_set_up(r, true);
+    log_info("redis_connected", "role=%s host=%s port=%d", role(r), r->host, r->cfg.port);
+    for (size_t i = 0; i < r->nchannels; i++)
+        send_subscribe(r, r->channels[i]);
+    if (r->on_connect != NULL)
+        event_active(r->hook_ev, EV_TIMEOUT, 0);
+}
+
+/*
+ * hiredis callback of the AUTH sent first on a new connection. A refusal
+ * (wrong password, unknown or disabled user) is a configuration error the
+ * operator must see: logged as an error, then retried with backoff like a
+ * failed connect, since the password may be fixed on the server side.
+ */
+static void
+auth_cb(redisAsyncContext *ac, void *reply_, void *privdata)
+{
+    (void)privdata;
+    struct redis *r = ac->data;
+    redisReply *reply = reply_;
+    if (r == NULL || reply == NULL)
+        return; /* freed, or the context is going away (disconnect follows) */
+    assert(r->ac == ac && r->state == REDIS_STATE_CONNECTING && r->authing);
+    if (reply->type != REDIS_REPLY_ERROR) {
+        redis_ready(r);
+        return;
+    }
+    char q[256], reason[300];
+    log_error("redis_auth_failed", "role=%s host=%s port=%d user=%s error=%s", role(r), r->host,
+              r->cfg.port, r->user != NULL ? r->user : "default",
+              log_q(q, sizeof(q), reply->str != NULL ? reply->str : "?"));
+    snprintf(reason, sizeof(reason), "auth refused: %s", reply->str != NULL ? reply->str : "?");
+    /* Inside this context's reply callback: hiredis frees it once we return. */
+    r->ac = NULL;
+    r->authing = false;
+    ac->data = NULL;
+    redisAsyncFree(ac);
+    redis_connect_failed(r, reason);
+}
+
 /*
  * hiredis connect callback. On REDIS_ERR hiredis frees the context right
  * after we return. No user code runs here (see the top of the file).
@@ -463,19 +522,25 @@ on_connect_cb(const redisAsyncContext *cac, int status)
         redis_connect_failed(r, cac->errstr != NULL ? cac->errstr : "connect failed");
         return;
     }
-    evtimer_del(r->connect_ev);
     set_keepalive(r->ac->c.fd);
-    redis_set_state(r, REDIS_STATE_CONNECTED);
-    r->conn_gen++;
-    r->attempt = 0;
-    r->failures = 0;
-    r->consecutive_timeouts = 0;
-    gauge_set_up(r, true);
-    log_info("redis_connected", "role=%s host=%s port=%d", role(r), r->host, r->cfg.port);
-    for (size_t i = 0; i < r->nchannels; i++)
-        send_subscribe(r, r->channels[i]);
-    if (r->on_connect != NULL)
-        event_active(r->hook_ev, EV_TIMEOUT, 0);
+    if (r->password == NULL) {
+        redis_ready(r);
+        return;
+    }
+    /*
+     * AUTH first; the connect timer keeps running, so a server that never
+     * answers it counts as a connect timeout.
+     */
+    const char *argv[3] = {"AUTH", r->user != NULL ? r->user : "", r->password};
+    const char *const pass_only[2] = {"AUTH", r->password};
+    int rc = r->user != NULL
+                 ? redisAsyncCommandArgv(r->ac, auth_cb, NULL, 3, argv, NULL)
+                 : redisAsyncCommandArgv(r->ac, auth_cb, NULL, 2, (const char **)pass_only, NULL);
+    if (rc != REDIS_OK) {
+        log_warn("redis_auth_not_sent", "role=%s host=%s port=%d", role(r), r->host, r->cfg.port);
+        return; /* the connect timer drops the connection */
+    }
+    r->authing = true;
 }
 
 /*
@@ -621,11 +686,23 @@ redis_create(struct event_base *base, const struct redis_config *cfg, struct met
         return NULL;
     r->base = base;
     r->cfg = *cfg;
+    r->cfg.nodes = NULL;
     r->host = strdup(cfg->host);
+    if (cfg->password != NULL && cfg->password[0] != '\0') {
+        r->password = strdup(cfg->password);
+        if (cfg->user != NULL && cfg->user[0] != '\0')
+            r->user = strdup(cfg->user);
+    }
+    r->cfg.user = r->user;
+    r->cfg.password = r->password;
     r->backoff_ev = evtimer_new(base, backoff_cb, r);
     r->connect_ev = evtimer_new(base, connect_timeout_cb, r);
     r->hook_ev = event_new(base, -1, 0, hook_cb, r);
-    if (r->host == NULL || r->backoff_ev == NULL || r->connect_ev == NULL || r->hook_ev == NULL) {
+    bool auth_lost =
+        (cfg->password != NULL && cfg->password[0] != '\0' && r->password == NULL) ||
+        (r->password != NULL && cfg->user != NULL && cfg->user[0] != '\0' && r->user == NULL);
+    if (r->host == NULL || auth_lost || r->backoff_ev == NULL || r->connect_ev == NULL ||
+        r->hook_ev == NULL) {
         if (r->backoff_ev != NULL)
             event_free(r->backoff_ev);
         if (r->connect_ev != NULL)
@@ -633,6 +710,8 @@ redis_create(struct event_base *base, const struct redis_config *cfg, struct met
         if (r->hook_ev != NULL)
             event_free(r->hook_ev);
         free(r->host);
+        free(r->user);
+        free(r->password);
         free(r);
         return NULL;
     }
@@ -652,9 +731,32 @@ redis_create(struct event_base *base, const struct redis_config *cfg, struct met
     return r;
 }
 
+static bool
+cluster_mode(const struct redis_config *cfg)
+{
+    return cfg != NULL && cfg->nodes != NULL && cfg->nodes[0] != '\0';
+}
+
+/* A cluster-mode handle: only r->cluster is used. */
+static struct redis *
+redis_cluster_wrap(struct rcluster *c)
+{
+    if (c == NULL)
+        return NULL;
+    struct redis *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        rcluster_free(c);
+        return NULL;
+    }
+    r->cluster = c;
+    return r;
+}
+
 struct redis *
 redis_new(struct event_base *base, const struct redis_config *cfg, struct metrics *metrics)
 {
+    if (cluster_mode(cfg))
+        return redis_cluster_wrap(rcluster_new(base, cfg, metrics, NULL, NULL));
     struct redis *r = redis_create(base, cfg, metrics);
     if (r != NULL)
         redis_connect_start(r);
@@ -665,6 +767,11 @@ struct redis *
 redis_subscriber_new(struct event_base *base, const struct redis_config *cfg, redis_msg_cb on_msg,
                      void *arg, struct metrics *metrics)
 {
+    if (cluster_mode(cfg)) {
+        if (on_msg == NULL)
+            return NULL;
+        return redis_cluster_wrap(rcluster_new(base, cfg, metrics, on_msg, arg));
+    }
     struct redis *r = redis_create(base, cfg, metrics);
     if (r == NULL)
         return NULL;
@@ -680,6 +787,12 @@ redis_free(struct redis *r)
 {
     if (r == NULL || r->dead)
         return;
+    if (r->cluster != NULL) {
+        /* The cluster keeps itself alive while its own callbacks run. */
+        rcluster_free(r->cluster);
+        free(r);
+        return;
+    }
     redis_hold(r);
     r->dead = true;
     evtimer_del(r->backoff_ev);
@@ -722,6 +835,10 @@ redis_free(struct redis *r)
 void
 redis_set_on_connect(struct redis *r, void (*fn)(void *arg), void *arg)
 {
+    if (r->cluster != NULL) {
+        rcluster_set_on_connect(r->cluster, fn, arg);
+        return;
+    }
     r->on_connect = fn;
     r->on_connect_arg = arg;
 }
@@ -729,12 +846,16 @@ redis_set_on_connect(struct redis *r, void (*fn)(void *arg), void *arg)
 uint64_t
 redis_conn_generation(const struct redis *r)
 {
+    if (r->cluster != NULL)
+        return rcluster_generation(r->cluster);
     return r->conn_gen;
 }
 
 bool
 redis_connected(const struct redis *r)
 {
+    if (r != NULL && r->cluster != NULL)
+        return rcluster_connected(r->cluster);
     return r != NULL && !r->dead && r->state == REDIS_STATE_CONNECTED && r->ac != NULL &&
            !r->closing && (r->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)) == 0;
 }
@@ -791,6 +912,19 @@ command_allowed(struct redis *r)
 bool
 redis_command(struct redis *r, redis_cb cb, void *arg, const char *fmt, ...)
 {
+    if (r != NULL && r->cluster != NULL) {
+        /* Formatted once here; the cluster finds the key in the request itself. */
+        char *buf = NULL;
+        va_list ap;
+        va_start(ap, fmt);
+        int n = redisvFormatCommand(&buf, fmt, ap);
+        va_end(ap);
+        if (n <= 0 || buf == NULL)
+            return false;
+        bool ok = rcluster_command_formatted(r->cluster, cb, arg, buf, (size_t)n);
+        redisFreeCommand(buf);
+        return ok;
+    }
     if (!command_allowed(r))
         return false;
     struct pending *p = pending_new(r, cb, arg);
@@ -846,7 +980,24 @@ bool
 redis_command_argv(struct redis *r, redis_cb cb, void *arg, int argc, const char **argv,
                    const size_t *argvlen)
 {
-    if (argc < 1 || argv == NULL || !command_allowed(r))
+    if (argc < 1 || argv == NULL)
+        return false;
+    if (r != NULL && r->cluster != NULL) {
+        char stack[REDIS_FORMAT_STACK];
+        size_t n = redis_format_argv(stack, sizeof(stack), argc, argv, argvlen);
+        char *buf = stack;
+        if (n > sizeof(stack)) {
+            buf = malloc(n);
+            if (buf == NULL)
+                return false;
+            (void)redis_format_argv(buf, n, argc, argv, argvlen);
+        }
+        bool ok = rcluster_command_formatted(r->cluster, cb, arg, buf, n);
+        if (buf != stack)
+            free(buf);
+        return ok;
+    }
+    if (!command_allowed(r))
         return false;
     struct pending *p = pending_new(r, cb, arg);
     if (p == NULL)
@@ -867,6 +1018,10 @@ redis_subscribe(struct redis *r, const char *channel)
 {
     if (r == NULL || r->dead || channel == NULL)
         return;
+    if (r->cluster != NULL) {
+        rcluster_subscribe(r->cluster, channel);
+        return;
+    }
     if (!r->subscriber) {
         log_error("redis_subscribe_misuse", "host=%s port=%d reason=not_a_subscriber", r->host,
                   r->cfg.port);
@@ -894,4 +1049,21 @@ redis_subscribe(struct redis *r, const char *channel)
 oom:
     log_error("redis_subscribe_failed", "host=%s port=%d reason=out_of_memory", r->host,
               r->cfg.port);
+}
+
+bool
+redis_node_formatted(struct redis *r, redis_cb cb, void *arg, const char *buf, size_t len)
+{
+    if (!command_allowed(r))
+        return false;
+    struct pending *p = pending_new(r, cb, arg);
+    if (p == NULL)
+        return false;
+    return pending_start(r, p, redisAsyncFormattedCommand(r->ac, command_cb, p, buf, len));
+}
+
+void
+redis_socket_keepalive(int fd)
+{
+    set_keepalive(fd);
 }

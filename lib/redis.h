@@ -15,7 +15,20 @@
  * (redis_command returns false): Redis holds only rebuildable state here,
  * so callers degrade (skip a hint, skip a notify) instead of waiting.
  *
- * Keys use hash tags ({app:uid}) so Redis Cluster can hold them later.
+ * Cluster mode (cfg.nodes set; lib/redis_cluster.c, docs/architecture.md):
+ * the same API over a Redis Cluster. Each command goes to the master of its
+ * key's slot (the first argument; EVAL/EVALSHA: the first key; PUBLISH is
+ * sent as SPUBLISH, routed by the channel); MOVED, ASK, TRYAGAIN and
+ * CLUSTERDOWN are followed within the command timeout. A subscriber uses
+ * SSUBSCRIBE on the master of each channel's slot and follows slot moves
+ * and failovers. Every command must touch one slot: every key and channel
+ * carries a hash tag ({app:uid}, {n:id}, {node}), scripts get one key, and
+ * nothing publishes from inside a script (the table in
+ * docs/architecture.md lists each command and its slot).
+ *
+ * AUTH (cfg.password, with cfg.user for an ACL user) is the first command
+ * of every connection in both modes; a refusal is logged (redis_auth_failed)
+ * and retried with backoff.
  */
 #ifndef MBOX_REDIS_H
 #define MBOX_REDIS_H
@@ -33,6 +46,9 @@ struct redis;
 struct redis_config {
     const char *host;       /* copied; prefer an address (a name is resolved blocking) */
     int port;               /* 1..65535 */
+    const char *nodes;      /* copied; "host:port,..." seeds: non-empty = cluster mode */
+    const char *user;       /* copied; ACL user ("AUTH user password"); NULL/"" = AUTH password */
+    const char *password;   /* copied; NULL/"" = no AUTH */
     int connect_timeout_ms; /* 0 = none */
     int command_timeout_ms; /* 0 = none */
     int backoff_min_ms;     /* first reconnect delay, > 0 */
@@ -63,18 +79,25 @@ void redis_free(struct redis *r);
 /* Called (on the client's thread) after each successful (re)connect. */
 void redis_set_on_connect(struct redis *r, void (*fn)(void *arg), void *arg);
 
+/*
+ * Single node: connected (and authenticated). Cluster: every slot has a
+ * master this client is connected to; for a subscriber also every channel
+ * confirmed by its master.
+ */
 bool redis_connected(const struct redis *r);
 
 /*
  * Counts successful connects. Two reads with the same value bracket a span
  * with no reconnect, hence no Redis restart seen by this client (hint.c
- * relies on it).
+ * relies on it). Cluster: grows on any master's (re)connect and on any
+ * change of the slot map.
  */
 uint64_t redis_conn_generation(const struct redis *r);
 
 /*
  * Sends a command (hiredis format string). Returns false without calling cb
- * when disconnected or on a subscriber; cb may be NULL (fire and forget).
+ * when disconnected (cluster: no connected master for the key's slot) or on
+ * a subscriber; cb may be NULL (fire and forget).
  */
 bool redis_command(struct redis *r, redis_cb cb, void *arg, const char *fmt, ...)
     __attribute__((warn_unused_result));

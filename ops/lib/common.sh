@@ -166,5 +166,100 @@ redis_stop() {
   rm -f "$dir/redis/redis.pid"
 }
 
+# redis_cluster_start DIR BASEPORT [USER PASS]: a private Redis Cluster of
+# six redis-server processes on 127.0.0.1:BASEPORT..BASEPORT+5 (three
+# masters, one replica each), without persistence, node timeout 2 s. With
+# USER and PASS, an ACL user USER (password PASS, all keys, channels and
+# commands) is created on every node and the default user is disabled; the
+# replicas authenticate to their masters as that user. Returns when every
+# node reports cluster_state:ok; prints nothing on success. Each node's pid
+# is in DIR/rcluster/PORT/redis.pid.
+redis_cluster_start() {
+  local dir=$1 base=$2 user=${3:-} pass=${4:-}
+  local port i nodes=() auth=()
+  for i in 0 1 2 3 4 5; do
+    port=$((base + i))
+    mkdir -p "$dir/rcluster/$port"
+    # The password goes into a file of our own, not the command line (ps).
+    local conf="$dir/rcluster/$port/redis.conf"
+    : >"$conf"
+    chmod 600 "$conf"
+    if [ -n "$user" ]; then
+      printf 'user %s on >%s ~* &* +@all\nuser default off\nmasteruser %s\nmasterauth %s\n' \
+        "$user" "$pass" "$user" "$pass" >>"$conf"
+    fi
+    # --dir first: nodes.conf (the cluster's own state file) lives there.
+    redis-server "$conf" --dir "$dir/rcluster/$port" --port "$port" --bind 127.0.0.1 --save '' \
+      --appendonly no --daemonize yes --pidfile "$dir/rcluster/$port/redis.pid" \
+      --logfile "$dir/rcluster/$port/redis.log" --cluster-enabled yes \
+      --cluster-config-file "nodes.conf" --cluster-node-timeout 2000 \
+      --protected-mode yes >/dev/null || return 1
+    nodes+=("127.0.0.1:$port")
+  done
+  if [ -n "$user" ]; then
+    # redis-cli reads the password from the environment (not ps); local to this function.
+    local -x REDISCLI_AUTH=$pass
+    auth=(--user "$user")
+  fi
+  for i in 0 1 2 3 4 5; do
+    port=$((base + i))
+    local ok=0
+    for _ in $(seq 1 100); do
+      if [ "$(redis-cli "${auth[@]}" -p "$port" ping 2>/dev/null || true)" = PONG ]; then
+        ok=1
+        break
+      fi
+      sleep 0.05
+    done
+    [ $ok -eq 1 ] || { say "redis node $port did not start"; return 1; }
+  done
+  redis-cli "${auth[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+    >"$dir/rcluster/create.log" 2>&1 || { cat "$dir/rcluster/create.log" >&2; return 1; }
+  # Every node must agree on the slots and see all three replicas attached
+  # (a failover test needs them) before clients rely on the slot map.
+  for i in 0 1 2 3 4 5; do
+    port=$((base + i))
+    local ok=0
+    for _ in $(seq 1 600); do
+      # Whole outputs in variables: `grep -q` on a pipe can fail it (SIGPIPE, pipefail).
+      local info nodes_out repl
+      info=$(redis-cli "${auth[@]}" -p "$port" cluster info 2>/dev/null || true)
+      nodes_out=$(redis-cli "${auth[@]}" -p "$port" cluster nodes 2>/dev/null || true)
+      repl=$(redis-cli "${auth[@]}" -p "$port" info replication 2>/dev/null || true)
+      if [[ $info == *cluster_state:ok* ]] &&
+        [ "$(grep -cE '[ ,]slave ' <<<"$nodes_out")" -eq 3 ] &&
+        [[ $repl == *connected_slaves:1* || $repl == *master_link_status:up* ]]; then
+        ok=1
+        break
+      fi
+      sleep 0.05
+    done
+    [ $ok -eq 1 ] || { say "redis cluster node $port not ready"; return 1; }
+  done
+  return 0
+}
+
+# redis_cluster_stop DIR: stops every node redis_cluster_start started there
+# (SIGTERM by pid, SIGKILL after 5 s) and removes their state.
+redis_cluster_stop() {
+  local dir=$1 f pid
+  [ -d "$dir/rcluster" ] || return 0
+  local pids=()
+  for f in "$dir"/rcluster/*/redis.pid; do
+    # Read once: redis-server removes its pid file as it exits.
+    pid=$(cat "$f" 2>/dev/null) || continue
+    pids+=("$pid")
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$dir/rcluster"
+}
+
 # A random hex secret.
 mbox_secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }

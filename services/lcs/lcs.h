@@ -45,6 +45,9 @@ struct lcs_config {
     char *redis_host;
     int64_t redis_port;
     int64_t redis_timeout_ms;
+    char *redis_nodes;
+    char *redis_user;
+    char *redis_password;
     char *token_key_id;
     char *token_key;
     char *token_prev_key_id;

@@ -297,6 +297,9 @@ main(int argc, char **argv)
     struct redis_config rc = {
         .host = l.cfg.redis_host,
         .port = (int)l.cfg.redis_port,
+        .nodes = l.cfg.redis_nodes,
+        .user = l.cfg.redis_user,
+        .password = l.cfg.redis_password,
         .connect_timeout_ms = 1000,
         .command_timeout_ms = (int)l.cfg.redis_timeout_ms,
         .backoff_min_ms = 100,

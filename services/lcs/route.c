@@ -1,9 +1,16 @@
 /*
  * route: routes in Redis and the lines on lcsd's channels (see route.h for
  * the formats). The three route updates are small Lua scripts so each is
- * one atomic step in Redis: a takeover and its cross-node kick cannot
- * interleave with another node's login of the same device, and a close
- * never deletes a route a newer connection already wrote.
+ * one atomic step in Redis: a takeover reads the previous owner and writes
+ * itself in one step, so two logins of the same device on two nodes cannot
+ * both miss each other, and a close never deletes a route a newer
+ * connection already wrote.
+ *
+ * The kick of the previous owner is published by lcsd after the script
+ * returns, not from inside it: in Redis Cluster the other node's channel
+ * lives in another slot, and a script may only touch its own key's slot
+ * (sharded pub/sub included). Publishing late is safe: a kick line names
+ * the replaced connection's id, so it can never close a newer connection.
  */
 #include "route.h"
 
@@ -23,8 +30,8 @@
 
 /*
  * Login: take the device over. KEYS[1] route key; ARGV: device, value,
- * ttl, this node, app_id, uid. A previous value naming another node gets a
- * kick line on that node's channel.
+ * ttl, this node, app_id, uid. A previous value naming another node is
+ * answered {node, kick line} for register_cb to publish; otherwise 1.
  */
 static const char script_register[] =
     "local old = redis.call('HGET', KEYS[1], ARGV[1])\n"
@@ -35,8 +42,8 @@ static const char script_register[] =
     "  if sp then\n"
     "    local node = string.sub(old, 1, sp - 1)\n"
     "    if node ~= ARGV[4] then\n"
-    "      redis.call('PUBLISH', 'lcs:{' .. node .. '}', 'k ' .. ARGV[5] .. ' ' .. ARGV[6] ..\n"
-    "        ' ' .. ARGV[1] .. ' ' .. string.sub(old, sp + 1) .. '\\n')\n"
+    "      return {node, 'k ' .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. ARGV[1] .. ' ' ..\n"
+    "        string.sub(old, sp + 1) .. '\\n'}\n"
     "    end\n"
     "  end\n"
     "end\n"
@@ -94,10 +101,31 @@ route_eval(struct conn *c, const char *script, bool extra, redis_cb cb, void *ar
     return ok;
 }
 
+/* Publishes the kick line script_register answered, on the previous owner's channel. */
+static void
+publish_kick(struct lcs *l, const redisReply *reply)
+{
+    const redisReply *node = reply->element[0], *line = reply->element[1];
+    if (node->type != REDIS_REPLY_STRING || line->type != REDIS_REPLY_STRING)
+        return;
+    char channel[160];
+    int n = snprintf(channel, sizeof(channel), "lcs:{%.*s}", (int)node->len, node->str);
+    if (n <= 0 || (size_t)n >= sizeof(channel))
+        return;
+    const char *argv[3] = {"PUBLISH", channel, line->str};
+    size_t lens[3] = {7, (size_t)n, line->len};
+    char q[200];
+    if (!redis_command_argv(l->redis, NULL, NULL, 3, argv, lens))
+        log_warn("route_kick_dropped", "channel=%s reason=redis_down",
+                 log_q(q, sizeof(q), channel));
+}
+
 static void
 register_cb(redisReply *reply, const char *err, void *arg)
 {
     struct route_wait *w = arg;
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2)
+        publish_kick(w->l, reply);
     struct conn *c = conn_find(w->l, w->conn_id);
     if (err != NULL || (reply != NULL && reply->type == REDIS_REPLY_ERROR)) {
         metric_inc(w->l->m.route_errors);
@@ -234,6 +262,9 @@ route_init(struct lcs *l)
     struct redis_config rc = {
         .host = l->cfg.redis_host,
         .port = (int)l->cfg.redis_port,
+        .nodes = l->cfg.redis_nodes,
+        .user = l->cfg.redis_user,
+        .password = l->cfg.redis_password,
         .connect_timeout_ms = 1000,
         .command_timeout_ms = (int)l->cfg.redis_timeout_ms,
         .backoff_min_ms = 100,

@@ -31,7 +31,9 @@ health_reply(struct health_op *op, bool redis_up, const char *redis_err)
     struct logic_worker *w = op->w;
     int pg_up = pg_pool_connected(w->pg);
     int workers_up = atomic_load(&w->app->pg_workers_up);
-    bool ok = pg_up > 0 && workers_up == w->app->nworkers && redis_up;
+    int shards_ready = atomic_load(&w->app->shard_pools_ready);
+    bool ok = pg_up > 0 && workers_up == w->app->nworkers && redis_up &&
+              shards_ready >= w->app->shard_pools;
     int64_t now = logic_now_us();
     int64_t last = pubcache_last_ok_us(w->app->pubcache);
     json_t *redis =
@@ -40,13 +42,15 @@ health_reply(struct health_op *op, bool redis_up, const char *redis_err)
     if (redis != NULL && redis_err != NULL)
         json_object_set_new(redis, "error", json_string(redis_err));
     json_t *body =
-        json_pack("{s:s, s:s, s:I, s:{s:b, s:i, s:i, s:i, s:i}, s:o, s:{s:I, s:I, s:I}}", "status",
-                  ok ? "ok" : "degraded", "service", "logicd", "uptime_s",
+        json_pack("{s:s, s:s, s:I, s:{s:b, s:i, s:i, s:i, s:i, s:i, s:i, s:i}, s:o, s:{s:I, s:I, "
+                  "s:I}}",
+                  "status", ok ? "ok" : "degraded", "service", "logicd", "uptime_s",
                   (json_int_t)((now - w->app->started_us) / 1000000), "postgres", "up", pg_up > 0,
                   "connections", pg_up, "pool_size", pg_pool_size(w->pg), "workers_up", workers_up,
-                  "workers", w->app->nworkers, "redis", redis, "public_cache", "age_ms",
-                  (json_int_t)(last ? (now - last) / 1000 : -1), "max_seq",
-                  (json_int_t)(w->snap ? w->snap->max_seq : 0), "notices",
+                  "workers", w->app->nworkers, "shards", w->app->nshards, "shard_pools",
+                  w->app->shard_pools, "shard_pools_ready", shards_ready, "redis", redis,
+                  "public_cache", "age_ms", (json_int_t)(last ? (now - last) / 1000 : -1),
+                  "max_seq", (json_int_t)(w->snap ? w->snap->max_seq : 0), "notices",
                   (json_int_t)(w->snap ? w->snap->count : 0));
     http_reply_json(op->r, ok ? 200 : 503, body);
     free(op);

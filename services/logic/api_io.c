@@ -389,6 +389,16 @@ api_query(struct http_req *r, struct logic_worker *w, const char *stmt, const st
     return false;
 }
 
+bool
+api_query_shard(struct http_req *r, struct logic_worker *w, uint64_t app_id, uint64_t uid,
+                const char *stmt, const struct pg_params *p, pg_cb cb, void *arg)
+{
+    if (pg_query(logic_shard_pool(w, app_id, uid), stmt, p, cb, arg))
+        return true;
+    http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+    return false;
+}
+
 void
 api_reply_pg_error(struct http_req *r, const struct pg_error *err)
 {

@@ -98,6 +98,14 @@ bool api_query(struct http_req *r, struct logic_worker *w, const char *stmt,
                const struct pg_params *p,
                void (*cb)(const PGresult *, const struct pg_error *, void *), void *arg);
 
+/*
+ * api_query on the pool of the shard holding mailbox (app_id, uid)
+ * (docs/design.md 3.6): every statement on private rows goes through here.
+ */
+bool api_query_shard(struct http_req *r, struct logic_worker *w, uint64_t app_id, uint64_t uid,
+                     const char *stmt, const struct pg_params *p,
+                     void (*cb)(const PGresult *, const struct pg_error *, void *), void *arg);
+
 /* Replies 503 for a dependency error, 500-ish for the rest (logged). */
 void api_reply_pg_error(struct http_req *r, const struct pg_error *err);
 

@@ -2,10 +2,16 @@
  * api_send: the business-server side of private mailboxes on the internal
  * listener: POST /v1/tokens, POST /v1/messages, POST /v1/messages/recall.
  *
- * A send is one SQL statement (sql.c: SQL_SEND), so it is atomic across all
- * its recipients: all rows are written or none. After the commit the
- * recipients' sync hints are invalidated (hint.h), then they are notified
- * (notify.h), then the sender gets the msg_ids.
+ * A send is one SQL statement (sql.c: SQL_SEND) per shard holding some of
+ * its mailboxes (docs/design.md 3.6), so it is atomic across the
+ * recipients of one shard: all their rows are written or none. With one
+ * database (or all recipients on one shard) that is the whole send. The
+ * parts of a send spanning shards run in parallel; when one fails the
+ * sender gets 503 like any send of unknown outcome, and its retry with the
+ * same msgkey completes it (the parts that committed answer duplicates).
+ * After the commits the recipients' sync hints are invalidated (hint.h),
+ * then they are notified (notify.h), then the sender gets the msg_ids in
+ * the order it named the recipients.
  *
  * A send whose outcome is unknown (query timeout, lost connection) answers
  * 503 and may still commit later, after any invalidation made then. So
@@ -82,6 +88,16 @@ struct send_row {
     uint64_t uid, to_uid, contacter;
 };
 
+struct send_op;
+
+/* The mailboxes of one send on one shard: one statement. */
+struct send_part {
+    struct send_op *op;
+    int shard;
+    char *uids_txt, *to_txt, *contacter_txt; /* its rows, in uid order */
+    int attempts;
+};
+
 struct send_op {
     struct http_req *r;
     struct logic_worker *w;
@@ -91,9 +107,16 @@ struct send_op {
     uint64_t *order; /* mailboxes in reply order: recipients as given, then the sender */
     int norder;
     uint64_t *uids; /* every mailbox (rows' uids): hints to invalidate */
-    char *uids_txt, *to_txt, *contacter_txt;
+    struct send_part *parts;
+    int nparts;
+    int pending; /* parts whose statement has not completed */
     int64_t now_us, expire_at;
-    int attempts;
+    /* the first failure of a part (kind PG_OK: none), and whether a part
+     * may have committed without an answer (timeout, lost connection) */
+    enum pg_err_kind fail_kind;
+    char fail_sqlstate[6];
+    char fail_message[200];
+    bool uncertain;
     /* results, by position in rows */
     uint64_t *msg_ids;
     bool *dup;
@@ -109,9 +132,12 @@ send_op_free(struct send_op *op)
     free(op->rows);
     free(op->order);
     free(op->uids);
-    free(op->uids_txt);
-    free(op->to_txt);
-    free(op->contacter_txt);
+    for (int i = 0; i < op->nparts; i++) {
+        free(op->parts[i].uids_txt);
+        free(op->parts[i].to_txt);
+        free(op->parts[i].contacter_txt);
+    }
+    free(op->parts);
     free(op->msg_ids);
     free(op->dup);
     free(op->fresh);
@@ -143,7 +169,7 @@ row_index(const struct send_op *op, uint64_t uid)
     return -1;
 }
 
-static void send_issue(struct send_op *op);
+static void send_issue(struct send_part *part);
 
 /* After hints and notifies: the reply, in request order. */
 static void
@@ -182,56 +208,106 @@ send_invalidated(void *arg)
     send_reply(op);
 }
 
+/* A failed send after its hints: notify what did commit, then the error. */
 static void
-on_sent(const PGresult *res, const struct pg_error *err, void *arg)
+send_failed(void *arg)
 {
     struct send_op *op = arg;
-    if (err->kind != PG_OK) {
-        /* 23505: a concurrent send with the same msgkey committed first; the
-         * retry sees it as a duplicate. 40P01: retry once as well. */
-        if (err->kind == PG_ERR_QUERY && op->attempts < 2 &&
-            (strcmp(err->sqlstate, "23505") == 0 || strcmp(err->sqlstate, "40P01") == 0)) {
-            send_issue(op);
-            return;
-        }
-        if (err->kind == PG_ERR_TIMEOUT || err->kind == PG_ERR_UNAVAILABLE) {
-            /* The statement may have committed before the connection was
-             * lost: drop the recipients' hints so a sync goes to the database.
-             * (It may also commit after this; a retry's duplicate answer
-             * invalidates again.) */
-            hint_invalidate(op->w, op->req->app_id, op->uids, op->nrows, NULL, NULL);
-        }
-        api_reply_pg_error(op->r, err);
-        send_op_free(op);
+    if (op->nfresh > 0)
+        notify_mailboxes(op->w, op->req->app_id, op->fresh, op->fresh_ids, op->nfresh);
+    /* Whatever failed, a part that committed needs the retry: 503 for
+     * every unknown or partial outcome, as for one statement timing out. */
+    struct pg_error e = {.kind = op->fail_kind, .message = op->fail_message};
+    if (op->nfresh > 0 || op->nparts > 1)
+        e.kind = PG_ERR_UNAVAILABLE;
+    memcpy(e.sqlstate, op->fail_sqlstate, sizeof(e.sqlstate));
+    api_reply_pg_error(op->r, &e);
+    send_op_free(op);
+}
+
+/* Every part has completed. */
+static void
+send_finish(struct send_op *op)
+{
+    if (op->fail_kind == PG_OK) {
+        /* Duplicates too: the first attempt may have committed after its
+         * own invalidation (a timed-out statement is not cancelled). */
+        hint_invalidate(op->w, op->req->app_id, op->uids, op->nrows, send_invalidated, op);
         return;
     }
-    int n = PQntuples(res);
-    for (int i = 0; i < n; i++) {
-        int k = row_index(op, (uint64_t)pg_get_i64(res, i, 0));
-        if (k < 0)
-            continue;
-        op->msg_ids[k] = (uint64_t)pg_get_i64(res, i, 1);
-        op->dup[k] = pg_get_bool(res, i, 2);
-        if (!op->dup[k]) {
-            op->fresh[op->nfresh] = op->rows[k].uid;
-            op->fresh_ids[op->nfresh++] = op->msg_ids[k];
-        }
+    if (!op->uncertain && op->nfresh == 0) {
+        send_failed(op); /* nothing was written */
+        return;
     }
-    /* Duplicates too: the first attempt may have committed after its own
-     * invalidation (a timed-out statement is not cancelled). */
-    hint_invalidate(op->w, op->req->app_id, op->uids, op->nrows, send_invalidated, op);
+    /* A statement may have committed before its connection was lost, and
+     * other parts did: drop every recipient's hint so a sync goes to the
+     * database. (A lost one may also commit after this; a retry's
+     * duplicate answer invalidates again.) */
+    hint_invalidate(op->w, op->req->app_id, op->uids, op->nrows, send_failed, op);
+}
+
+/* Records a part's failure; the first one is what the sender is told. */
+static void
+send_part_failed(struct send_part *part, const struct pg_error *err)
+{
+    struct send_op *op = part->op;
+    if (err->kind == PG_ERR_TIMEOUT || err->kind == PG_ERR_UNAVAILABLE)
+        op->uncertain = true;
+    if (op->fail_kind == PG_OK || (err->kind != PG_ERR_QUERY && op->fail_kind == PG_ERR_QUERY)) {
+        op->fail_kind = err->kind;
+        memcpy(op->fail_sqlstate, err->sqlstate, sizeof(op->fail_sqlstate));
+        snprintf(op->fail_message, sizeof(op->fail_message), "%s",
+                 err->message ? err->message : "");
+    }
+    if (op->nparts > 1)
+        log_warn("send_part_failed", "req=%s shard=%d kind=%d sqlstate=%s", http_req_id(op->r),
+                 part->shard, (int)err->kind, err->sqlstate);
 }
 
 static void
-send_issue(struct send_op *op)
+on_sent(const PGresult *res, const struct pg_error *err, void *arg)
 {
+    struct send_part *part = arg;
+    struct send_op *op = part->op;
+    if (err->kind != PG_OK) {
+        /* 23505: a concurrent send with the same msgkey committed first; the
+         * retry sees it as a duplicate. 40P01: retry once as well. */
+        if (err->kind == PG_ERR_QUERY && part->attempts < 2 &&
+            (strcmp(err->sqlstate, "23505") == 0 || strcmp(err->sqlstate, "40P01") == 0)) {
+            send_issue(part);
+            return;
+        }
+        send_part_failed(part, err);
+    } else {
+        int n = PQntuples(res);
+        for (int i = 0; i < n; i++) {
+            int k = row_index(op, (uint64_t)pg_get_i64(res, i, 0));
+            if (k < 0)
+                continue;
+            op->msg_ids[k] = (uint64_t)pg_get_i64(res, i, 1);
+            op->dup[k] = pg_get_bool(res, i, 2);
+            if (!op->dup[k]) {
+                op->fresh[op->nfresh] = op->rows[k].uid;
+                op->fresh_ids[op->nfresh++] = op->msg_ids[k];
+            }
+        }
+    }
+    if (--op->pending == 0)
+        send_finish(op);
+}
+
+/* Sends one part's statement to its shard. */
+static void
+send_issue(struct send_part *part)
+{
+    struct send_op *op = part->op;
     Mbox__SendRequest *q = op->req;
     struct pg_params p;
     pg_params_init(&p);
     pg_param_i64(&p, (int64_t)q->app_id);
-    pg_param_text(&p, op->uids_txt);
-    pg_param_text(&p, op->to_txt);
-    pg_param_text(&p, op->contacter_txt);
+    pg_param_text(&p, part->uids_txt);
+    pg_param_text(&p, part->to_txt);
+    pg_param_text(&p, part->contacter_txt);
     pg_param_i64(&p, (int64_t)q->from_uid);
     pg_param_i64(&p, op->now_us);
     pg_param_i64(&p, op->expire_at);
@@ -241,11 +317,26 @@ send_issue(struct send_op *op)
     pg_param_i32(&p, q->business_type);
     pg_param_text(&p, q->msgkey);
     pg_param_bytea(&p, q->content.data, q->content.len);
-    op->attempts++;
-    op->nfresh = 0;
-    if (!api_query(op->r, op->w, SQL_SEND, &p, on_sent, op)) {
-        send_op_free(op);
+    part->attempts++;
+    if (!pg_query(op->w->shard_pg[part->shard], SQL_SEND, &p, on_sent, part)) {
+        /* Not sent: nothing of this part can commit. */
+        struct pg_error down = {.kind = PG_ERR_UNAVAILABLE, .message = "no connection"};
+        bool uncertain = op->uncertain;
+        send_part_failed(part, &down);
+        op->uncertain = uncertain;
+        if (--op->pending == 0)
+            send_finish(op);
     }
+}
+
+/* Starts every part; the last one to complete finishes the send. */
+static void
+send_start(struct send_op *op)
+{
+    int n = op->nparts; /* op may be gone after the last issue */
+    op->pending = n;
+    for (int i = 0; i < n; i++)
+        send_issue(&op->parts[i]);
 }
 
 /* Checks a send request; replies 400/413 and returns false when it is bad. */
@@ -289,6 +380,62 @@ send_validate(struct http_req *r, const struct logic_config *c, const Mbox__Send
         return false;
     }
     return true;
+}
+
+/*
+ * Splits the rows by shard into op->parts, each with its statement's
+ * arrays (rows stay in uid order within a part, so its header locks are
+ * taken in order). False on OOM.
+ */
+static bool
+send_plan_parts(struct send_op *op)
+{
+    struct logic *app = op->w->app;
+    uint64_t app_id = op->req->app_id;
+    int *shard = calloc((size_t)op->nrows + 1, sizeof(*shard));
+    uint64_t *col = calloc((size_t)op->nrows + 1, sizeof(*col));
+    bool used[LOGIC_MAX_SHARDS] = {false};
+    bool ok = shard != NULL && col != NULL;
+    for (int i = 0; ok && i < op->nrows; i++) {
+        shard[i] = logic_shard(app, app_id, op->rows[i].uid);
+        if (!used[shard[i]])
+            op->nparts++;
+        used[shard[i]] = true;
+    }
+    op->parts = ok ? calloc((size_t)op->nparts, sizeof(*op->parts)) : NULL;
+    ok = op->parts != NULL;
+    int np = 0;
+    for (int s = 0; ok && s < app->nshards; s++) {
+        if (!used[s])
+            continue;
+        struct send_part *part = &op->parts[np++];
+        part->op = op;
+        part->shard = s;
+        size_t n = 0;
+        for (int i = 0; i < op->nrows; i++) {
+            if (shard[i] == s)
+                col[n++] = op->rows[i].uid;
+        }
+        part->uids_txt = api_int8_array(col, n);
+        n = 0;
+        for (int i = 0; i < op->nrows; i++) {
+            if (shard[i] == s)
+                col[n++] = op->rows[i].to_uid;
+        }
+        part->to_txt = api_int8_array(col, n);
+        n = 0;
+        for (int i = 0; i < op->nrows; i++) {
+            if (shard[i] == s)
+                col[n++] = op->rows[i].contacter;
+        }
+        part->contacter_txt = api_int8_array(col, n);
+        ok = part->uids_txt && part->to_txt && part->contacter_txt;
+    }
+    if (!ok)
+        op->nparts = np; /* what send_op_free must free */
+    free(shard);
+    free(col);
+    return ok;
 }
 
 /* Builds the mailbox rows: recipients (deduplicated) plus the sender's copy. */
@@ -344,23 +491,12 @@ send_plan(struct send_op *op)
         if (!seen)
             op->order[op->norder++] = q->from_uid;
     }
-    uint64_t *col = calloc((size_t)op->nrows + 1, sizeof(*col));
     op->uids = calloc((size_t)op->nrows + 1, sizeof(*op->uids));
-    if (col == NULL || op->uids == NULL) {
-        free(col);
+    if (op->uids == NULL)
         return false;
-    }
     for (int i = 0; i < op->nrows; i++)
         op->uids[i] = op->rows[i].uid;
-    op->uids_txt = api_int8_array(op->uids, (size_t)op->nrows);
-    for (int i = 0; i < op->nrows; i++)
-        col[i] = op->rows[i].to_uid;
-    op->to_txt = api_int8_array(col, (size_t)op->nrows);
-    for (int i = 0; i < op->nrows; i++)
-        col[i] = op->rows[i].contacter;
-    op->contacter_txt = api_int8_array(col, (size_t)op->nrows);
-    free(col);
-    return op->uids_txt && op->to_txt && op->contacter_txt;
+    return send_plan_parts(op);
 }
 
 void
@@ -394,7 +530,7 @@ api_send(struct http_req *r, void *ctx)
         send_op_free(op);
         return;
     }
-    send_issue(op);
+    send_start(op);
 }
 
 /* ---- POST /v1/messages/recall ---- */
@@ -503,7 +639,7 @@ api_recall(struct http_req *r, void *ctx)
     pg_param_text(&p, q->msgkey ? q->msgkey : "");
     pg_param_i64(&p, now);
     pg_param_i64(&p, now + w->app->cfg.default_expire_s * 1000000);
-    bool sent = api_query(r, w, SQL_RECALL, &p, on_recalled, op);
+    bool sent = api_query_shard(r, w, q->app_id, q->uid, SQL_RECALL, &p, on_recalled, op);
     api_msg_free(m);
     if (!sent) {
         free(op);

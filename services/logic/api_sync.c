@@ -369,7 +369,8 @@ query_private(struct pull_op *op)
         pg_param_i64(&p, logic_now_us());
         stmt = SQL_SYNC;
     }
-    if (!api_query(op->r, op->w, stmt, &p, on_private_rows, op)) {
+    if (!api_query_shard(op->r, op->w, op->who.app_id, op->who.uid, stmt, &p, on_private_rows,
+                         op)) {
         pull_free(op);
     }
 }
@@ -448,7 +449,9 @@ public_state(struct pull_op *op)
     pg_param_i64(&p, (int64_t)op->who.app_id);
     pg_param_i64(&p, (int64_t)op->who.uid);
     pg_param_text(&p, arr);
-    bool sent = pg_query(op->w->pg, SQL_NOTICE_USER_STATE, &p, on_user_state, op);
+    /* The user's notice marks are private rows: on the user's shard. */
+    bool sent = pg_query(logic_shard_pool(op->w, op->who.app_id, op->who.uid),
+                         SQL_NOTICE_USER_STATE, &p, on_user_state, op);
     free(arr);
     if (!sent) {
         /* No connection: the same degraded path as a failed query. */
@@ -718,7 +721,7 @@ api_notice_hide(struct http_req *r, void *ctx)
     pg_param_text(&p, arr);
     pg_param_bool(&p, false);
     pg_param_bool(&p, true);
-    api_query(r, w, SQL_NOTICE_USER_MARK, &p, on_marked, r);
+    api_query_shard(r, w, who.app_id, who.uid, SQL_NOTICE_USER_MARK, &p, on_marked, r);
 }
 
 /* ---- POST /v1/read: private msg_ids and notice_ids ---- */
@@ -779,7 +782,11 @@ api_read(struct http_req *r, void *ctx)
         pg_param_i64(&p, (int64_t)who.uid);
         pg_param_text(&p, msgs);
         pg_param_text(&p, notices);
-        api_query(r, w, SQL_READ, &p, on_read_done, r);
+        /* On a shard of its own the notices are in another database than
+         * the marks: the ids were checked against the public cache above. */
+        bool apart = logic_shard_pool(w, who.app_id, who.uid) != w->pg;
+        api_query_shard(r, w, who.app_id, who.uid, apart ? SQL_READ_SHARD : SQL_READ, &p,
+                        on_read_done, r);
     } else {
         http_reply_error(r, 503, "unavailable", "out of memory");
     }

@@ -1,5 +1,10 @@
 /*
  * fanout: write diffusion over COPY on a dedicated thread (fanout.h).
+ *
+ * With pg_shards the uids are split by shard (docs/design.md 3.6) and each
+ * shard's part runs on a thread of its own for the job, over that shard's
+ * lane (its own PostgreSQL and Redis connections, kept between jobs), so
+ * the shards are written in parallel; the counts are summed.
  */
 #include "fanout.h"
 
@@ -63,6 +68,12 @@ struct fanout_job {
     char error[256];
 };
 
+/* One shard's connections, used by one thread at a time. */
+struct fanout_lane {
+    PGconn *pg;
+    redisContext *redis;
+};
+
 struct fanout {
     struct logic *app;
     pthread_t thread;
@@ -70,8 +81,23 @@ struct fanout {
     pthread_cond_t cv;
     struct fanout_job *head, *tail;
     bool stopping;
-    PGconn *pg;
-    redisContext *redis;
+    struct fanout_lane lanes[LOGIC_MAX_SHARDS];
+};
+
+/* The uids of one job on one shard, and what writing them did. */
+struct fanout_part {
+    struct fanout *f;
+    struct fanout_job *j;
+    int shard;
+    int64_t *uids;
+    size_t nuids;
+    pthread_t thread;
+    bool threaded;
+    uint64_t written, first_id, last_id;
+    uint32_t batches;
+    char error[256];
+    uint64_t *hint_failed;
+    size_t nhint_failed;
 };
 
 static void
@@ -126,21 +152,23 @@ job_reply(evutil_socket_t fd, short what, void *arg)
     hint_invalidate(j->w, j->app_id, j->hint_failed, (int)j->nhint_failed, job_send_reply, j);
 }
 
-/* (Re)connects the thread's PostgreSQL connection and its staging table. */
+/* (Re)connects a lane's PostgreSQL connection and its staging table. */
 static bool
-pg_ready(struct fanout *f, char *err, size_t errlen)
+pg_ready(struct fanout *f, int shard, char *err, size_t errlen)
 {
-    if (f->pg != NULL && PQstatus(f->pg) == CONNECTION_OK)
+    struct fanout_lane *l = &f->lanes[shard];
+    if (l->pg != NULL && PQstatus(l->pg) == CONNECTION_OK)
         return true;
-    if (f->pg != NULL)
-        PQfinish(f->pg);
-    f->pg = PQconnectdb(f->app->cfg.pg_conninfo);
-    if (PQstatus(f->pg) != CONNECTION_OK) {
-        snprintf(err, errlen, "database unavailable: %s", PQerrorMessage(f->pg));
+    if (l->pg != NULL)
+        PQfinish(l->pg);
+    const char *ci = f->app->shard_conninfo[shard];
+    l->pg = PQconnectdb(ci != NULL ? ci : f->app->cfg.pg_conninfo);
+    if (PQstatus(l->pg) != CONNECTION_OK) {
+        snprintf(err, errlen, "database unavailable: %s", PQerrorMessage(l->pg));
         err[strcspn(err, "\n")] = '\0';
         return false;
     }
-    PGresult *r = PQexec(f->pg, "CREATE TEMP TABLE IF NOT EXISTS fanout_stage (uid int8)"
+    PGresult *r = PQexec(l->pg, "CREATE TEMP TABLE IF NOT EXISTS fanout_stage (uid int8)"
                                 " ON COMMIT DELETE ROWS");
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok)
@@ -193,47 +221,70 @@ copy_batch(PGconn *c, const int64_t *uids, size_t n, char *err, size_t errlen)
     return ok;
 }
 
-/* (Re)connects the thread's blocking Redis connection; false when unreachable. */
+/* (Re)connects a lane's blocking Redis connection; false when unreachable. */
 static bool
-redis_ready(struct fanout *f)
+redis_ready(struct fanout *f, struct fanout_lane *l)
 {
-    if (f->redis != NULL && !f->redis->err)
+    if (l->redis != NULL && !l->redis->err)
         return true;
-    if (f->redis != NULL)
-        redisFree(f->redis);
-    struct timeval tv = {1, 0};
-    f->redis = redisConnectWithTimeout(f->app->cfg.redis_host, (int)f->app->cfg.redis_port, tv);
-    if (f->redis == NULL || f->redis->err)
+    if (l->redis != NULL)
+        redisFree(l->redis);
+    l->redis = NULL;
+    /*
+     * This blocking connection knows no slots: in Redis Cluster mode every
+     * invalidation goes to the worker's cluster client instead (hint_failed).
+     */
+    const struct logic_config *c = &f->app->cfg;
+    if (c->redis_nodes != NULL && c->redis_nodes[0] != '\0')
         return false;
-    redisSetTimeout(f->redis, tv);
+    struct timeval tv = {1, 0};
+    l->redis = redisConnectWithTimeout(c->redis_host, (int)c->redis_port, tv);
+    if (l->redis == NULL || l->redis->err)
+        return false;
+    redisSetTimeout(l->redis, tv);
+    if (c->redis_password != NULL && c->redis_password[0] != '\0') {
+        redisReply *a = c->redis_user != NULL && c->redis_user[0] != '\0'
+                            ? redisCommand(l->redis, "AUTH %s %s", c->redis_user, c->redis_password)
+                            : redisCommand(l->redis, "AUTH %s", c->redis_password);
+        bool ok = a != NULL && a->type != REDIS_REPLY_ERROR;
+        if (a != NULL)
+            freeReplyObject(a);
+        if (!ok) {
+            /* A refusal is logged by the worker's client, which gets these mailboxes. */
+            redisFree(l->redis);
+            l->redis = NULL;
+            return false;
+        }
+    }
     return true;
 }
 
 /* Sends one batch's invalidations (pipelined, blocking); false if any failed. */
 static bool
-invalidate_once(struct fanout *f, uint64_t app_id, const int64_t *uids, size_t n)
+invalidate_once(struct fanout *f, struct fanout_lane *l, uint64_t app_id, const int64_t *uids,
+                size_t n)
 {
-    if (!redis_ready(f))
+    if (!redis_ready(f, l))
         return false;
     char ttl[24];
     snprintf(ttl, sizeof(ttl), "%" PRId64, f->app->cfg.hint_ttl_s);
     for (size_t i = 0; i < n; i++) {
         char key[64];
         hint_key(key, sizeof(key), app_id, (uint64_t)uids[i]);
-        redisAppendCommand(f->redis, "EVAL %s 1 %s %s", hint_invalidate_lua, key, ttl);
+        redisAppendCommand(l->redis, "EVAL %s 1 %s %s", hint_invalidate_lua, key, ttl);
     }
     bool ok = true;
     for (size_t i = 0; i < n && ok; i++) {
         redisReply *reply = NULL; /* left alone by a failed redisGetReply */
-        ok = redisGetReply(f->redis, (void **)&reply) == REDIS_OK && reply != NULL &&
+        ok = redisGetReply(l->redis, (void **)&reply) == REDIS_OK && reply != NULL &&
              reply->type != REDIS_REPLY_ERROR;
         if (reply != NULL)
             freeReplyObject(reply);
     }
-    if (!ok && f->redis->err == 0) {
+    if (!ok && l->redis->err == 0) {
         /* Unread replies would answer the next batch's commands: start over. */
-        redisFree(f->redis);
-        f->redis = NULL;
+        redisFree(l->redis);
+        l->redis = NULL;
     }
     return ok;
 }
@@ -245,33 +296,36 @@ invalidate_once(struct fanout *f, uint64_t app_id, const int64_t *uids, size_t n
  * safely); what still fails is kept in the job for the worker (job_reply).
  */
 static void
-invalidate_batch(struct fanout *f, struct fanout_job *j, const int64_t *uids, size_t n)
+invalidate_batch(struct fanout_part *part, const int64_t *uids, size_t n)
 {
-    if (invalidate_once(f, j->app_id, uids, n))
+    struct fanout *f = part->f;
+    struct fanout_lane *l = &f->lanes[part->shard];
+    if (invalidate_once(f, l, part->j->app_id, uids, n))
         return;
-    if (f->redis != NULL) {
-        redisFree(f->redis);
-        f->redis = NULL;
+    if (l->redis != NULL) {
+        redisFree(l->redis);
+        l->redis = NULL;
     }
-    if (invalidate_once(f, j->app_id, uids, n))
+    if (invalidate_once(f, l, part->j->app_id, uids, n))
         return;
     log_warn("fanout_hint_failed", "mailboxes=%zu (handed to the worker)", n);
-    uint64_t *grown = realloc(j->hint_failed, (j->nhint_failed + n) * sizeof(*grown));
+    uint64_t *grown = realloc(part->hint_failed, (part->nhint_failed + n) * sizeof(*grown));
     if (grown == NULL) {
         log_error("fanout_hint_lost", "mailboxes=%zu reason=out_of_memory", n);
         return;
     }
     for (size_t i = 0; i < n; i++)
-        grown[j->nhint_failed + i] = (uint64_t)uids[i];
-    j->hint_failed = grown;
-    j->nhint_failed += n;
+        grown[part->nhint_failed + i] = (uint64_t)uids[i];
+    part->hint_failed = grown;
+    part->nhint_failed += n;
 }
 
-/* Writes one job in batches; fills its results. */
+/* Writes one part of a job in batches; fills the part's results. */
 static void
-run_job(struct fanout *f, struct fanout_job *j)
+run_part(struct fanout_part *part)
 {
-    int64_t t0 = logic_now_us();
+    struct fanout_job *j = part->j;
+    PGconn **pg = &part->f->lanes[part->shard].pg;
     char num[9][24];
     snprintf(num[0], 24, "%" PRId64, (int64_t)j->app_id);
     snprintf(num[1], 24, "%" PRId64, (int64_t)j->from_uid);
@@ -286,16 +340,17 @@ run_job(struct fanout *f, struct fanout_job *j)
     int lengths[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)j->content_len};
     int formats[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
 
-    for (size_t off = 0; off < j->nuids; off += FANOUT_BATCH) {
-        size_t n = j->nuids - off < FANOUT_BATCH ? j->nuids - off : FANOUT_BATCH;
+    for (size_t off = 0; off < part->nuids; off += FANOUT_BATCH) {
+        size_t n = part->nuids - off < FANOUT_BATCH ? part->nuids - off : FANOUT_BATCH;
         char err[200] = "";
-        if (!pg_ready(f, err, sizeof(err)) || !exec_cmd(f->pg, "BEGIN", err, sizeof(err)) ||
-            !copy_batch(f->pg, j->uids + off, n, err, sizeof(err))) {
-            snprintf(j->error, sizeof(j->error), "batch %u: %s", j->batches + 1, err);
-            (void)exec_cmd(f->pg, "ROLLBACK", err, sizeof(err));
+        if (!pg_ready(part->f, part->shard, err, sizeof(err)) ||
+            !exec_cmd(*pg, "BEGIN", err, sizeof(err)) ||
+            !copy_batch(*pg, part->uids + off, n, err, sizeof(err))) {
+            snprintf(part->error, sizeof(part->error), "batch %u: %s", part->batches + 1, err);
+            (void)exec_cmd(*pg, "ROLLBACK", err, sizeof(err));
             break;
         }
-        PGresult *r = PQexecParams(f->pg, fanout_insert_sql, 9, NULL, values, lengths, formats, 0);
+        PGresult *r = PQexecParams(*pg, fanout_insert_sql, 9, NULL, values, lengths, formats, 0);
         bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
         if (!ok)
             snprintf(err, sizeof(err), "%s", PQresultErrorMessage(r));
@@ -303,23 +358,131 @@ run_job(struct fanout *f, struct fanout_job *j)
         uint64_t first = ok ? (uint64_t)strtoll(PQgetvalue(r, 0, 1), NULL, 10) : 0;
         uint64_t last = ok ? (uint64_t)strtoll(PQgetvalue(r, 0, 2), NULL, 10) : 0;
         PQclear(r);
-        if (!ok || !exec_cmd(f->pg, "COMMIT", err, sizeof(err))) {
+        if (!ok || !exec_cmd(*pg, "COMMIT", err, sizeof(err))) {
             err[strcspn(err, "\n")] = '\0';
-            snprintf(j->error, sizeof(j->error), "batch %u: %s", j->batches + 1, err);
-            (void)exec_cmd(f->pg, "ROLLBACK", err, sizeof(err));
+            snprintf(part->error, sizeof(part->error), "batch %u: %s", part->batches + 1, err);
+            (void)exec_cmd(*pg, "ROLLBACK", err, sizeof(err));
             break;
         }
-        if (j->written == 0 || first < j->first_id)
-            j->first_id = first;
-        if (last > j->last_id)
-            j->last_id = last;
-        j->written += written;
-        j->batches++;
-        invalidate_batch(f, j, j->uids + off, n);
+        if (part->written == 0 || first < part->first_id)
+            part->first_id = first;
+        if (last > part->last_id)
+            part->last_id = last;
+        part->written += written;
+        part->batches++;
+        invalidate_batch(part, part->uids + off, n);
     }
+}
+
+static void *
+part_main(void *arg)
+{
+    run_part(arg);
+    return NULL;
+}
+
+/*
+ * Splits the job's uids by shard. One database (or every uid on one
+ * shard): one part over the job's own array, run on this thread.
+ */
+static struct fanout_part *
+split_job(struct fanout *f, struct fanout_job *j, int *nparts)
+{
+    int nshards = f->app->nshards;
+    struct fanout_part *parts = calloc((size_t)nshards, sizeof(*parts));
+    size_t *count = calloc((size_t)nshards, sizeof(*count));
+    bool ok = parts != NULL && count != NULL;
+    for (size_t i = 0; ok && nshards > 1 && i < j->nuids; i++)
+        count[logic_shard(f->app, j->app_id, (uint64_t)j->uids[i])]++;
+    *nparts = 0;
+    for (int s = 0; ok && s < nshards; s++) {
+        if (nshards > 1 && count[s] == 0)
+            continue;
+        struct fanout_part *p = &parts[(*nparts)++];
+        p->f = f;
+        p->j = j;
+        p->shard = s;
+        if (nshards == 1) {
+            p->uids = j->uids;
+            p->nuids = j->nuids;
+            break;
+        }
+        p->uids = malloc(count[s] * sizeof(*p->uids));
+        ok = p->uids != NULL;
+    }
+    for (size_t i = 0; ok && nshards > 1 && i < j->nuids; i++) {
+        int s = logic_shard(f->app, j->app_id, (uint64_t)j->uids[i]);
+        for (int k = 0; k < *nparts; k++) {
+            if (parts[k].shard == s)
+                parts[k].uids[parts[k].nuids++] = j->uids[i];
+        }
+    }
+    free(count);
+    if (!ok && parts != NULL) {
+        for (int k = 0; k < *nparts; k++)
+            free(parts[k].uids);
+        free(parts);
+        parts = NULL;
+    }
+    return parts;
+}
+
+/* Writes one job, its shards in parallel; fills its results. */
+static void
+run_job(struct fanout *f, struct fanout_job *j)
+{
+    int64_t t0 = logic_now_us();
+    int nparts = 0;
+    struct fanout_part *parts = split_job(f, j, &nparts);
+    if (parts == NULL) {
+        snprintf(j->error, sizeof(j->error), "out of memory");
+        return;
+    }
+    for (int k = 1; k < nparts; k++)
+        parts[k].threaded = pthread_create(&parts[k].thread, NULL, part_main, &parts[k]) == 0;
+    if (nparts > 0)
+        run_part(&parts[0]);
+    for (int k = 1; k < nparts; k++) {
+        if (parts[k].threaded)
+            pthread_join(parts[k].thread, NULL);
+        else
+            run_part(&parts[k]);
+    }
+    for (int k = 0; k < nparts; k++) {
+        struct fanout_part *p = &parts[k];
+        if (p->written > 0 && (j->written == 0 || p->first_id < j->first_id))
+            j->first_id = p->first_id;
+        if (p->last_id > j->last_id)
+            j->last_id = p->last_id;
+        j->written += p->written;
+        j->batches += p->batches;
+        if (p->error[0] != '\0' && j->error[0] == '\0') {
+            if (nparts > 1)
+                snprintf(j->error, sizeof(j->error), "shard %d %s", p->shard, p->error);
+            else
+                snprintf(j->error, sizeof(j->error), "%s", p->error);
+        }
+        if (p->nhint_failed > 0) {
+            uint64_t *grown =
+                realloc(j->hint_failed, (j->nhint_failed + p->nhint_failed) * sizeof(*grown));
+            if (grown != NULL) {
+                memcpy(grown + j->nhint_failed, p->hint_failed, p->nhint_failed * sizeof(*grown));
+                j->hint_failed = grown;
+                j->nhint_failed += p->nhint_failed;
+            } else {
+                log_error("fanout_hint_lost", "mailboxes=%zu reason=out_of_memory",
+                          p->nhint_failed);
+            }
+        }
+        free(p->hint_failed);
+        if (p->uids != j->uids)
+            free(p->uids);
+    }
+    free(parts);
     j->elapsed_us = logic_now_us() - t0;
-    log_info("fanout_done", "app=%" PRIu64 " uids=%zu written=%" PRIu64 " batches=%u ms=%" PRId64,
-             j->app_id, j->nuids, j->written, j->batches, j->elapsed_us / 1000);
+    log_info("fanout_done",
+             "app=%" PRIu64 " uids=%zu written=%" PRIu64 " batches=%u shards=%d ms=%" PRId64,
+             j->app_id, j->nuids, j->written, j->batches, nparts, j->elapsed_us / 1000);
 }
 
 static void *
@@ -377,10 +540,12 @@ fanout_stop(struct fanout *f)
     pthread_cond_signal(&f->cv);
     pthread_mutex_unlock(&f->mu);
     pthread_join(f->thread, NULL);
-    if (f->pg)
-        PQfinish(f->pg);
-    if (f->redis)
-        redisFree(f->redis);
+    for (int i = 0; i < LOGIC_MAX_SHARDS; i++) {
+        if (f->lanes[i].pg)
+            PQfinish(f->lanes[i].pg);
+        if (f->lanes[i].redis)
+            redisFree(f->lanes[i].redis);
+    }
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cv);
     free(f);

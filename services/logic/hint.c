@@ -40,11 +40,25 @@ struct hint_mbox {
     uint64_t app_id, uid;
 };
 
+struct hint_recent {
+    uint64_t app_id, uid;
+    int64_t at_us;
+};
+
 struct hint_dirty {
     struct hint_mbox *items;
     int n;
     struct event *retry; /* replays while the list is not empty (created on first use) */
+    /* Redis Cluster only: invalidations acknowledged in the last
+     * HINT_RECENT_S, a ring (see hint.h, point 4) */
+    struct hint_recent *recent;
+    int recent_head, recent_n;
 };
+
+/* Acknowledged invalidations remembered for a replay after a failover
+ * (Redis Cluster): at most this many per worker, at most this old. */
+#define HINT_RECENT_CAP 65536
+#define HINT_RECENT_S   60
 
 /* How often a non-empty dirty list is replayed while Redis stays connected. */
 #define HINT_REPLAY_INTERVAL_MS 1000
@@ -99,8 +113,38 @@ hint_dirty_free(struct hint_dirty *d)
         if (d->retry != NULL)
             event_free(d->retry);
         free(d->items);
+        free(d->recent);
     }
     free(d);
+}
+
+/*
+ * Remembers an acknowledged invalidation (Redis Cluster only). The ring
+ * keeps the newest HINT_RECENT_CAP; one overwritten while younger than
+ * HINT_RECENT_S is counted, since a failover right then could leave its
+ * mailbox's hint stale for up to hint_ttl_s.
+ */
+static void
+recent_add(struct logic_worker *w, uint64_t app_id, uint64_t uid)
+{
+    struct hint_dirty *d = w->dirty;
+    if (w->app->cfg.redis_nodes == NULL || w->app->cfg.redis_nodes[0] == '\0')
+        return;
+    if (d->recent == NULL && (d->recent = calloc(HINT_RECENT_CAP, sizeof(*d->recent))) == NULL)
+        return;
+    int64_t now = logic_now_us();
+    int i = (d->recent_head + d->recent_n) % HINT_RECENT_CAP;
+    if (d->recent_n == HINT_RECENT_CAP) {
+        if (d->recent[i].at_us > now - (int64_t)HINT_RECENT_S * 1000000)
+            metric_inc(metrics_counter(w->app->metrics, "mbox_hint_recent_overwritten_total",
+                                       "acknowledged invalidations dropped from the failover "
+                                       "replay ring while younger than its window",
+                                       NULL));
+        d->recent_head = (d->recent_head + 1) % HINT_RECENT_CAP;
+    } else {
+        d->recent_n++;
+    }
+    d->recent[i] = (struct hint_recent){app_id, uid, now};
 }
 
 /* Replays the list within HINT_REPLAY_INTERVAL_MS (a command timeout does
@@ -230,6 +274,8 @@ on_invalidated(redisReply *reply, const char *err, void *arg)
     struct inval_one *one = arg;
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
         dirty_add(one->all->w, one->app_id, one->uid);
+    else
+        recent_add(one->all->w, one->app_id, one->uid);
     inval_finish(one->all);
     free(one);
 }
@@ -310,5 +356,20 @@ replay_tick(evutil_socket_t fd, short what, void *arg)
 void
 hint_on_redis_connect(void *worker)
 {
-    replay(worker);
+    struct logic_worker *w = worker;
+    struct hint_dirty *d = w->dirty;
+    /* Redis Cluster: the slot map changed or a master reconnected, maybe
+     * after a failover that lost writes the old master had acknowledged
+     * but not yet replicated. Invalidate again what was invalidated
+     * lately (hint.h, point 4). */
+    int64_t since = logic_now_us() - (int64_t)HINT_RECENT_S * 1000000;
+    int n = d->recent_n;
+    d->recent_n = 0;
+    for (int k = 0; k < n; k++) {
+        const struct hint_recent *r = &d->recent[(d->recent_head + k) % HINT_RECENT_CAP];
+        if (r->at_us >= since)
+            dirty_add(w, r->app_id, r->uid);
+    }
+    d->recent_head = 0;
+    replay(w);
 }

@@ -38,6 +38,15 @@
  *      a Redis that others still use with more dirty mailboxes than the
  *      list holds, delays those mailboxes by at most hint_ttl_s; it is
  *      counted in mbox_hint_dirty_dropped_total.
+ *   4. Redis Cluster: replication is asynchronous, so a master that dies
+ *      can take with it an invalidation it had acknowledged; its promoted
+ *      replica would then still hold the old m. Each worker therefore
+ *      remembers the invalidations acknowledged in the last 60 s (a ring
+ *      of 65536) and replays them whenever the slot map changes or a
+ *      master reconnects (the client's on-connect hook), which a failover
+ *      always causes. Until that replay a sync may still be answered "nothing
+ *      new" (a delay of seconds, never a skip, by point 1); dropped
+ *      entries are counted in mbox_hint_recent_overwritten_total.
  *
  * Keys carry the hash tag {app:uid}, so Redis Cluster keeps each in one slot.
  */

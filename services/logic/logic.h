@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "shard.h"
 #include "token.h"
 
 struct event_base;
@@ -40,11 +41,15 @@ struct logic_config {
     int64_t threads;
     char *log_level;
     char *pg_conninfo;
+    char *pg_shards;
     int64_t pg_pool_size;
     int64_t pg_query_timeout_ms;
     char *redis_host;
     int64_t redis_port;
     int64_t redis_timeout_ms;
+    char *redis_nodes;
+    char *redis_user;
+    char *redis_password;
     char *server_key;
     char *ops_tokens;
     char *token_key_id;
@@ -127,6 +132,19 @@ struct logic {
      * 200 only when every worker can serve, so a load balancer never sends
      * a request to a worker that would answer 503 (api_health.c) */
     atomic_int pg_workers_up;
+    /* pg_shards (docs/design.md 3.6): nshards databases hold the private
+     * mailboxes, map says which; with pg_shards empty nshards is 1 and
+     * shard 0 is pg_conninfo (map unused). shard_conninfo[0] may equal
+     * pg_conninfo: the workers then use their public pool for it. */
+    int nshards;
+    char *shard_conninfo[LOGIC_MAX_SHARDS];
+    struct shard_map map;
+    /* shard pools of their own (not a worker's public pool) that have
+     * connected at least once, against how many there are: /healthz waits
+     * for all of them at start, but a shard down later does not make every
+     * logicd unhealthy (its users get 503, the others are served) */
+    atomic_int shard_pools_ready;
+    int shard_pools;
 };
 
 struct logic_worker {
@@ -136,7 +154,13 @@ struct logic_worker {
     struct event_base *base;
     struct http_server *sdk;
     struct http_server *internal;
-    struct pg_pool *pg;
+    struct pg_pool *pg; /* the public database (pg_conninfo) */
+    /* private mailboxes, per shard (app->nshards); an entry may be pg itself */
+    struct pg_pool *shard_pg[LOGIC_MAX_SHARDS];
+    struct logic_shard_up {
+        struct logic *app;
+        bool seen;
+    } shard_up[LOGIC_MAX_SHARDS];
     struct redis *redis;
     struct hint_dirty *dirty;    /* hint invalidations to replay (hint.h) */
     struct retention *retention; /* worker 0 only */
@@ -166,5 +190,11 @@ void logic_worker_free(struct logic_worker *w);
 
 /* Current time in unix microseconds. */
 int64_t logic_now_us(void);
+
+/* The shard holding mailbox (app_id, uid): 0 .. app->nshards-1. */
+int logic_shard(const struct logic *app, uint64_t app_id, uint64_t uid);
+
+/* The worker's pool of the database holding mailbox (app_id, uid). */
+struct pg_pool *logic_shard_pool(struct logic_worker *w, uint64_t app_id, uint64_t uid);
 
 #endif

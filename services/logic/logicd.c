@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "migrate.h"
 #include "pubcache.h"
+#include "shard_db.h"
 
 /*
  * Parses "name:token[:role],..." into app->ops. The role is the text after
@@ -140,6 +141,8 @@ free_cors(struct logic *app)
         free(app->cors_origins[i]);
         app->cors_origins[i] = NULL;
     }
+    /* With the CORS origins: both are what prepare_app() allocates. */
+    shard_list_free(app->shard_conninfo, LOGIC_MAX_SHARDS);
 }
 
 /* Everything about the config that the table cannot check. */
@@ -170,7 +173,41 @@ prepare_app(struct logic *app, char *err, size_t errlen)
     app->keys.current_key = c->token_key;
     app->keys.previous_id = c->token_prev_key_id[0] ? c->token_prev_key_id : NULL;
     app->keys.previous_key = c->token_prev_key[0] ? c->token_prev_key : NULL;
+    int n = shard_list_parse(c->pg_shards, app->shard_conninfo, LOGIC_MAX_SHARDS, err, errlen);
+    if (n < 0)
+        return false;
+    /* No pg_shards: one shard, the public database (shard_conninfo[0]
+     * stays NULL, so the workers use their public pool). */
+    app->nshards = n > 0 ? n : 1;
     return true;
+}
+
+/*
+ * --migrate: every database gets every migration (a database listed twice,
+ * or the public one listed as a shard, once), then the bucket map is
+ * created if pg_shards is set and it does not exist yet.
+ */
+static bool
+migrate_all(struct logic *app, char *err, size_t errlen)
+{
+    const struct logic_config *c = &app->cfg;
+    if (!migrate_run(c->pg_conninfo, c->migrations_dir, err, errlen))
+        return false;
+    for (int i = 0; i < app->nshards && app->shard_conninfo[i] != NULL; i++) {
+        bool seen = strcmp(app->shard_conninfo[i], c->pg_conninfo) == 0;
+        for (int j = 0; j < i && !seen; j++)
+            seen = strcmp(app->shard_conninfo[i], app->shard_conninfo[j]) == 0;
+        if (seen)
+            continue;
+        char serr[400];
+        if (!migrate_run(app->shard_conninfo[i], c->migrations_dir, serr, sizeof(serr))) {
+            snprintf(err, errlen, "pg_shards entry %d: %s", i + 1, serr);
+            return false;
+        }
+    }
+    if (app->shard_conninfo[0] == NULL)
+        return true;
+    return shard_db_init(c->pg_conninfo, app->shard_conninfo, app->nshards, err, errlen);
 }
 
 /*
@@ -197,7 +234,7 @@ plan_connections(struct logic *app)
         }
         nofile = rl.rlim_cur > (rlim_t)100000000 ? 100000000 : (long)rl.rlim_cur;
     }
-    long own = 64 + c->threads * (c->pg_pool_size + 8);
+    long own = 64 + c->threads * (c->pg_pool_size + 8) + app->shard_pools * c->pg_pool_size;
     long avail = nofile - own > 32 ? nofile - own : 32;
     long internal = avail / 8 < 16 ? 16 : avail / 8 > 4096 ? 4096 : avail / 8;
     app->internal_gate.max =
@@ -243,7 +280,7 @@ main(int argc, char **argv)
         log_set_level(lvl);
 
     if (flags & 3u) {
-        if (!migrate_run(app.cfg.pg_conninfo, app.cfg.migrations_dir, err, sizeof(err))) {
+        if (!migrate_all(&app, err, sizeof(err))) {
             fprintf(stderr, "logicd: migration failed: %s\n", err);
             free_cors(&app);
             cfg_free(&logic_config_schema, &app.cfg);
@@ -265,6 +302,20 @@ main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
 
+    /* Before any thread: a logicd whose pg_shards does not match the map
+     * would write mailboxes where no other logicd reads them. */
+    int given = app.shard_conninfo[0] != NULL ? app.nshards : 0;
+    if (!shard_db_load(app.cfg.pg_conninfo, app.shard_conninfo, given, &app.map, err,
+                       sizeof(err))) {
+        fprintf(stderr, "logicd: cannot start: %s\n", err);
+        free_cors(&app);
+        cfg_free(&logic_config_schema, &app.cfg);
+        return 1;
+    }
+    for (int i = 0; i < app.nshards; i++) {
+        if (app.shard_conninfo[i] != NULL && strcmp(app.shard_conninfo[i], app.cfg.pg_conninfo))
+            app.shard_pools += (int)app.cfg.threads; /* a pool per worker (worker.c) */
+    }
     plan_connections(&app);
     app.metrics = metrics_new();
     app.started_us = logic_now_us();

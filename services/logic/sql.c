@@ -98,6 +98,15 @@ static const struct sql_stmt statements[] = {
      "  ON CONFLICT (uid, app_id, notice_id) DO UPDATE SET is_read = true"
      "  WHERE NOT notice_user_state.is_read RETURNING 1)"
      " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"},
+    {SQL_READ_SHARD, 4,
+     "WITH m AS (UPDATE message SET is_read = true"
+     "  WHERE uid = $2::int8 AND app_id = $1::int8 AND msg_id = ANY($3::int8[]) AND kind = 0"
+     "  AND NOT is_read RETURNING 1),"
+     " n AS (INSERT INTO notice_user_state (uid, app_id, notice_id, is_read, hidden)"
+     "  SELECT DISTINCT $2::int8, $1::int8, x, true, false FROM unnest($4::int8[]) AS x"
+     "  ON CONFLICT (uid, app_id, notice_id) DO UPDATE SET is_read = true"
+     "  WHERE NOT notice_user_state.is_read RETURNING 1)"
+     " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"},
     {SQL_RECALL, 6,
      "WITH target AS ("
      "  SELECT msg_id, recalled, expire_at FROM message"

@@ -27,6 +27,9 @@ struct pg_pool;
 #define SQL_HISTORY_DESC "history_desc"
 /* $1 app, $2 uid, $3 msg_ids[], $4 notice_ids[] -> (messages marked, notices marked) */
 #define SQL_READ "read"
+/* SQL_READ on a shard (docs/design.md 3.6): the notice table is not there,
+ * so $4 must hold only live notices of the app (the caller checks them). */
+#define SQL_READ_SHARD "read_shard"
 /* $1 app, $2 uid, $3 msg_id (0: by msgkey), $4 msgkey, $5 now, $6 expire_at
  * -> (target, new_msg_id, previous_recall_msg_id, marked, target_was_recalled) */
 #define SQL_RECALL "recall"

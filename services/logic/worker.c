@@ -50,6 +50,62 @@ on_pg_up(bool up, void *arg)
     atomic_fetch_add(&app->pg_workers_up, up ? 1 : -1);
 }
 
+/* Counts a shard pool's first connection (struct logic.shard_pools_ready). */
+static void
+on_shard_up(bool up, void *arg)
+{
+    struct logic_shard_up *s = arg;
+    if (up && !s->seen) {
+        s->seen = true;
+        atomic_fetch_add(&s->app->shard_pools_ready, 1);
+    }
+}
+
+/*
+ * Opens the worker's pool of each shard. A shard whose conninfo is the
+ * public one's shares the public pool (single database: always shard 0).
+ */
+static bool
+open_shard_pools(struct logic_worker *w, const struct pg_pool_config *public_cfg, char *err,
+                 size_t errlen)
+{
+    struct logic *app = w->app;
+    for (int i = 0; i < app->nshards; i++) {
+        const char *ci = app->shard_conninfo[i];
+        if (ci == NULL || strcmp(ci, app->cfg.pg_conninfo) == 0) {
+            w->shard_pg[i] = w->pg;
+            continue;
+        }
+        struct pg_pool_config sc = *public_cfg;
+        sc.conninfo = ci;
+        w->shard_up[i].app = app;
+        sc.on_up = on_shard_up;
+        sc.on_up_arg = &w->shard_up[i];
+        w->shard_pg[i] = pg_pool_new(w->base, &sc, app->metrics);
+        if (w->shard_pg[i] == NULL) {
+            snprintf(err, errlen, "bad PostgreSQL pool settings (pg_shards entry %d)", i + 1);
+            return false;
+        }
+        if (!sql_prepare_all(w->shard_pg[i])) {
+            snprintf(err, errlen, "cannot register SQL statements");
+            return false;
+        }
+    }
+    return true;
+}
+
+int
+logic_shard(const struct logic *app, uint64_t app_id, uint64_t uid)
+{
+    return app->nshards > 1 ? shard_of(&app->map, app_id, uid) : 0;
+}
+
+struct pg_pool *
+logic_shard_pool(struct logic_worker *w, uint64_t app_id, uint64_t uid)
+{
+    return w->shard_pg[logic_shard(w->app, app_id, uid)];
+}
+
 /* Opens one listener of this worker (its own SO_REUSEPORT socket). */
 static struct http_server *
 open_listener(struct logic_worker *w, const char *name, const char *host, int port,
@@ -108,9 +164,14 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
         snprintf(err, errlen, "cannot register SQL statements");
         return false;
     }
+    if (!open_shard_pools(w, &pgc, err, errlen))
+        return false;
     struct redis_config rc = {
         .host = c->redis_host,
         .port = (int)c->redis_port,
+        .nodes = c->redis_nodes,
+        .user = c->redis_user,
+        .password = c->redis_password,
         .connect_timeout_ms = 1000,
         .command_timeout_ms = (int)c->redis_timeout_ms,
         .backoff_min_ms = 100,
@@ -190,6 +251,10 @@ logic_worker_free(struct logic_worker *w)
      * may still use the retention job and the snapshot. */
     if (w->redis != NULL)
         redis_free(w->redis);
+    for (int i = 0; i < LOGIC_MAX_SHARDS; i++) {
+        if (w->shard_pg[i] != NULL && w->shard_pg[i] != w->pg)
+            pg_pool_free(w->shard_pg[i]);
+    }
     if (w->pg != NULL)
         pg_pool_free(w->pg);
     api_pull_spares_free(w);

@@ -933,6 +933,39 @@ START_TEST(free_while_connecting)
 }
 END_TEST
 
+/* ACL AUTH first on every connection; a refused AUTH keeps the client down and retrying. */
+START_TEST(acl_auth)
+{
+    side_command("ACL SETUSER mbox_t on >pw-right ~* &* +@all");
+    struct t t;
+    t_init(&t);
+    t.cfg.user = "mbox_t";
+    t.cfg.password = "pw-right";
+    struct redis *r = t_client(&t);
+    struct result res;
+    sync_cmd(&t, r, &res, "ACL WHOAMI", NULL, NULL);
+    ck_assert_str_eq(res.str, "mbox_t");
+    /* Again after the server dropped us: AUTH is sent on the new connection too. */
+    side_command("CLIENT KILL USER mbox_t");
+    ck_assert(run_until(t.base, is_disconnected, r, 3000));
+    ck_assert(run_until(t.base, is_connected, r, 3000));
+    sync_cmd(&t, r, &res, "ACL WHOAMI", NULL, NULL);
+    ck_assert_str_eq(res.str, "mbox_t");
+    redis_free(r);
+
+    t.cfg.password = "pw-wrong";
+    r = redis_new(t.base, &t.cfg, t.metrics);
+    ck_assert_ptr_nonnull(r);
+    int64_t before = mval(&t, "redis_reconnects_total", NULL);
+    ck_assert(!run_until(t.base, is_connected, r, 1000));
+    ck_assert(!redis_command(r, NULL, NULL, "PING"));
+    ck_assert_int_ge(mval(&t, "redis_reconnects_total", NULL) - before, 2);
+    redis_free(r);
+    t_done(&t);
+    side_command("ACL DELUSER mbox_t");
+}
+END_TEST
+
 static Suite *
 redis_client_suite(void)
 {
@@ -941,6 +974,7 @@ redis_client_suite(void)
     tcase_add_unchecked_fixture(tc, suite_setup, suite_teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, set_get_roundtrip);
+    tcase_add_test(tc, acl_auth);
     tcase_add_test(tc, pipelined_incr);
     tcase_add_test(tc, command_timeout);
     tcase_add_test(tc, timeouts_force_reconnect);
