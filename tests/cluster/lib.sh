@@ -37,6 +37,26 @@ CT_NAME=${CT_NAME:-cluster}
 CT_LIMIT=${CT_LIMIT:-300}
 CT_PIDS=()
 
+# watch NAME WS-URL TOKEN: `mbox watch` in the background, syncing through
+# $MBOX_SDK_URL (haproxy), its output in $DIR/NAME.out and NAME.err; its
+# pid in WPID[NAME] (stopped at exit with the others).
+declare -A WPID
+watch() {
+  "$MBOX_CLI" watch --ws "$2" --sdk "$MBOX_SDK_URL" --token "$3" --device "$1" --log-level debug \
+    >"$DIR/$1.out" 2>"$DIR/$1.err" &
+  WPID[$1]=$!
+  CT_PIDS+=($!)
+}
+
+wait_grep() { # seconds fixed-string file: true once the file holds the string
+  local _
+  for _ in $(seq 1 $(($1 * 10))); do
+    grep -qF -- "$2" "$3" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 checks=0 failures=0 errors=0
 skipped=()
 ok() { checks=$((checks + 1)); printf '  ok    %s\n' "$*"; }

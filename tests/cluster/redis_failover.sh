@@ -101,19 +101,6 @@ UW=
 for u in $(seq 3001 3200); do on_master "$u" && { UW=$u; break; }; done
 UW=${UW:-3001}
 TW=$(cl_token "$UW" "$MBOX_INTERNAL_URL") || TW=
-watch() { # name ws-url
-  "$MBOX_CLI" watch --ws "$2" --sdk "$MBOX_SDK_URL" --token "$TW" --device "$1" --log-level debug \
-    >"$DIR/$1.out" 2>"$DIR/$1.err" &
-  CT_PIDS+=($!)
-}
-wait_grep() { # seconds fixed-string file
-  local _
-  for _ in $(seq 1 $(($1 * 10))); do
-    grep -qF -- "$2" "$3" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 send_to() { # uid content: through haproxy, retried until acknowledged (10 s)
   local _
   for _ in $(seq 1 100); do
@@ -124,8 +111,8 @@ send_to() { # uid content: through haproxy, retried until acknowledged (10 s)
   done
   return 1
 }
-watch ws1 "ws://127.0.0.1:$(cl_ws_port 1)/ws"
-watch ws2 "ws://127.0.0.1:$(cl_ws_port 2)/ws"
+watch ws1 "ws://127.0.0.1:$(cl_ws_port 1)/ws" "$TW"
+watch ws2 "ws://127.0.0.1:$(cl_ws_port 2)/ws" "$TW"
 check "WebSocket clients of user $UW (keys on :$MPORT) log in on lcsd-1 and lcsd-2" \
   '[ -n "$TW" ] && wait_grep 10 mbox_client_online "$DIR/ws1.err" && wait_grep 10 mbox_client_online "$DIR/ws2.err"'
 send_to "$UW" fo-before || true

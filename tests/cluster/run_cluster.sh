@@ -129,22 +129,6 @@ lcsd_conns() {
   curl -fsS --max-time 2 "http://127.0.0.1:$(cl_admin_port "$1")/healthz" |
     sed -n 's/.*"connections":\([0-9]*\).*/\1/p'
 }
-declare -A WPID
-# watch NAME WS-URL TOKEN: `mbox watch` in the background (NAME.out, NAME.err).
-watch() {
-  "$MBOX_CLI" watch --ws "$2" --sdk "$H_SDK" --token "$3" --device "$1" --log-level debug \
-    >"$DIR/$1.out" 2>"$DIR/$1.err" &
-  WPID[$1]=$!
-  CT_PIDS+=($!)
-}
-wait_grep() { # seconds fixed-string file
-  local _
-  for _ in $(seq 1 $(($1 * 10))); do
-    grep -qF -- "$2" "$3" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 U3=1003
 T3=$(token "$U3") || true
 watch hap "$MBOX_WS_URL" "$T3"

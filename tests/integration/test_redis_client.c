@@ -15,6 +15,7 @@
  * Every test drives its own event_base with a deadline, so a broken client
  * fails a test instead of hanging it.
  */
+#include "evloop.h"
 #include "harness.h"
 #include "metrics.h"
 #include "redis.h"
@@ -62,67 +63,12 @@ suite_teardown(void)
 /* ---- event loop helpers ---- */
 
 static double
-now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static double
 cpu_ms(void)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
            (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
-}
-
-typedef bool (*cond_fn)(void *arg);
-
-struct waiter {
-    struct event_base *base;
-    cond_fn cond;
-    void *arg;
-};
-
-static void
-tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct waiter *w = arg;
-    if (w->cond != NULL && w->cond(w->arg))
-        event_base_loopbreak(w->base);
-}
-
-static void
-deadline_cb(evutil_socket_t fd, short what, void *arg)
-{
-    event_base_loopbreak(arg);
-}
-
-/* Runs the loop until cond(arg) holds (checked every 2 ms) or timeout_ms passes. */
-static bool
-run_until(struct event_base *base, cond_fn cond, void *arg, int timeout_ms)
-{
-    if (cond != NULL && cond(arg))
-        return true;
-    struct waiter w = {base, cond, arg};
-    struct event *tick = event_new(base, -1, EV_PERSIST, tick_cb, &w);
-    struct event *deadline = evtimer_new(base, deadline_cb, base);
-    struct timeval t2 = {0, 2000};
-    struct timeval to = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    event_add(tick, &t2);
-    evtimer_add(deadline, &to);
-    event_base_dispatch(base);
-    event_free(tick);
-    event_free(deadline);
-    return cond != NULL && cond(arg);
-}
-
-static void
-run_for(struct event_base *base, int ms)
-{
-    (void)run_until(base, NULL, NULL, ms);
 }
 
 static bool

@@ -83,8 +83,8 @@ harness_free_port(void)
     return -1;
 }
 
-static void
-random_hex(char *out, size_t bytes)
+void
+harness_random_hex(char *out, size_t bytes)
 {
     unsigned char b[64];
     if (bytes > sizeof(b))
@@ -103,11 +103,8 @@ random_hex(char *out, size_t bytes)
     out[2 * bytes] = '\0';
 }
 
-/* Runs ops/servers with arguments; true on exit status 0. */
-static bool run_servers(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static bool
-run_servers(const char *fmt, ...)
+bool
+harness_servers(const char *fmt, ...)
 {
     char script[1024], args[2048], cmd[4096];
     harness_source_path("ops/servers", script, sizeof(script));
@@ -124,12 +121,12 @@ static bool
 start_pg(struct harness *h)
 {
     char pass[33];
-    random_hex(pass, 16);
+    harness_random_hex(pass, 16);
     for (int attempt = 0; attempt < 4; attempt++) {
         h->pg_port = harness_free_port();
         /* Durability off: these clusters are thrown away after the run. */
-        if (run_servers("pg-start '%s' %d %s fsync=off full_page_writes=off", h->dir, h->pg_port,
-                        pass)) {
+        if (harness_servers("pg-start '%s' %d %s fsync=off full_page_writes=off", h->dir,
+                            h->pg_port, pass)) {
             snprintf(h->pg_conninfo, sizeof(h->pg_conninfo),
                      "host=127.0.0.1 port=%d dbname=mbox user=mbox password=%s", h->pg_port, pass);
             memcpy(h->pg_password, pass, sizeof(h->pg_password));
@@ -143,14 +140,14 @@ start_pg(struct harness *h)
 bool
 harness_pg_pause(struct harness *h)
 {
-    return run_servers("pg-pause '%s'", h->dir);
+    return harness_servers("pg-pause '%s'", h->dir);
 }
 
 bool
 harness_pg_resume(struct harness *h)
 {
-    return run_servers("pg-resume '%s' %d %s fsync=off full_page_writes=off", h->dir, h->pg_port,
-                       h->pg_password);
+    return harness_servers("pg-resume '%s' %d %s fsync=off full_page_writes=off", h->dir,
+                           h->pg_port, h->pg_password);
 }
 
 bool
@@ -159,7 +156,7 @@ harness_redis_start(struct harness *h)
     if (h->redis_port == 0)
         h->redis_port = harness_free_port();
     for (int attempt = 0; attempt < 4; attempt++) {
-        if (run_servers("redis-start '%s' %d", h->dir, h->redis_port))
+        if (harness_servers("redis-start '%s' %d", h->dir, h->redis_port))
             return true;
         usleep(200 * 1000);
     }
@@ -185,7 +182,7 @@ harness_redis_pid(const struct harness *h)
 bool
 harness_redis_stop(struct harness *h)
 {
-    return run_servers("redis-stop '%s'", h->dir);
+    return harness_servers("redis-stop '%s'", h->dir);
 }
 
 /* Writes a file; false on error. */
@@ -345,9 +342,9 @@ harness_start(struct harness *h, unsigned what)
         return false;
     }
     chmod(h->dir, 0755); /* the postgres user must reach its data directory */
-    random_hex(h->server_key, 16);
-    random_hex(h->ops_token, 16);
-    random_hex(h->token_key, 16);
+    harness_random_hex(h->server_key, 16);
+    harness_random_hex(h->ops_token, 16);
+    harness_random_hex(h->token_key, 16);
 
     if ((what & HARNESS_PG) && !start_pg(h))
         goto fail;
@@ -396,7 +393,7 @@ harness_stop(struct harness *h)
     for (int i = 0; i < h->nlogicd; i++)
         harness_daemon_stop(&h->logicd[i]);
     (void)harness_redis_stop(h);
-    (void)run_servers("pg-stop '%s'", h->dir);
+    (void)harness_servers("pg-stop '%s'", h->dir);
     if (getenv("MBOX_KEEP_TEST_DIR") == NULL) {
         char cmd[512];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);

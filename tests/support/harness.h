@@ -46,6 +46,12 @@ struct harness {
     struct harness_daemon lcsd[HARNESS_MAX_DAEMONS];
 };
 
+/* n random bytes as 2n hex digits and a NUL (secrets of a test stack). */
+void harness_random_hex(char *out, size_t bytes);
+
+/* Runs ops/servers with the formatted arguments; true on exit status 0. */
+bool harness_servers(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Starts what `what` names (HARNESS_* bits). On failure prints why and returns false. */
 bool harness_start(struct harness *h, unsigned what);
 
