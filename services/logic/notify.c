@@ -173,7 +173,12 @@ notify_pacing(struct logic_worker *w, const PGresult *res, int row, const char *
             return;
         int64_t now = logic_now_us();
         int64_t start_at = pg_get_i64(res, row, pg_col(res, "start_at"));
-        int64_t start_us = start_at > now ? start_at + 2 * w->app->cfg.poll_interval_ms * 1000 : 0;
+        /* Pacing starts two poll intervals after the notice becomes live
+         * (now, or its start_at), so every logicd's poller has read it
+         * before a notified client syncs: a client told earlier would pull
+         * from a cache without the notice and not be told again. */
+        int64_t start_us =
+            (start_at > now ? start_at : now) + 2 * w->app->cfg.poll_interval_ms * 1000;
         if (!notify_pace_line(line, sizeof(line), app, id,
                               (uint64_t)pg_get_i64(res, row, pg_col(res, "msg_id")),
                               pg_get_i64(res, row, pg_col(res, "notify_rate")), start_us,

@@ -1262,6 +1262,29 @@ START_TEST(paced_notice_end_to_end_targeting_and_start_at)
     ck_assert_uint_eq(notify_of(in, A, 3000), id);
     ck_assert_int_ge(mono_ms() - t0, 1350);
     ck_assert_uint_eq(notify_of(out, A, 2000), id); /* no targeting: every platform */
+
+    /* Regression: a notice published for now was paced at once, so a
+     * notified client could sync before logicd's poller had read it, get
+     * nothing and never be told again (seen in the browser test). Pacing
+     * now waits two poll intervals: the sync a notify causes has it. */
+    char tok[1024], cur[256] = "";
+    int st;
+    mt_token(&h, 0, A, 7202, 600, false, tok, sizeof(tok));
+    json_decref(mt_sync(&h, 0, tok, cur, 100, &st)); /* the cursor to the end */
+    ck_assert_int_eq(st, 200);
+    t0 = mono_ms();
+    id = publish_paced("{\"app_id\":\"81\",\"title\":\"seen\",\"content\":\"x\","
+                       "\"notify\":{\"mode\":\"paced\",\"rate_per_s\":1000}}");
+    ck_assert_uint_eq(notify_of(out, A, 3000), id);
+    ck_assert_int_ge(mono_ms() - t0, 350);
+    json_t *j = mt_sync(&h, 0, tok, cur, 100, &st);
+    ck_assert_int_eq(st, 200);
+    bool seen = false;
+    json_t *items = json_object_get(j, "items");
+    for (size_t i = 0; i < json_array_size(items); i++)
+        seen = seen || mt_u64(json_array_get(items, i), "msg_id") == id;
+    json_decref(j);
+    ck_assert_msg(seen, "the notify came before the notice was in logicd's cache");
     wsc_free(in);
     wsc_free(out);
 }
