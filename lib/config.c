@@ -699,6 +699,60 @@ print_str(FILE *out, const char *v)
     fputc('"', out);
 }
 
+/* Prints text as "# " comment lines of at most 78 columns, broken at spaces. */
+static void
+print_comment(FILE *out, const char *text)
+{
+    const size_t width = 76;
+    while (*text != '\0') {
+        size_t len = strlen(text);
+        if (len > width) {
+            len = width;
+            while (len > 0 && text[len] != ' ')
+                len--;
+            if (len == 0)
+                len = strcspn(text, " ");
+        }
+        fprintf(out, "# %.*s\n", (int)len, text);
+        text += len;
+        while (*text == ' ')
+            text++;
+    }
+}
+
+void
+cfg_print_sample(const struct cfg_schema *s, FILE *out)
+{
+    const char *prog = s->program != NULL ? s->program : "mbox";
+    fprintf(out,
+            "# %s configuration: one `key = value` per line (%s --help, docs/config.md).\n"
+            "# Every key is shown with its default, commented out: uncomment to change it.\n"
+            "# Environment variables %sKEY (upper case) override this file. Keys marked\n"
+            "# \"SIGHUP reloads it\" take effect on `systemctl reload`; others need a restart.\n"
+            "# Generated from the key table by ops/config-doc; keep this file mode 0640.\n",
+            prog, prog, s->env_prefix != NULL ? s->env_prefix : "");
+    for (size_t i = 0; i < s->nkeys; i++) {
+        const struct cfg_key *k = &s->keys[i];
+        char help[1024];
+        snprintf(help, sizeof(help), "%s%s", k->help != NULL ? k->help : "",
+                 k->reloadable ? " (SIGHUP reloads it)" : "");
+        fputc('\n', out);
+        print_comment(out, help);
+        const char *def = k->def != NULL ? k->def : "";
+        bool required = k->help != NULL && strstr(k->help, "required") != NULL && def[0] == '\0';
+        if (required) {
+            fprintf(out, "%s =\n", k->name);
+            continue;
+        }
+        fprintf(out, "#%s =", k->name);
+        if (def[0] != '\0') {
+            fputc(' ', out);
+            print_str(out, def);
+        }
+        fputc('\n', out);
+    }
+}
+
 void
 cfg_print_values(const struct cfg_schema *s, const void *target, FILE *out)
 {
@@ -734,17 +788,20 @@ cfg_print_help(const struct cfg_schema *s, FILE *out)
 {
     const char *prog = s->program != NULL ? s->program : "mbox";
     fprintf(out,
-            "usage: %s [-c FILE] [--check-config] [--help] [--help-markdown] [--version]\n"
+            "usage: %s [-c FILE] [--check-config] [--help] [--help-markdown] [--sample-config]\n"
+            "       [--version] [daemon flags below]\n"
             "\n"
             "options:\n"
             "  -c, --config FILE  read keys from FILE, one 'key = value' per line\n"
             "  --check-config     load the configuration, print it and exit\n"
             "  --help             print this help and exit\n"
             "  --help-markdown    print the key reference as markdown and exit\n"
+            "  --sample-config    print a sample config file (every key, commented) and exit\n"
             "  --version          print the version and exit\n"
+            "%s"
             "\n"
             "keys (the environment overrides the file, the file overrides the default):\n",
-            prog);
+            prog, s->usage != NULL ? s->usage : "");
     for (size_t i = 0; i < s->nkeys; i++) {
         const struct cfg_key *k = &s->keys[i];
         char env[CFG_ENV_BUF];
@@ -766,7 +823,8 @@ cfg_print_help(const struct cfg_schema *s, FILE *out)
         } else {
             fputs(k->def != NULL ? k->def : "", out);
         }
-        fprintf(out, "  env %s\n      %s\n", env, k->help != NULL ? k->help : "");
+        fprintf(out, "  env %s%s\n      %s\n", env, k->reloadable ? "  (SIGHUP reloads it)" : "",
+                k->help != NULL ? k->help : "");
     }
 }
 
@@ -822,7 +880,10 @@ cfg_print_markdown(const struct cfg_schema *s, FILE *out)
         else
             md_cell(out, def, true);
         md_cell(out, env, true);
-        md_cell(out, k->help != NULL ? k->help : "", false);
+        char help[1024];
+        snprintf(help, sizeof(help), "%s%s", k->help != NULL ? k->help : "",
+                 k->reloadable ? " (SIGHUP reloads it)" : "");
+        md_cell(out, help, false);
         fputc('\n', out);
     }
     fputc('\n', out);
@@ -853,7 +914,7 @@ cfg_main(const struct cfg_schema *s, void *target, int argc, char **argv, const 
     const char *prog = s->program != NULL ? s->program : "mbox";
     char sb[CFG_SHOW_BUF];
     const char *path = NULL;
-    bool help = false, markdown = false, version = false, check = false;
+    bool help = false, markdown = false, version = false, check = false, sample = false;
     unsigned flags = 0;
     size_t nextra = 0;
 
@@ -900,6 +961,10 @@ cfg_main(const struct cfg_schema *s, void *target, int argc, char **argv, const 
             version = true;
             continue;
         }
+        if (strcmp(a, "--sample-config") == 0) {
+            sample = true;
+            continue;
+        }
         if (strcmp(a, "--check-config") == 0) {
             check = true;
             continue;
@@ -932,6 +997,10 @@ cfg_main(const struct cfg_schema *s, void *target, int argc, char **argv, const 
         printf("%s %s\n", prog, MBOX_VERSION);
         return finish_stdout(prog);
     }
+    if (sample) {
+        cfg_print_sample(s, stdout);
+        return finish_stdout(prog);
+    }
 
     char err[CFG_MSG_BUF];
     err[0] = '\0';
@@ -950,6 +1019,75 @@ cfg_main(const struct cfg_schema *s, void *target, int argc, char **argv, const 
         return finish_stdout(prog);
     }
     return CFG_RUN;
+}
+
+bool
+cfg_load(const struct cfg_schema *s, void *target, const char *path, char *err, size_t errlen)
+{
+    clear_strings(s, target);
+    if (cfg_defaults(s, target, err, errlen) &&
+        (path == NULL || cfg_load_file(s, target, path, err, errlen)) &&
+        cfg_apply_env(s, target, err, errlen))
+        return true;
+    cfg_free(s, target);
+    return false;
+}
+
+const char *
+cfg_argv_path(int argc, char **argv)
+{
+    for (int i = 1; i < argc && argv[i] != NULL; i++) {
+        if (strncmp(argv[i], "--config=", 9) == 0)
+            return argv[i] + 9;
+        if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
+            return argv[i + 1];
+    }
+    return NULL;
+}
+
+bool
+cfg_key_equal(const struct cfg_key *k, const void *a, const void *b)
+{
+    const void *pa = cslot(k, a), *pb = cslot(k, b);
+    switch (k->type) {
+    case CFG_STR:
+    case CFG_SECRET: {
+        const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
+        return strcmp(sa != NULL ? sa : "", sb != NULL ? sb : "") == 0;
+    }
+    case CFG_INT:
+        return *(const int64_t *)pa == *(const int64_t *)pb;
+    case CFG_BOOL:
+        return *(const bool *)pa == *(const bool *)pb;
+    }
+    return false;
+}
+
+void
+cfg_key_swap(const struct cfg_key *k, void *a, void *b)
+{
+    void *pa = slot(k, a), *pb = slot(k, b);
+    switch (k->type) {
+    case CFG_STR:
+    case CFG_SECRET: {
+        char *t = *(char **)pa;
+        *(char **)pa = *(char **)pb;
+        *(char **)pb = t;
+        break;
+    }
+    case CFG_INT: {
+        int64_t t = *(int64_t *)pa;
+        *(int64_t *)pa = *(int64_t *)pb;
+        *(int64_t *)pb = t;
+        break;
+    }
+    case CFG_BOOL: {
+        bool t = *(bool *)pa;
+        *(bool *)pa = *(bool *)pb;
+        *(bool *)pb = t;
+        break;
+    }
+    }
 }
 
 /*

@@ -44,7 +44,7 @@ struct cfg_key {
     const char *def;  /* default as text, parsed like a file value; NULL = empty string */
     const char *help; /* one line */
     int64_t min, max; /* CFG_INT range (inclusive); ignored when min == max == 0 */
-    bool reloadable;  /* documented only: the daemons do not reload yet */
+    bool reloadable;  /* a SIGHUP applies a change (--help and docs/config.md say so) */
 };
 
 struct cfg_schema {
@@ -52,6 +52,9 @@ struct cfg_schema {
     const char *env_prefix; /* "LOGICD_" */
     const struct cfg_key *keys;
     size_t nkeys;
+    /* --help: the daemon's own flags and signals, printed after the common
+     * options (lines of "  --flag  what it does\n"); NULL: none */
+    const char *usage;
 };
 
 /* Sets every key of target to its default. err gets a message on failure. */
@@ -83,6 +86,14 @@ void cfg_print_help(const struct cfg_schema *s, FILE *out);
 /* Prints the key table as a markdown section (docs/config.md is made of these). */
 void cfg_print_markdown(const struct cfg_schema *s, FILE *out);
 
+/*
+ * Prints a sample config file: every key with its help as a comment and
+ * its default, commented out, except required keys (help says "required"),
+ * which are left uncommented and empty so the daemon refuses to start
+ * until they are set (etc/mbox/ is made of these; --sample-config).
+ */
+void cfg_print_sample(const struct cfg_schema *s, FILE *out);
+
 /* Prints `key = value` for every key (what --check-config shows). */
 void cfg_print_values(const struct cfg_schema *s, const void *target, FILE *out);
 
@@ -98,6 +109,23 @@ void cfg_print_values(const struct cfg_schema *s, const void *target, FILE *out)
 enum cfg_action { CFG_RUN, CFG_EXIT_OK, CFG_EXIT_FAIL };
 enum cfg_action cfg_main(const struct cfg_schema *s, void *target, int argc, char **argv,
                          const char *const *extra, unsigned *extra_set);
+
+/*
+ * Loads a configuration afresh into target (defaults, then the file when
+ * path is not NULL, then the environment), as cfg_main does: what a SIGHUP
+ * reload reads. On failure target holds no strings and err says why.
+ */
+bool cfg_load(const struct cfg_schema *s, void *target, const char *path, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* The FILE of -c FILE / --config FILE / --config=FILE in argv, or NULL. */
+const char *cfg_argv_path(int argc, char **argv);
+
+/* True when key k has the same value in a and b. */
+bool cfg_key_equal(const struct cfg_key *k, const void *a, const void *b);
+
+/* Exchanges the values of key k between a and b (strings change owner). */
+void cfg_key_swap(const struct cfg_key *k, void *a, void *b);
 
 /* Splits "host:port" into host (static buffer of the caller) and port. */
 bool cfg_parse_hostport(const char *s, char *host, size_t hostlen, int *port)

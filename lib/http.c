@@ -62,6 +62,7 @@
 #include "http_parse.h"
 #include "log.h"
 #include "metrics.h"
+#include "xff.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -147,6 +148,7 @@ struct http_server {
     void *ctx;
     http_precheck_fn precheck;
     const struct http_cors *cors;
+    const struct xff_trust *trust; /* proxies whose X-Forwarded-For is believed */
     struct metrics *metrics;
     struct route_metrics *rmetrics; /* nroutes + 1 */
     struct metric *m_refused_cap, *m_refused_accept;
@@ -165,8 +167,9 @@ struct http_req {
     struct conn *c;
     bool active; /* dispatched, not yet replied to */
     enum http_method method;
-    size_t route_index; /* for metrics; nroutes = "unmatched" */
-    char id[9];
+    size_t route_index;           /* for metrics; nroutes = "unmatched" */
+    char id[HTTP_REQ_ID_MAX + 1]; /* ours, or a valid X-Request-Id of the client */
+    char client[XFF_ADDR_STRLEN]; /* the peer, or the client behind a trusted proxy */
     struct timespec start;
 
     const char *path; /* raw, NUL-terminated (in the input buffer) */
@@ -193,6 +196,7 @@ struct conn {
     struct event_base *base;
     struct conn *prev, *next;
     int fd; /* -1 once closed (zombie) */
+    struct xff_addr peer;
     enum conn_state state;
     struct event rev, wev;
     struct event resume_ev; /* continues a long pipeline (conn_process) */
@@ -518,6 +522,32 @@ http_req_id(const struct http_req *r)
     return r->id;
 }
 
+const char *
+http_req_client(const struct http_req *r)
+{
+    return r->client;
+}
+
+bool
+http_request_id_valid(const char *s, size_t len)
+{
+    if (len == 0 || len > HTTP_REQ_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.'))
+            return false;
+    }
+    return true;
+}
+
+void
+http_server_set_trusted_proxies(struct http_server *s, const struct xff_trust *trust)
+{
+    s->trust = trust;
+}
+
 struct event_base *
 http_req_base(const struct http_req *r)
 {
@@ -745,7 +775,7 @@ record_request(struct http_server *s, const struct http_req *r, int status, doub
         char *labels = make_labels(s->name, route, 0);
         if (labels != NULL)
             rm->duration =
-                metrics_histogram(s->metrics, "http_request_duration_seconds",
+                metrics_histogram(s->metrics, "mbox_http_request_duration_seconds",
                                   "Time from dispatch to reply of HTTP requests.", labels);
         free(labels);
     }
@@ -764,7 +794,7 @@ record_request(struct http_server *s, const struct http_req *r, int status, doub
     if (c == NULL) {
         char *labels = make_labels(s->name, route, status);
         if (labels != NULL)
-            c = metrics_counter(s->metrics, "http_requests_total",
+            c = metrics_counter(s->metrics, "mbox_http_requests_total",
                                 "HTTP requests by server, route and status.", labels);
         free(labels);
         if (c != NULL && slot >= 0) {
@@ -811,9 +841,9 @@ req_finish(struct http_req *r, int status)
     record_request(r->c->s, r, status, (double)us / 1e6);
     if (log_enabled(LOG_DEBUG)) {
         char qpath[256];
-        log_debug("http_request", "req=%s method=%s path=%s status=%d us=%lld", r->id,
+        log_debug("http_request", "req=%s method=%s path=%s status=%d us=%lld client=%s", r->id,
                   method_name(r->method), log_q(qpath, sizeof(qpath), http_req_path(r)), status,
-                  (long long)us);
+                  (long long)us, r->client);
     }
     for (size_t i = 0; i < r->nquery; i++) {
         free(r->query[i].name);
@@ -1212,7 +1242,7 @@ send_reply(struct http_req *r, int status, const char *content_type, const void 
     bool no_body = r->method == HTTP_HEAD || status < 200 || status == 204 || status == 304;
     size_t ctlen = content_type != NULL ? strlen(content_type) : 0;
     char stackbuf[512];
-    size_t need = 256 + ctlen;
+    size_t need = 256 + HTTP_REQ_ID_MAX + ctlen;
     char *head = need <= sizeof(stackbuf) ? stackbuf : malloc(need);
     if (head == NULL) {
         c->broken = true;
@@ -1237,7 +1267,7 @@ send_reply(struct http_req *r, int status, const char *content_type, const void 
             p = PUT_LIT(p, "\r\n");
         }
         p = PUT_LIT(p, "X-Request-Id: ");
-        p = put(p, r->id, 8);
+        p = put(p, r->id, strlen(r->id));
         p = PUT_LIT(p, "\r\n");
         if (!c->keep_alive)
             p = PUT_LIT(p, "Connection: close\r\n");
@@ -1344,6 +1374,7 @@ req_start(struct conn *c)
     r->route_index = c->s->nroutes;
     clock_gettime(CLOCK_MONOTONIC, &r->start);
     make_request_id(c->s, r->id);
+    xff_addr_format(&c->peer, r->client, sizeof(r->client));
     c->state = CS_HANDLER;
     c->deadline_ms = now_ms() + c->timeout_ms;
 }
@@ -1566,6 +1597,39 @@ reply_options(struct conn *c, struct http_req *r)
 }
 
 /*
+ * Takes the client's X-Request-Id when it is a valid one (so a proxy's id
+ * reaches our log lines and comes back unchanged), and the client address
+ * from X-Forwarded-For when the peer is a trusted proxy (lib/xff.h). A
+ * request with several X-Forwarded-For fields counts as malformed.
+ */
+static void
+req_identify(struct conn *c, struct http_req *r)
+{
+    const struct http_field *rid = http_head_field(&c->head, "X-Request-Id");
+    if (rid != NULL && http_request_id_valid(rid->value, rid->value_len))
+        memcpy(r->id, rid->value, rid->value_len + 1);
+    if (c->s->trust == NULL || c->s->trust->n == 0)
+        return;
+    const struct http_field *xff = NULL;
+    for (size_t i = 0; i < c->head.nfields; i++) {
+        const struct http_field *f = &c->head.fields[i];
+        if (f->name_len == 15 && strncasecmp(f->name, "X-Forwarded-For", 15) == 0) {
+            if (xff != NULL) {
+                log_debug("http_xff_malformed", "req=%s reason=repeated", r->id);
+                return;
+            }
+            xff = f;
+        }
+    }
+    struct xff_addr client;
+    enum xff_result res = xff_client(c->s->trust, &c->peer, xff ? xff->value : NULL,
+                                     xff ? xff->value_len : 0, &client);
+    if (res == XFF_MALFORMED)
+        log_debug("http_xff_malformed", "req=%s peer=%s", r->id, r->client);
+    xff_addr_format(&client, r->client, sizeof(r->client));
+}
+
+/*
  * Hands the complete request in c's buffer to its route: its body is
  * in[head_len, head_len + body_len), and its bytes end at msg_end (beyond
  * the body for a chunked one, whose framing was squeezed out).
@@ -1600,6 +1664,7 @@ dispatch(struct conn *c, size_t body_len, size_t msg_end)
     c->keep_alive = c->head.keep_alive;
     c->must_linger = false;
     terminate_head(c, r);
+    req_identify(c, r);
 
     if (r->method == HTTP_OPTIONS) {
         reply_options(c, r);
@@ -1986,7 +2051,9 @@ accept_cb(evutil_socket_t lfd, short what, void *arg)
     (void)what;
     struct http_server *s = arg;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t peer_len = sizeof(peer);
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -2020,6 +2087,7 @@ accept_cb(evutil_socket_t lfd, short what, void *arg)
         c->s = s;
         c->base = s->base;
         c->fd = fd;
+        xff_addr_from_sockaddr((struct sockaddr *)&peer, &c->peer);
         c->gate = s->limits.gate;
         c->gated = c->gate != NULL && c->gate->max > 0;
         c->buf = c->in = in;
@@ -2090,7 +2158,7 @@ sweep_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- servers ---- */
 
-/* The http_connections_refused_total series of s for one reason. */
+/* The mbox_http_connections_refused_total series of s for one reason. */
 static struct metric *
 refused_counter(struct http_server *s, const char *reason)
 {
@@ -2101,7 +2169,7 @@ refused_counter(struct http_server *s, const char *reason)
     p = label_escape(p, s->name);
     sprintf(p, "\",reason=\"%s\"", reason);
     struct metric *m =
-        metrics_counter(s->metrics, "http_connections_refused_total",
+        metrics_counter(s->metrics, "mbox_http_connections_refused_total",
                         "Connections refused: over the cap, or accept() failed.", labels);
     free(labels);
     return m;

@@ -54,7 +54,7 @@
  * connections together. Beyond it a new connection gets a canned 503 JSON
  * error and is closed at once, without any allocation; refusals (and
  * accept failures such as EMFILE) are counted in
- * http_connections_refused_total{server,reason} and logged at most once
+ * mbox_http_connections_refused_total{server,reason} and logged at most once
  * per 10 seconds per server, with the count since the last line.
  *
  * The input buffer is consumed in O(bytes): finished requests advance a
@@ -68,7 +68,8 @@
  * exactly once with one of the http_reply*() functions, either before it
  * returns or later from a callback on the same thread (async database and
  * Redis work). Replying frees the http_req; it must not be used afterwards.
- * Every request has a short id (`req=` in log lines, X-Request-Id header).
+ * Every request has an id (`req=` in log lines, X-Request-Id header; see
+ * http_request_id_valid).
  *
  * Client gone: while a handler works asynchronously the server watches the
  * connection. If the client closes it, or the handler has not replied
@@ -82,8 +83,8 @@
  * was pending with its handler at that moment: that one counts as client
  * gone. Writes use MSG_NOSIGNAL: a closed socket never raises SIGPIPE.
  *
- * Metrics (when a registry is given): http_requests_total{server,route,
- * status} and http_request_duration_seconds{server,route}, route being the
+ * Metrics (when a registry is given): mbox_http_requests_total{server,route,
+ * status} and mbox_http_request_duration_seconds{server,route}, route being the
  * pattern or "unmatched". Each reply logs one debug line event=http_request.
  */
 #ifndef MBOX_HTTP_H
@@ -204,6 +205,24 @@ struct http_cors {
 
 void http_server_set_cors(struct http_server *s, const struct http_cors *cors);
 
+/*
+ * Request ids: a request carrying a valid X-Request-Id (1..HTTP_REQ_ID_MAX
+ * characters of [A-Za-z0-9._-], e.g. nginx's $request_id) keeps it: it is
+ * the req= of its log lines and comes back in the reply's X-Request-Id.
+ * Any other request gets a fresh 8-hex-digit id.
+ */
+#define HTTP_REQ_ID_MAX 64
+
+bool http_request_id_valid(const char *s, size_t len);
+
+/*
+ * The proxies whose X-Forwarded-For the server believes (see
+ * http_req_client). NULL or an empty list: none. trust must outlive the
+ * server.
+ */
+struct xff_trust;
+void http_server_set_trusted_proxies(struct http_server *s, const struct xff_trust *trust);
+
 /* Bytes the server has moved inside connection input buffers since it
  * started (consuming pipelined requests, making room). For tests: it stays
  * within about twice the bytes received, whatever the pattern of requests
@@ -222,6 +241,14 @@ void http_server_free(struct http_server *s);
 enum http_method http_req_method(const struct http_req *r);
 const char *http_req_path(const struct http_req *r); /* raw path as sent, no query */
 const char *http_req_id(const struct http_req *r);
+
+/*
+ * The client's address as text: the TCP peer, or, when the peer is one of
+ * the server's trusted proxies (http_server_set_trusted_proxies), the
+ * client named by X-Forwarded-For (lib/xff.h). Logged as client= in the
+ * http_request line.
+ */
+const char *http_req_client(const struct http_req *r);
 struct event_base *http_req_base(const struct http_req *r);
 
 /* A {name} path parameter, or NULL. */

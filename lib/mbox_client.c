@@ -10,6 +10,14 @@
  *     detaches it and a zero-timeout event frees it after the callback.
  *   - the sync loop over evhttp: one request in flight at most; notifies
  *     that arrive meanwhile set a flag that causes one more round.
+ *
+ * TLS: both halves use OpenSSL bufferevents made from one SSL_CTX (peer
+ * verification on, TLS 1.2 at least). The verify callback keeps the first
+ * failure in the half's tls_error buffer (the SSL's app data), so a
+ * refused certificate is reported by name
+ * whatever libevent does with the OpenSSL error queue. An HTTPS sync gets
+ * a fresh evhttp connection per round: evhttp cannot reconnect an
+ * OpenSSL bufferevent once the server has closed it.
  */
 #include "mbox_client.h"
 
@@ -24,14 +32,19 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "budget.h"
 #include "log.h"
@@ -103,8 +116,17 @@ mbox_url_parse(const char *url, const char *scheme, struct mbox_url *out, char *
         return false;
     }
     size_t sl = strlen(scheme);
-    if (strncasecmp(url, scheme, sl) != 0 || strncmp(url + sl, "://", 3) != 0) {
-        snprintf(err, errlen, "URL must start with %s://", scheme);
+    if (strncasecmp(url, scheme, sl) != 0) {
+        snprintf(err, errlen, "URL must start with %s:// or %ss://", scheme, scheme);
+        return false;
+    }
+    if (url[sl] == 's' || url[sl] == 'S') {
+        out->tls = true;
+        sl++;
+    }
+    if (strncmp(url + sl, "://", 3) != 0) {
+        snprintf(err, errlen, "URL must start with %s:// or %ss://", scheme, scheme);
+        out->tls = false;
         return false;
     }
     const char *p = url + sl + 3;
@@ -148,7 +170,7 @@ mbox_url_parse(const char *url, const char *scheme, struct mbox_url *out, char *
         return false;
     }
     memcpy(out->host, hs, hl);
-    out->port = 80;
+    out->port = out->tls ? 443 : 80;
     if (*p == ':') {
         p++;
         long port = 0;
@@ -506,6 +528,9 @@ struct mbox_client {
     struct event_base *base;
     struct mbox_client_config cfg; /* string fields point into the copies below */
     char *strs[11];                /* owned copies of cfg's strings */
+    SSL_CTX *tls;                  /* with ws_tls or sdk_tls */
+    /* the last certificate verification failure of each half */
+    char ws_tls_error[256], sdk_tls_error[256];
 
     /* long connection */
     enum mc_state state;
@@ -526,6 +551,7 @@ struct mbox_client {
 
     /* sync */
     struct evhttp_connection *http;
+    struct evhttp_connection *dead_http; /* retired inside its callback, freed by reap_ev */
     struct event *sync_retry_ev;
     struct mbox_backoff sync_backoff;
     bool sync_running;  /* a round is in progress (request in flight or retry scheduled) */
@@ -533,6 +559,8 @@ struct mbox_client {
     bool sync_pending;  /* a notify arrived during the round: one more round */
     bool sync_oneshot;
     bool reset_in_round;
+    bool round_fresh; /* the round's first page is next */
+    bool http_broken; /* the last request failed: use a new connection */
     char cursor[MBOX_CURSOR_MAX + 1];
     char sync_path[MBOX_URL_PATH_MAX + 16];
     struct mbox_dedupe *dedupe;
@@ -560,6 +588,132 @@ mc_reap(evutil_socket_t fd, short what, void *arg)
     if (c->dead_bev) {
         bufferevent_free(c->dead_bev);
         c->dead_bev = NULL;
+    }
+    if (c->dead_http) {
+        evhttp_connection_free(c->dead_http);
+        c->dead_http = NULL;
+    }
+}
+
+/* ---- TLS ----------------------------------------------------------------- */
+
+/* True when host is an IPv4 or IPv6 literal (verified as an IP address, no SNI). */
+static bool
+mc_host_is_ip(const char *host)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/* Keeps the first verification failure of a handshake for the error message. */
+static int
+mc_tls_verify_cb(int ok, X509_STORE_CTX *store)
+{
+    if (ok)
+        return ok;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+    char *buf = ssl ? SSL_get_app_data(ssl) : NULL; /* 256 bytes, see mc_tls_new */
+    if (buf != NULL && buf[0] == '\0') {
+        int e = X509_STORE_CTX_get_error(store);
+        snprintf(buf, 256, "certificate verify failed: %s (depth %d)",
+                 X509_verify_cert_error_string(e), X509_STORE_CTX_get_error_depth(store));
+    }
+    return ok;
+}
+
+/* The client's SSL_CTX: peer verification against ca_file or the system store. */
+static SSL_CTX *
+mc_tls_ctx(struct mbox_client *c, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        snprintf(err, errlen, "cannot create the TLS context");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, mc_tls_verify_cb);
+    int ok = c->cfg.ca_file ? SSL_CTX_load_verify_locations(ctx, c->cfg.ca_file, NULL)
+                            : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        char why[160];
+        ERR_error_string_n(ERR_get_error(), why, sizeof(why));
+        snprintf(err, errlen, "cannot load the CA certificates%s%s: %s",
+                 c->cfg.ca_file ? " of " : " of the system store",
+                 c->cfg.ca_file ? c->cfg.ca_file : "", why);
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/*
+ * A new SSL for host: SNI for a name, and the name or address the
+ * certificate must carry. A verification failure goes into errbuf (256
+ * bytes, emptied here).
+ */
+static SSL *
+mc_tls_new(struct mbox_client *c, const char *host, char errbuf[256])
+{
+    SSL *ssl = SSL_new(c->tls);
+    if (ssl == NULL)
+        return NULL;
+    errbuf[0] = '\0';
+    SSL_set_app_data(ssl, errbuf);
+    bool ok;
+    if (mc_host_is_ip(host)) {
+        ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1;
+    } else {
+        ok = SSL_set_tlsext_host_name(ssl, host) == 1 && SSL_set1_host(ssl, host) == 1;
+    }
+    if (!ok) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    return ssl;
+}
+
+/*
+ * A TLS bufferevent for host on a socket it connects later, or NULL. It
+ * owns ssl and its socket (freed with it). Servers that close without
+ * close_notify are not errors: the protocol above frames its own ends.
+ */
+static struct bufferevent *
+mc_tls_bev(struct mbox_client *c, const char *host, char errbuf[256], int opts)
+{
+    SSL *ssl = mc_tls_new(c, host, errbuf);
+    if (ssl == NULL)
+        return NULL;
+    struct bufferevent *bev =
+        bufferevent_openssl_socket_new(c->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, opts);
+    if (bev == NULL) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
+/*
+ * Describes why the TLS connection of bev failed into out: the
+ * certificate failure kept by the verify callback, else the first OpenSSL
+ * error, else the socket error. Empty when there is nothing TLS to say.
+ */
+static void
+mc_tls_reason(const char *errbuf, struct bufferevent *bev, const char *host, char *out,
+              size_t outlen)
+{
+    out[0] = '\0';
+    unsigned long e, first = 0;
+    while (bev != NULL && (e = bufferevent_get_openssl_error(bev)) != 0)
+        if (first == 0)
+            first = e;
+    if (errbuf[0] != '\0') {
+        snprintf(out, outlen, "tls: %s: %s", host, errbuf);
+    } else if (first != 0) {
+        char why[160];
+        ERR_error_string_n(first, why, sizeof(why));
+        snprintf(out, outlen, "tls: %s: %s", host, why);
     }
 }
 
@@ -1108,15 +1262,26 @@ mc_event_cb(struct bufferevent *bev, short what, void *arg)
             mc_disconnect(c, "handshake_send_failed");
         return;
     }
-    char why[128];
-    if (what & BEV_EVENT_TIMEOUT)
-        snprintf(why, sizeof(why), "%s", c->state == MC_ONLINE ? "heartbeat_timeout" : "timeout");
+    char why[384];
+    why[0] = '\0';
+    if (c->cfg.ws_tls && (what & BEV_EVENT_ERROR))
+        mc_tls_reason(c->ws_tls_error, bev, c->cfg.ws_host, why, sizeof(why));
+    if (why[0] != '\0' && c->state == MC_CONNECTING) {
+        /* The TLS handshake failed: say why, loudly; retrying will not fix a certificate. */
+        char q[400];
+        log_error("mbox_client_tls_failed", "error=%s", log_q(q, sizeof(q), why));
+        if (c->cfg.on_tls_error)
+            c->cfg.on_tls_error(why, c->cfg.arg);
+    }
+    if (why[0] != '\0')
+        mc_disconnect(c, why);
+    else if (what & BEV_EVENT_TIMEOUT)
+        mc_disconnect(c, c->state == MC_ONLINE ? "heartbeat_timeout" : "timeout");
     else if (what & BEV_EVENT_EOF)
-        snprintf(why, sizeof(why), "eof");
+        mc_disconnect(c, "eof");
     else
-        snprintf(why, sizeof(why), "%s",
-                 evutil_socket_error_to_string(evutil_socket_geterror(bufferevent_getfd(bev))));
-    mc_disconnect(c, why);
+        mc_disconnect(
+            c, evutil_socket_error_to_string(evutil_socket_geterror(bufferevent_getfd(bev))));
 }
 
 /* Starts one connection attempt. Failures end in mc_disconnect (backoff). */
@@ -1149,9 +1314,11 @@ mc_connect(struct mbox_client *c)
         sslen = (int)res->ai_addrlen;
         evutil_freeaddrinfo(res);
     }
-    struct bufferevent *bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    struct bufferevent *bev =
+        c->cfg.ws_tls ? mc_tls_bev(c, c->cfg.ws_host, c->ws_tls_error, BEV_OPT_CLOSE_ON_FREE)
+                      : bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
-        mc_disconnect(c, "out_of_memory");
+        mc_disconnect(c, c->cfg.ws_tls ? "tls_setup_failed" : "out_of_memory");
         return;
     }
     c->bev = bev;
@@ -1282,6 +1449,45 @@ mc_sync_apply(struct mbox_client *c, json_t *body)
     return NULL;
 }
 
+/*
+ * Makes the evhttp connection to the SDK listener (over TLS with sdk_tls).
+ * The one it replaces may be running its callback: it is freed by reap_ev.
+ */
+static bool
+mc_http_renew(struct mbox_client *c)
+{
+    if (c->http != NULL) {
+        if (c->dead_http != NULL)
+            evhttp_connection_free(c->dead_http); /* an older one, its callback long over */
+        c->dead_http = c->http;
+        c->http = NULL;
+        event_active(c->reap_ev, EV_TIMEOUT, 0);
+    }
+    if (c->cfg.sdk_tls) {
+        struct bufferevent *bev = mc_tls_bev(c, c->cfg.sdk_host, c->sdk_tls_error,
+                                             BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (bev == NULL)
+            return false;
+        c->http = evhttp_connection_base_bufferevent_new(c->base, NULL, bev, c->cfg.sdk_host,
+                                                         (uint16_t)c->cfg.sdk_port);
+        if (c->http == NULL) {
+            bufferevent_free(bev);
+            return false;
+        }
+    } else {
+        c->http =
+            evhttp_connection_base_new(c->base, NULL, c->cfg.sdk_host, (uint16_t)c->cfg.sdk_port);
+        if (c->http == NULL)
+            return false;
+    }
+    evhttp_connection_set_max_body_size(c->http, MC_SYNC_BODY_MAX);
+    evhttp_connection_set_max_headers_size(c->http, MC_SYNC_HEADER_MAX);
+    struct timeval tv = mc_tv(c->cfg.timeout_ms);
+    evhttp_connection_set_timeout_tv(c->http, &tv);
+    evhttp_connection_set_retries(c->http, 0);
+    return true;
+}
+
 static void
 mc_sync_response(struct evhttp_request *req, void *arg)
 {
@@ -1289,7 +1495,13 @@ mc_sync_response(struct evhttp_request *req, void *arg)
     c->sync_inflight = false;
     int code = req ? evhttp_request_get_response_code(req) : 0;
     if (code == 0) {
-        mc_sync_failed(c, "sdk connection failed", 0);
+        char why[384] = "";
+        if (c->cfg.sdk_tls)
+            mc_tls_reason(c->sdk_tls_error,
+                          c->http ? evhttp_connection_get_bufferevent(c->http) : NULL,
+                          c->cfg.sdk_host, why, sizeof(why));
+        c->http_broken = true;
+        mc_sync_failed(c, why[0] ? why : "sdk connection failed", 0);
         return;
     }
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -1328,6 +1540,18 @@ mc_sync_start_page(struct mbox_client *c)
     json_t *j = json_pack("{s:s, s:i}", "cursor", c->cursor, "limit", (int)c->cfg.sync_limit);
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
+    /* Over TLS each round (and each attempt after a failure) gets a new connection. */
+    bool renew = c->http == NULL || c->http_broken || (c->cfg.sdk_tls && c->round_fresh);
+    c->round_fresh = false;
+    if (renew) {
+        c->http_broken = false;
+        if (!mc_http_renew(c)) {
+            free(s);
+            c->http_broken = true;
+            mc_sync_failed(c, c->cfg.sdk_tls ? "tls_setup_failed" : "out of memory", 0);
+            return;
+        }
+    }
     struct evhttp_request *req = s ? evhttp_request_new(mc_sync_response, c) : NULL;
     if (req == NULL) {
         free(s);
@@ -1375,6 +1599,7 @@ mbox_client_sync(struct mbox_client *c, bool oneshot)
     c->sync_running = true;
     c->sync_oneshot = oneshot;
     c->reset_in_round = false;
+    c->round_fresh = true;
     mc_sync_start_page(c);
 }
 
@@ -1413,10 +1638,10 @@ mbox_client_new(struct event_base *base, const struct mbox_client_config *cfg, c
     }
     c->base = base;
     c->cfg = *cfg;
-    const char **fields[] = {&c->cfg.ws_host,    &c->cfg.ws_path,     &c->cfg.sdk_host,
-                             &c->cfg.sdk_path,   &c->cfg.token,       &c->cfg.device_id,
-                             &c->cfg.platform,   &c->cfg.app_version, &c->cfg.core_level,
-                             &c->cfg.cursor_file};
+    const char **fields[] = {&c->cfg.ws_host,     &c->cfg.ws_path,     &c->cfg.sdk_host,
+                             &c->cfg.sdk_path,    &c->cfg.token,       &c->cfg.device_id,
+                             &c->cfg.platform,    &c->cfg.app_version, &c->cfg.core_level,
+                             &c->cfg.cursor_file, &c->cfg.ca_file};
     _Static_assert(sizeof(fields) / sizeof(fields[0]) <= sizeof(c->strs) / sizeof(c->strs[0]),
                    "room for every string");
     bool oom = false;
@@ -1451,19 +1676,27 @@ mbox_client_new(struct event_base *base, const struct mbox_client_config *cfg, c
     c->ping_ev = event_new(base, -1, EV_PERSIST, mc_ping, c);
     c->refresh_ev = evtimer_new(base, mc_refresh, c);
     c->sync_retry_ev = evtimer_new(base, mc_sync_retry, c);
-    c->http = evhttp_connection_base_new(base, NULL, c->cfg.sdk_host, (uint16_t)c->cfg.sdk_port);
     if (oom || c->dedupe == NULL || c->reap_ev == NULL || c->retry_ev == NULL ||
-        c->ping_ev == NULL || c->refresh_ev == NULL || c->sync_retry_ev == NULL ||
-        c->http == NULL) {
+        c->ping_ev == NULL || c->refresh_ev == NULL || c->sync_retry_ev == NULL) {
         snprintf(err, errlen, "out of memory");
         mbox_client_free(c);
         return NULL;
     }
-    evhttp_connection_set_max_body_size(c->http, MC_SYNC_BODY_MAX);
-    evhttp_connection_set_max_headers_size(c->http, MC_SYNC_HEADER_MAX);
-    struct timeval tv = mc_tv(c->cfg.timeout_ms);
-    evhttp_connection_set_timeout_tv(c->http, &tv);
-    evhttp_connection_set_retries(c->http, 0);
+    if (!c->cfg.ws_host)
+        c->cfg.ws_tls = false;
+    if (c->cfg.ws_tls || c->cfg.sdk_tls) {
+        c->tls = mc_tls_ctx(c, err, errlen);
+        if (c->tls == NULL) {
+            mbox_client_free(c);
+            return NULL;
+        }
+    }
+    /* Over TLS the first sync round makes the connection (one per round). */
+    if (!c->cfg.sdk_tls && !mc_http_renew(c)) {
+        snprintf(err, errlen, "cannot create the SDK connection");
+        mbox_client_free(c);
+        return NULL;
+    }
 
     if (c->cfg.cursor_file) {
         char q[300];
@@ -1511,6 +1744,9 @@ mbox_client_free(struct mbox_client *c)
     /* Freeing the connection cancels a request in flight without calling back. */
     if (c->http)
         evhttp_connection_free(c->http);
+    if (c->dead_http)
+        evhttp_connection_free(c->dead_http);
+    SSL_CTX_free(c->tls);
     if (c->reap_ev)
         event_free(c->reap_ev);
     if (c->retry_ev)

@@ -18,6 +18,13 @@
  *   - the cursor persisted in a file (temp file + rename) after each page;
  *   - items de-duplicated by (kind, msg_id|notice_id, version) in a bounded
  *     in-memory set before they reach the caller;
+ *   - TLS (wss://, https://) through OpenSSL with the peer verified: the
+ *     chain against ca_file or the system trust store, the name (SNI and
+ *     X509_VERIFY_PARAM host) or IP address against the certificate. A
+ *     certificate that does not verify ends the attempt with a reason
+ *     such as "tls: 127.0.0.1: certificate verify failed: self-signed
+ *     certificate (depth 0)"; there is no switch that turns verification
+ *     off;
  *   - with a token_cb, the session outlives its token: the client asks the
  *     callback for a new token shortly before the expiry lcsd announced
  *     (login_ack / refresh_ack expires_at) and sends it in a refresh frame;
@@ -47,13 +54,15 @@ struct mbox_client;
 
 struct mbox_url {
     char host[MBOX_URL_HOST_MAX + 1]; /* name or address, IPv6 without brackets */
-    int port;                         /* explicit or the scheme's default (80) */
+    int port;                         /* explicit or the scheme's default (80, 443) */
     char path[MBOX_URL_PATH_MAX + 1]; /* starts with '/', "/" when absent; no query */
+    bool tls;                         /* wss:// or https:// */
 };
 
 /*
  * Parses "scheme://host[:port][/path]" where scheme must equal `scheme`
- * ("ws" or "http"; TLS schemes are refused). IPv6 hosts are written in
+ * ("ws" or "http") or its TLS form (`scheme` + "s": "wss", "https"; then
+ * tls is set and the default port is 443). IPv6 hosts are written in
  * brackets. No user info, query or fragment. false with a message in err.
  */
 bool mbox_url_parse(const char *url, const char *scheme, struct mbox_url *out, char *err,
@@ -169,6 +178,11 @@ struct mbox_client_config {
     const char *sdk_host;
     int sdk_port;
     const char *sdk_path; /* prefix before /v1/sync, "" when NULL */
+    bool ws_tls;          /* wss:// */
+    bool sdk_tls;         /* https:// */
+    /* PEM file of the CA certificates that verify the servers' certificates
+     * (with TLS); NULL: the system trust store (/etc/ssl/certs). */
+    const char *ca_file;
 
     const char *token;
     const char *device_id;
@@ -191,6 +205,13 @@ struct mbox_client_config {
     void (*on_state)(const char *state, void *arg);
     /* A kick frame arrived (before reconnecting or stopping). */
     void (*on_kick)(const char *reason, void *arg);
+    /*
+     * Optional: the TLS handshake of the long connection failed (reason as
+     * in the log, e.g. "tls: HOST: certificate verify failed: ..."). The client
+     * retries after a backoff as after any failure, unless the callback
+     * ends the loop.
+     */
+    void (*on_tls_error)(const char *reason, void *arg);
     /* A sync round ended: every page fetched (ok) or a failure (retry scheduled unless oneshot). */
     void (*on_sync_done)(bool ok, void *arg);
     /*

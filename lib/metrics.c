@@ -54,6 +54,11 @@ struct metrics {
     size_t nfamilies, capfamilies;
     struct metric **table; /* hash buckets, power of two */
     size_t tablesize, nseries;
+    struct {
+        metrics_collector_fn fn;
+        void *arg;
+    } collectors[METRICS_MAX_COLLECTORS];
+    size_t ncollectors;
 };
 
 #define INITIAL_TABLE 64
@@ -416,6 +421,22 @@ render_histogram(struct evbuffer *out, const struct family *f, const struct metr
     evbuffer_add_printf(out, " %" PRIu64 "\n", cum);
 }
 
+bool
+metrics_add_collector(struct metrics *m, metrics_collector_fn fn, void *arg)
+{
+    if (m == NULL || fn == NULL)
+        return false;
+    pthread_mutex_lock(&m->mu);
+    bool ok = m->ncollectors < METRICS_MAX_COLLECTORS;
+    if (ok) {
+        m->collectors[m->ncollectors].fn = fn;
+        m->collectors[m->ncollectors].arg = arg;
+        m->ncollectors++;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return ok;
+}
+
 void
 metrics_render(struct metrics *m, struct evbuffer *out)
 {
@@ -444,5 +465,16 @@ metrics_render(struct metrics *m, struct evbuffer *out)
             }
         }
     }
+    /* Collectors run outside the mutex: they may take their time (reading
+     * /proc) and must not block the hot paths' registrations. */
+    size_t nc = m->ncollectors;
+    metrics_collector_fn fns[METRICS_MAX_COLLECTORS];
+    void *args[METRICS_MAX_COLLECTORS];
+    for (size_t i = 0; i < nc; i++) {
+        fns[i] = m->collectors[i].fn;
+        args[i] = m->collectors[i].arg;
+    }
     pthread_mutex_unlock(&m->mu);
+    for (size_t i = 0; i < nc; i++)
+        fns[i](out, args[i]);
 }

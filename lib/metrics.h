@@ -48,7 +48,22 @@ void metric_observe(struct metric *h, double value); /* histograms, value in sec
 /* Current value of a counter or gauge (tests, health reports). */
 int64_t metric_value(const struct metric *c);
 
-/* Appends the whole registry in Prometheus text format (version 0.0.4). */
+/*
+ * A collector appends families of its own (complete "# HELP"/"# TYPE"
+ * blocks) when the registry is rendered: for values read at scrape time,
+ * such as the process figures of procmetrics.h. It runs on the scraping
+ * thread, without the registry mutex, after the registered families.
+ */
+typedef void (*metrics_collector_fn)(struct evbuffer *out, void *arg);
+
+#define METRICS_MAX_COLLECTORS 4
+
+/* Adds a collector (at most METRICS_MAX_COLLECTORS; false beyond). */
+bool metrics_add_collector(struct metrics *m, metrics_collector_fn fn, void *arg)
+    __attribute__((warn_unused_result));
+
+/* Appends the whole registry, then each collector's output, in Prometheus
+ * text format (version 0.0.4). */
 void metrics_render(struct metrics *m, struct evbuffer *out);
 
 #endif

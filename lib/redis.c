@@ -120,7 +120,7 @@ struct redis {
     int depth; /* entries from the event loop in progress */
     bool dead; /* redis_free() was called; freed when depth drops to 0 */
 
-    bool gauge_up; /* this client counts in redis_connected */
+    bool gauge_up; /* this client counts in mbox_redis_clients_connected */
     struct metric *m_ok, *m_error, *m_timeout, *m_disconnected;
     struct metric *m_connected, *m_reconnects;
 };
@@ -649,14 +649,15 @@ register_metrics(struct redis *r, struct metrics *m)
 {
     if (m == NULL)
         return;
-    static const char name[] = "redis_commands_total";
+    static const char name[] = "mbox_redis_commands_total";
     static const char help[] = "Redis commands by outcome";
     r->m_ok = metrics_counter(m, name, help, "result=\"ok\"");
     r->m_error = metrics_counter(m, name, help, "result=\"error\"");
     r->m_timeout = metrics_counter(m, name, help, "result=\"timeout\"");
     r->m_disconnected = metrics_counter(m, name, help, "result=\"disconnected\"");
-    r->m_connected = metrics_gauge(m, "redis_connected", "Redis clients currently connected", NULL);
-    r->m_reconnects = metrics_counter(m, "redis_reconnects_total",
+    r->m_connected =
+        metrics_gauge(m, "mbox_redis_clients_connected", "Redis clients currently connected", NULL);
+    r->m_reconnects = metrics_counter(m, "mbox_redis_reconnects_total",
                                       "Redis connection attempts after a failure or loss", NULL);
 }
 

@@ -118,10 +118,10 @@ size_t redis_format_argv(char *buf, size_t cap, int argc, const char **argv, con
 void redis_subscribe(struct redis *r, const char *channel);
 
 /*
- * Metrics (when a registry is given): redis_commands_total{result="ok",
+ * Metrics (when a registry is given): mbox_redis_commands_total{result="ok",
  * "error" (an error reply), "timeout", "disconnected" (lost in flight, or
- * refused because the client was down)}, the gauge redis_connected (number
- * of connected clients of the registry) and redis_reconnects_total (connect
+ * refused because the client was down)}, the gauge mbox_redis_clients_connected (number
+ * of connected clients of the registry) and mbox_redis_reconnects_total (connect
  * attempts after a failure or a loss). After 3 consecutive command timeouts
  * the connection is presumed dead and re-opened.
  */

@@ -1043,15 +1043,15 @@ register_metrics(struct rcluster *cl, struct metrics *m)
 {
     if (m == NULL)
         return;
-    static const char rd[] = "redis_cluster_redirects_total";
+    static const char rd[] = "mbox_redis_cluster_redirects_total";
     static const char rdh[] = "Redis Cluster redirects followed (moved, ask, retry after "
                               "TRYAGAIN/CLUSTERDOWN)";
     cl->m_moved = metrics_counter(m, rd, rdh, "kind=\"moved\"");
     cl->m_ask = metrics_counter(m, rd, rdh, "kind=\"ask\"");
     cl->m_retry = metrics_counter(m, rd, rdh, "kind=\"retry\"");
-    cl->m_refresh = metrics_counter(m, "redis_cluster_map_refreshes_total",
+    cl->m_refresh = metrics_counter(m, "mbox_redis_cluster_map_refreshes_total",
                                     "Redis Cluster slot map reads", NULL);
-    static const char cmd[] = "redis_commands_total";
+    static const char cmd[] = "mbox_redis_commands_total";
     static const char cmdh[] = "Redis commands by outcome";
     cl->m_disconnected = metrics_counter(m, cmd, cmdh, "result=\"disconnected\"");
     cl->m_timeout = metrics_counter(m, cmd, cmdh, "result=\"timeout\"");

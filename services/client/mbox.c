@@ -7,6 +7,10 @@
  *   mbox sync   pulls once from the given cursor (or cursor file), prints
  *               the items and exits.
  *
+ * Both URLs may be TLS (wss://, https://): the server's certificate is
+ * verified against --cacert or the system trust store, and its name or IP
+ * address against the URL's host.
+ *
  * Logs (state changes, retries) go to stderr as key=value lines. Options
  * live in one table, which also prints --help.
  */
@@ -32,6 +36,7 @@ struct opts {
     char *platform;
     char *app_version;
     char *core_level;
+    char *cacert;
     char *log_level;
     char *limit;
     bool reconnect_after_kick;
@@ -49,9 +54,12 @@ struct opt_def {
 
 static const struct opt_def opt_table[] = {
     {"ws", "URL", "MBOX_WS_URL", NULL, offsetof(struct opts, ws_url),
-     "lcsd WebSocket URL, ws://host:port/ws (watch)"},
+     "lcsd WebSocket URL, ws://host:port/ws or wss://host[:port]/ws (watch)"},
     {"sdk", "URL", "MBOX_SDK_URL", NULL, offsetof(struct opts, sdk_url),
-     "logicd SDK listener, http://host:port"},
+     "logicd SDK listener, http://host:port or https://host[:port]"},
+    {"cacert", "FILE", "MBOX_CACERT", NULL, offsetof(struct opts, cacert),
+     "PEM CA certificates that verify wss:// and https:// servers (default: the system "
+     "trust store)"},
     {"token", "T", "MBOX_TOKEN", NULL, offsetof(struct opts, token),
      "user token (POST /v1/tokens)"},
     {"token-file", "F", "MBOX_TOKEN_FILE", NULL, offsetof(struct opts, token_file),
@@ -98,7 +106,7 @@ usage(FILE *f)
         fputc('\n', f);
     }
     fprintf(f, "\nexit status: 0 stopped by SIGINT/SIGTERM or sync done, 1 usage, "
-               "2 sync failed, 3 kicked\n");
+               "2 sync failed, 3 kicked, 4 a TLS certificate was refused (watch)\n");
 }
 
 /* Fills o from defaults, the environment, then argv[first..]. false on a usage error. */
@@ -190,6 +198,16 @@ on_state(const char *state, void *arg)
         a->status = 3;
         event_base_loopexit(a->base, NULL);
     }
+}
+
+/* A certificate will not verify on the next attempt either: stop with status 4. */
+static void
+on_tls_error(const char *reason, void *arg)
+{
+    struct app *a = arg;
+    fprintf(stderr, "mbox: %s\n", reason);
+    a->status = 4;
+    event_base_loopexit(a->base, NULL);
 }
 
 static void
@@ -299,6 +317,9 @@ main(int argc, char **argv)
         .sdk_host = sdk.host,
         .sdk_port = sdk.port,
         .sdk_path = sdk.path,
+        .ws_tls = watch && ws.tls,
+        .sdk_tls = sdk.tls,
+        .ca_file = o.cacert,
         .token = o.token,
         .device_id = o.device,
         .platform = o.platform,
@@ -310,6 +331,7 @@ main(int argc, char **argv)
         .on_item = on_item,
         .on_state = on_state,
         .on_kick = on_kick,
+        .on_tls_error = on_tls_error,
         .on_sync_done = watch ? NULL : on_sync_done_oneshot,
         .token_cb = o.token_file != NULL ? on_token : NULL,
         .arg = &a,

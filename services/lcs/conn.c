@@ -32,7 +32,7 @@
  * (128 of them the struct event; 40 hold the login's platform, core level,
  * guest flag and token expiry, for paced targeting and the expiry close),
  * reported as the gauge
- * lcs_conn_struct_bytes. An idle logged-in connection also holds its
+ * mbox_lcs_conn_struct_bytes. An idle logged-in connection also holds its
  * device_id string (malloc'd, typically 32-48 bytes with malloc's header)
  * and two hash-bucket pointers (16 bytes amortized): about 350 bytes of
  * user space, well under the 4 KiB target at 100k connections (~35 MB;
@@ -44,7 +44,7 @@
  * consumed. Output is written directly; only what the socket did not take
  * is queued, in a buffer freed once flushed and capped at max_output_bytes
  * (then the connection is closed as a slow reader). Those transient buffers
- * are the gauge lcs_conn_buffer_bytes. The kernel's socket buffers are not
+ * are the gauge mbox_lcs_conn_buffer_bytes. The kernel's socket buffers are not
  * counted here (see so_sndbuf).
  */
 #include "conn.h"
@@ -747,7 +747,7 @@ conn_flush(struct conn *c)
 
 /* ---- disconnect ------------------------------------------------------------ */
 
-/* Counts a close reason: lcs_closes_total{reason="login_timeout"}. */
+/* Counts a close reason: mbox_lcs_closes_total{reason="login_timeout"}. */
 static void
 count_close(struct lcs *l, const char *reason)
 {
@@ -757,7 +757,7 @@ count_close(struct lcs *l, const char *reason)
         tok[i] = reason[i] == ' ' ? '_' : reason[i];
     tok[i] = '\0';
     snprintf(label, sizeof(label), "reason=\"%s\"", tok);
-    metric_inc(metrics_counter(l->metrics, "lcs_closes_total",
+    metric_inc(metrics_counter(l->metrics, "mbox_lcs_closes_total",
                                "connections closed, by reason (first reason only)", label));
 }
 

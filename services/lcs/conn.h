@@ -135,7 +135,7 @@ void conn_set_state(struct conn *c, enum conn_state to);
 bool conn_send(struct conn *c, int opcode, const void *payload, size_t len);
 
 /*
- * The one disconnect path. Counts lcs_closes_total{reason}, logs, and:
+ * The one disconnect path. Counts mbox_lcs_closes_total{reason}, logs, and:
  * with an open WebSocket sends a close frame (code, reason) and moves to
  * CLOSING; before the handshake sends http_status's error response (0 =
  * nothing) and moves to CLOSING; when the peer is already gone (code 0 and

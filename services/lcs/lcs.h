@@ -31,6 +31,7 @@ struct event_base;
 struct http_server;
 struct metric;
 struct metrics;
+struct lcs_health;
 struct redis;
 struct conn;
 struct conn_registry;
@@ -41,6 +42,8 @@ struct lcs_config {
     char *ws_listen;
     char *admin_listen;
     char *log_level;
+    char *log_format;
+    char *log_file;
     char *node_id;
     char *redis_host;
     int64_t redis_port;
@@ -80,8 +83,8 @@ struct lcs_metrics {
     struct metric *paced_sent;
     struct metric *kicks_local, *kicks_remote;
     struct metric *accept_backoff, *accepted;
-    struct metric *refused_full; /* lcs_closes_total{reason="max_connections"} */
-    struct metric *kicks_cap;    /* lcs_kicks_total{where="session_cap"} */
+    struct metric *refused_full; /* mbox_lcs_closes_total{reason="max_connections"} */
+    struct metric *kicks_cap;    /* mbox_lcs_kicks_total{where="session_cap"} */
     struct metric *refreshes_ok, *refreshes_bad;
     struct metric *route_writes, *route_errors;
 };
@@ -97,13 +100,16 @@ struct lcs {
     struct token_keys keys;
     int64_t started_us;
     struct lcs_listener *listener;
+    struct lcs_health *health; /* /livez, /readyz, dependency probe (lcs_health.h) */
     struct conn_registry *reg;
     struct pacer *pacers; /* list of running paced notifies */
     struct event *pace_ev;
-    bool stopping;         /* SIGTERM seen: closing every connection */
-    struct event *stop_ev; /* hard deadline of the shutdown */
-    char channel[96];      /* "lcs:{<node_id>}" */
-    uint8_t *scratch;      /* shared read buffer (see conn.c) */
+    bool stopping;             /* SIGTERM seen: closing every connection */
+    struct event *stop_ev;     /* hard deadline of the shutdown */
+    char channel[96];          /* "lcs:{<node_id>}" */
+    const char *config_path;   /* -c FILE, read again on SIGHUP (NULL: none) */
+    struct event *watchdog_ev; /* WATCHDOG=1 every half WatchdogSec (sdnotify.h) */
+    uint8_t *scratch;          /* shared read buffer (see conn.c) */
 };
 
 #define LCS_BROADCAST_CHANNEL "lcs:broadcast"

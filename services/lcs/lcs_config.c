@@ -10,11 +10,21 @@
     {                                                                                              \
 #name, type, offsetof(struct lcs_config, name), def, help, min, max, false                 \
     }
+/* A key a SIGHUP applies without a restart (lcsd.c, reload). */
+#define KR(name, type, def, min, max, help)                                                        \
+    {                                                                                              \
+#name, type, offsetof(struct lcs_config, name), def, help, min, max, true                  \
+    }
 
 static const struct cfg_key lcs_keys[] = {
     K(ws_listen, CFG_STR, "127.0.0.1:8090", 0, 0, "WebSocket listener (path /ws)"),
-    K(admin_listen, CFG_STR, "127.0.0.1:8091", 0, 0, "admin listener: /healthz, /metrics"),
-    K(log_level, CFG_STR, "info", 0, 0, "debug, info, warn or error"),
+    K(admin_listen, CFG_STR, "127.0.0.1:8091", 0, 0,
+      "admin listener: /healthz, /livez, /readyz, /metrics"),
+    KR(log_level, CFG_STR, "info", 0, 0, "debug, info, warn or error"),
+    KR(log_format, CFG_STR, "kv", 0, 0,
+       "kv (key=value text) or json (one JSON object per line, every value a string)"),
+    KR(log_file, CFG_STR, NULL, 0, 0,
+       "append log lines to this file, reopened on SIGHUP (logrotate); empty: stderr"),
     K(node_id, CFG_STR, NULL, 0, 0,
       "this process's name in routes and its Redis channel; default: host-pid"),
     K(redis_host, CFG_STR, "127.0.0.1", 0, 0, "Redis host (routes, notify channels)"),
@@ -24,10 +34,10 @@ static const struct cfg_key lcs_keys[] = {
       "Redis Cluster seed nodes host:port[,...]; set: cluster mode (redis_host/port unused)"),
     K(redis_user, CFG_STR, NULL, 0, 0, "Redis ACL user (AUTH user password); empty: AUTH password"),
     K(redis_password, CFG_SECRET, NULL, 0, 0, "Redis password, sent first on every connection"),
-    K(token_key_id, CFG_STR, "k1", 0, 0, "id of the current user-token key (as logicd)"),
-    K(token_key, CFG_SECRET, NULL, 0, 0, "current user-token key (as logicd; required)"),
-    K(token_prev_key_id, CFG_STR, NULL, 0, 0, "previous key id, still accepted"),
-    K(token_prev_key, CFG_SECRET, NULL, 0, 0, "previous key, still accepted"),
+    KR(token_key_id, CFG_STR, "k1", 0, 0, "id of the current user-token key (as logicd)"),
+    KR(token_key, CFG_SECRET, NULL, 0, 0, "current user-token key (as logicd; required)"),
+    KR(token_prev_key_id, CFG_STR, NULL, 0, 0, "previous key id, still accepted"),
+    KR(token_prev_key, CFG_SECRET, NULL, 0, 0, "previous key, still accepted"),
     K(heartbeat_s, CFG_INT, "30", 1, 3600,
       "heartbeat period told to clients; silent for 3 periods = closed"),
     K(login_timeout_ms, CFG_INT, "10000", 100, 600000, "time to send the login frame"),
@@ -58,4 +68,13 @@ const struct cfg_schema lcs_config_schema = {
     "LCSD_",
     lcs_keys,
     sizeof(lcs_keys) / sizeof(lcs_keys[0]),
+    "\n"
+    "signals:\n"
+    "  SIGHUP             reopen log_file (logrotate) and reload the keys marked\n"
+    "                     \"SIGHUP reloads it\"; other changed keys are logged as\n"
+    "                     needing a restart; a bad file keeps the running config\n"
+    "  SIGTERM, SIGINT    close every connection with 1001 and exit; a second one\n"
+    "                     exits at once\n"
+    "Under systemd (Type=notify) it sends READY=1, RELOADING=1, STOPPING=1 and,\n"
+    "with WatchdogSec=, WATCHDOG=1 from its event loop.\n",
 };

@@ -31,10 +31,13 @@
 #include "lcs.h"
 #include "listen.h"
 #include "log.h"
+#include "lcs_health.h"
 #include "metrics.h"
+#include "procmetrics.h"
 #include "pace.h"
 #include "redis.h"
 #include "route.h"
+#include "sdnotify.h"
 
 int64_t
 lcs_now_us(void)
@@ -71,45 +74,51 @@ register_metrics(struct lcs *l)
         char label[48];
         snprintf(label, sizeof(label), "state=\"%s\"", states[i]);
         l->m.conns_state[i] =
-            metrics_gauge(m, "lcs_connections", "open WebSocket connections, by state", label);
+            metrics_gauge(m, "mbox_lcs_connections", "open WebSocket connections, by state", label);
     }
     l->m.conn_struct_bytes =
-        metrics_gauge(m, "lcs_conn_struct_bytes",
+        metrics_gauge(m, "mbox_lcs_conn_struct_bytes",
                       "sizeof(struct conn): fixed user-space bytes per connection", NULL);
     l->m.conn_buffer_bytes = metrics_gauge(
-        m, "lcs_conn_buffer_bytes",
+        m, "mbox_lcs_conn_buffer_bytes",
         "heap held by connections beyond their struct: partial input, queued output, device ids",
         NULL);
-    l->m.frames_in = metrics_counter(m, "lcs_frames_in_total", "WebSocket frames received", NULL);
-    l->m.frames_out = metrics_counter(m, "lcs_frames_out_total", "WebSocket frames sent", NULL);
-    l->m.notify_delivered = metrics_counter(m, "lcs_notify_delivered_total",
+    l->m.frames_in =
+        metrics_counter(m, "mbox_lcs_frames_in_total", "WebSocket frames received", NULL);
+    l->m.frames_out =
+        metrics_counter(m, "mbox_lcs_frames_out_total", "WebSocket frames sent", NULL);
+    l->m.notify_delivered = metrics_counter(m, "mbox_lcs_notify_delivered_total",
                                             "notify frames sent for notify lines", NULL);
     const char *dh = "notify lines not delivered, by reason";
     l->m.notify_dropped_unknown =
-        metrics_counter(m, "lcs_notify_dropped_total", dh, "reason=\"unknown_conn\"");
+        metrics_counter(m, "mbox_lcs_notify_dropped_total", dh, "reason=\"unknown_conn\"");
     l->m.notify_dropped_stale =
-        metrics_counter(m, "lcs_notify_dropped_total", dh, "reason=\"stale\"");
+        metrics_counter(m, "mbox_lcs_notify_dropped_total", dh, "reason=\"stale\"");
     l->m.notify_dropped_bad =
-        metrics_counter(m, "lcs_notify_dropped_total", dh, "reason=\"bad_line\"");
-    l->m.paced_sent =
-        metrics_counter(m, "lcs_paced_sent_total", "notify frames sent by paced notices", NULL);
+        metrics_counter(m, "mbox_lcs_notify_dropped_total", dh, "reason=\"bad_line\"");
+    l->m.paced_sent = metrics_counter(m, "mbox_lcs_paced_sent_total",
+                                      "notify frames sent by paced notices", NULL);
     const char *kh = "sessions kicked by a newer login (same device, or the per-user cap)";
-    l->m.kicks_local = metrics_counter(m, "lcs_kicks_total", kh, "where=\"local\"");
-    l->m.kicks_remote = metrics_counter(m, "lcs_kicks_total", kh, "where=\"remote\"");
-    l->m.accept_backoff = metrics_counter(m, "lcs_accept_backoff_total",
+    l->m.kicks_local = metrics_counter(m, "mbox_lcs_kicks_total", kh, "where=\"local\"");
+    l->m.kicks_remote = metrics_counter(m, "mbox_lcs_kicks_total", kh, "where=\"remote\"");
+    l->m.accept_backoff = metrics_counter(m, "mbox_lcs_accept_backoff_total",
                                           "accept pauses for lack of descriptors", NULL);
-    l->m.accepted = metrics_counter(m, "lcs_accepted_total", "TCP connections accepted", NULL);
-    l->m.refused_full =
-        metrics_counter(m, "lcs_closes_total", "connections closed, by reason (first reason only)",
-                        "reason=\"max_connections\"");
-    l->m.kicks_cap = metrics_counter(m, "lcs_kicks_total", kh, "where=\"session_cap\"");
+    l->m.accepted = metrics_counter(m, "mbox_lcs_accepted_total", "TCP connections accepted", NULL);
+    l->m.refused_full = metrics_counter(m, "mbox_lcs_closes_total",
+                                        "connections closed, by reason (first reason only)",
+                                        "reason=\"max_connections\"");
+    l->m.kicks_cap = metrics_counter(m, "mbox_lcs_kicks_total", kh, "where=\"session_cap\"");
     const char *rh = "refresh frames, by result";
-    l->m.refreshes_ok = metrics_counter(m, "lcs_refreshes_total", rh, "result=\"ok\"");
-    l->m.refreshes_bad = metrics_counter(m, "lcs_refreshes_total", rh, "result=\"refused\"");
-    l->m.route_writes = metrics_counter(m, "lcs_route_commands_total",
+    l->m.refreshes_ok = metrics_counter(m, "mbox_lcs_refreshes_total", rh, "result=\"ok\"");
+    l->m.refreshes_bad = metrics_counter(m, "mbox_lcs_refreshes_total", rh, "result=\"refused\"");
+    l->m.route_writes = metrics_counter(m, "mbox_lcs_route_commands_total",
                                         "route scripts sent to Redis", "result=\"sent\"");
-    l->m.route_errors = metrics_counter(m, "lcs_route_commands_total",
+    l->m.route_errors = metrics_counter(m, "mbox_lcs_route_commands_total",
                                         "route scripts sent to Redis", "result=\"error\"");
+    /* Present from the start at 0, so dashboards and rate() see them. */
+    metrics_counter(m, "mbox_lcs_logins_total", "login frames, by result", "result=\"ok\"");
+    if (!procmetrics_register(m))
+        log_warn("procmetrics_failed", "error=out of memory");
 }
 
 static void
@@ -137,6 +146,8 @@ admin_metrics(struct http_req *r, void *ctx)
 
 static const struct http_route admin_routes[] = {
     {HTTP_GET | HTTP_HEAD, "/healthz", admin_healthz},
+    {HTTP_GET | HTTP_HEAD, "/livez", lcs_livez},
+    {HTTP_GET | HTTP_HEAD, "/readyz", lcs_readyz},
     {HTTP_GET, "/metrics", admin_metrics},
 };
 
@@ -162,6 +173,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     l->stopping = true;
+    sdn_stopping("stopping: closing connections");
     log_info("lcsd_stopping", "signal=%d connections=%zu", (int)sig, conn_count(l));
     listener_stop(l->listener);
     pace_free_all(l);
@@ -205,7 +217,11 @@ prepare(struct lcs *l, char *err, size_t errlen)
                  c->log_level);
         return false;
     }
-    log_set_level(lvl);
+    enum log_format fmt;
+    if (!log_parse_format(c->log_format, &fmt)) {
+        snprintf(err, errlen, "key 'log_format': '%s' is not kv or json", c->log_format);
+        return false;
+    }
     if (c->token_key[0] == '\0') {
         snprintf(err, errlen, "key 'token_key' must be set");
         return false;
@@ -229,11 +245,107 @@ prepare(struct lcs *l, char *err, size_t errlen)
             return false;
         }
     }
+    if ((c->token_prev_key[0] == '\0') != (c->token_prev_key_id[0] == '\0')) {
+        snprintf(err, errlen, "keys 'token_prev_key' and 'token_prev_key_id' go together");
+        return false;
+    }
+    return true;
+}
+
+/* Points l->keys at the token keys of l->cfg (at start and after a reload). */
+static void
+set_keys(struct lcs *l)
+{
+    const struct lcs_config *c = &l->cfg;
     l->keys.current_id = c->token_key_id;
     l->keys.current_key = c->token_key;
     l->keys.previous_id = c->token_prev_key_id[0] ? c->token_prev_key_id : NULL;
     l->keys.previous_key = c->token_prev_key[0] ? c->token_prev_key : NULL;
+}
+
+/* Applies log_level, log_format and log_file (at start and on SIGHUP). */
+static bool
+apply_log_settings(const struct lcs_config *c, char *err, size_t errlen)
+{
+    enum log_level lvl;
+    enum log_format fmt;
+    if (!log_parse_level(c->log_level, &lvl) || !log_parse_format(c->log_format, &fmt)) {
+        snprintf(err, errlen, "bad log_level or log_format"); /* validated before */
+        return false;
+    }
+    if (!log_open_file(c->log_file, err, errlen))
+        return false;
+    log_set_level(lvl);
+    log_set_format(fmt);
     return true;
+}
+
+/*
+ * SIGHUP: reopens the log file (logrotate renamed it), then reads the
+ * config file again. A file that does not load or validate changes nothing
+ * else; otherwise the reloadable keys (log settings, token keys) take
+ * effect at once, since everything runs on this one loop, and every other
+ * changed key is named in one "needs restart" line and left as it was.
+ */
+static void
+on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    struct lcs *l = arg;
+    char err[512], q[600];
+    sdn_reloading();
+    log_info("lcsd_reloading", "signal=%d", (int)sig);
+    if (!log_open_file(l->cfg.log_file, err, sizeof(err)))
+        log_error("log_reopen_failed", "error=%s", log_q(q, sizeof(q), err));
+    const char *path = l->config_path != NULL ? l->config_path : "(none)";
+    struct lcs_config nc;
+    memset(&nc, 0, sizeof(nc));
+    struct lcs probe;
+    memset(&probe, 0, sizeof(probe));
+    bool ok = cfg_load(&lcs_config_schema, &nc, l->config_path, err, sizeof(err));
+    /* An empty node_id means host-pid, which is what runs. */
+    if (ok && nc.node_id[0] == '\0')
+        ok = cfg_set(&lcs_config_schema, &nc, "node_id", l->cfg.node_id, err, sizeof(err));
+    if (ok) {
+        probe.cfg = nc;
+        ok = prepare(&probe, err, sizeof(err));
+        nc = probe.cfg;
+    }
+    if (ok && strcmp(nc.log_file, l->cfg.log_file) != 0)
+        ok = log_open_file(nc.log_file, err, sizeof(err));
+    if (!ok) {
+        log_error("config_reload_failed", "file=%s error=%s kept=running_config", path,
+                  log_q(q, sizeof(q), err));
+        cfg_free(&lcs_config_schema, &nc);
+        sdn_ready(NULL);
+        return;
+    }
+    char applied[1024] = "", restart[1024] = "";
+    for (size_t i = 0; i < lcs_config_schema.nkeys; i++) {
+        const struct cfg_key *k = &lcs_config_schema.keys[i];
+        if (cfg_key_equal(k, &l->cfg, &nc))
+            continue;
+        char *list = k->reloadable ? applied : restart;
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof(applied) - used, "%s%s", used ? "," : "", k->name);
+        if (k->reloadable)
+            cfg_key_swap(k, &l->cfg, &nc);
+    }
+    set_keys(l); /* before nc, holding the old strings now, is freed */
+    cfg_free(&lcs_config_schema, &nc);
+    if (!apply_log_settings(&l->cfg, err, sizeof(err)))
+        log_error("log_settings_failed", "error=%s", log_q(q, sizeof(q), err));
+    log_info("config_reloaded", "file=%s applied=%s", path, applied[0] ? applied : "none");
+    if (restart[0] != '\0')
+        log_warn("config_needs_restart",
+                 "keys=%s hint=\"changed in the file, not applied until a restart\"", restart);
+    sdn_ready(NULL);
+}
+
+/* WATCHDOG=1 from the loop itself: a wedged loop stops the pings. */
+static void
+on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    sdn_watchdog();
 }
 
 int
@@ -242,7 +354,7 @@ main(int argc, char **argv)
     struct lcs l;
     memset(&l, 0, sizeof(l));
     int status = 1;
-    struct event *sigterm = NULL, *sigint = NULL;
+    struct event *sigterm = NULL, *sigint = NULL, *sighup = NULL;
 
     enum cfg_action act = cfg_main(&lcs_config_schema, &l.cfg, argc, argv, NULL, NULL);
     if (act != CFG_RUN) {
@@ -252,10 +364,12 @@ main(int argc, char **argv)
     char err[512];
     char host[256];
     int port;
-    if (!prepare(&l, err, sizeof(err))) {
+    if (!prepare(&l, err, sizeof(err)) || !apply_log_settings(&l.cfg, err, sizeof(err))) {
         fprintf(stderr, "lcsd: config error: %s\n", err);
         goto out;
     }
+    set_keys(&l);
+    l.config_path = cfg_argv_path(argc, argv);
     if (!cfg_parse_hostport(l.cfg.admin_listen, host, sizeof(host), &port)) {
         fprintf(stderr, "lcsd: config error: key 'admin_listen': '%s' is not host:port\n",
                 l.cfg.admin_listen);
@@ -310,6 +424,11 @@ main(int argc, char **argv)
         fprintf(stderr, "lcsd: config error: bad Redis settings\n");
         goto out;
     }
+    l.health = lcs_health_start(&l);
+    if (l.health == NULL) {
+        fprintf(stderr, "lcsd: cannot start: out of memory\n");
+        goto out;
+    }
     l.listener = listener_new(&l, ws_host, ws_port, err, sizeof(err));
     if (l.listener == NULL) {
         fprintf(stderr, "lcsd: cannot start: %s\n", err);
@@ -317,8 +436,25 @@ main(int argc, char **argv)
     }
     sigterm = evsignal_new(l.base, SIGTERM, on_signal, &l);
     sigint = evsignal_new(l.base, SIGINT, on_signal, &l);
+    sighup = evsignal_new(l.base, SIGHUP, on_sighup, &l);
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
+    event_add(sighup, NULL);
+    /* Listening: systemd (Type=notify) may send traffic now. */
+    char ready[256];
+    snprintf(ready, sizeof(ready), "serving: ws %s, admin %s, node %s", l.cfg.ws_listen,
+             l.cfg.admin_listen, l.cfg.node_id);
+    sdn_ready(ready);
+    uint64_t wd_usec = sdn_watchdog_usec();
+    if (wd_usec > 0) {
+        l.watchdog_ev = event_new(l.base, -1, EV_PERSIST, on_watchdog, &l);
+        struct timeval half = {(time_t)(wd_usec / 2 / 1000000),
+                               (suseconds_t)(wd_usec / 2 % 1000000)};
+        if (l.watchdog_ev != NULL)
+            event_add(l.watchdog_ev, &half);
+        sdn_watchdog();
+        log_info("watchdog_on", "usec=%llu", (unsigned long long)wd_usec);
+    }
 
     log_info("lcsd_started",
              "node=%s ws=%s admin=%s conn_bytes=%zu max_connections=%zu fd_reserve=%lld version=%s",
@@ -332,6 +468,10 @@ out:
         event_free(sigterm);
     if (sigint)
         event_free(sigint);
+    if (sighup)
+        event_free(sighup);
+    if (l.watchdog_ev)
+        event_free(l.watchdog_ev);
     if (l.stop_ev)
         event_free(l.stop_ev);
     listener_free(l.listener);
@@ -343,6 +483,7 @@ out:
         redis_free(l.sub);
     if (l.redis)
         redis_free(l.redis);
+    lcs_health_free(l.health);
     if (l.base)
         event_base_free(l.base);
     metrics_free(l.metrics);

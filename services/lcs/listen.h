@@ -3,7 +3,7 @@
  * each socket to conn_accept(). When the process or the system runs out of
  * descriptors (EMFILE, ENFILE) or buffers, accepting pauses for
  * accept_backoff_ms instead of spinning on a socket that stays readable
- * (counted in lcs_accept_backoff_total).
+ * (counted in mbox_lcs_accept_backoff_total).
  */
 #ifndef LCS_LISTEN_H
 #define LCS_LISTEN_H

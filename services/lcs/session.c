@@ -120,7 +120,8 @@ login_refuse(struct conn *c, const char *why, const char *close_reason)
     struct lcs *l = c->l;
     char label[64];
     snprintf(label, sizeof(label), "result=\"%s\"", close_reason);
-    metric_inc(metrics_counter(l->metrics, "lcs_logins_total", "login frames, by result", label));
+    metric_inc(
+        metrics_counter(l->metrics, "mbox_lcs_logins_total", "login frames, by result", label));
     send_ack(c, "login_ack", false, why);
     conn_disconnect(c, WS_CLOSE_POLICY, 0, close_reason);
 }
@@ -170,7 +171,7 @@ session_login(struct conn *c, const Mbox__Frame *f)
     enforce_user_cap(c);
     conn_session_add(c);
     conn_set_state(c, CONN_ACTIVE);
-    metric_inc(metrics_counter(l->metrics, "lcs_logins_total", "login frames, by result",
+    metric_inc(metrics_counter(l->metrics, "mbox_lcs_logins_total", "login frames, by result",
                                "result=\"ok\""));
     char qd[160], qp[48], qv[48];
     log_info("conn_login",

@@ -13,6 +13,8 @@
 
 extern const struct http_route logic_sdk_routes[];
 extern const size_t logic_sdk_nroutes;
+/* The health routes that end logic_sdk_routes, served only with sdk_health. */
+#define LOGIC_SDK_HEALTH_ROUTES 4
 extern const struct http_route logic_internal_routes[];
 extern const size_t logic_internal_nroutes;
 
@@ -57,6 +59,8 @@ void api_notice_count_reach(struct logic_worker *w, uint64_t notice_id, uint64_t
 
 /* api_health.c */
 void api_healthz(struct http_req *r, void *ctx);
+void api_livez(struct http_req *r, void *ctx);
+void api_readyz(struct http_req *r, void *ctx);
 void api_metrics(struct http_req *r, void *ctx);
 
 #endif

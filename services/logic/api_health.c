@@ -1,11 +1,20 @@
 /*
- * api_health: GET /healthz and GET /metrics (internal listener; SDK too with sdk_health).
+ * api_health: GET /healthz, /livez, /readyz and /metrics (internal
+ * listener; SDK too with sdk_health).
  *
  * /healthz reports each dependency as this worker sees it. It answers 200
  * when every worker's PostgreSQL pool has a connection and Redis answers a
  * PING in time, and 503 otherwise (a load balancer should then send
  * traffic elsewhere); the process itself stays up and keeps reconnecting.
+ *
+ * /livez says whether the process should be restarted: 503 when a
+ * worker's loop has not beaten for HEALTH_BEAT_STALE_MS (probe.h), what
+ * the dependencies do does not matter. /readyz says whether it should get
+ * traffic: the /healthz conditions plus a public notice cache that the
+ * poller refreshed lately, with a body naming each check that fails.
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,21 +22,37 @@
 #include <jansson.h>
 
 #include "api.h"
+#include "health.h"
 #include "logic.h"
 #include "pg.h"
 #include "pubcache.h"
 #include "redis.h"
 
-/* A /healthz request waiting for its Redis PING. */
+/* A /healthz or /readyz request waiting for its Redis PING. */
 struct health_op {
     struct http_req *r;
     struct logic_worker *w;
     int64_t start_us;
+    bool readyz;
 };
+
+/* The public cache is stale for /readyz when the poller has not read
+ * PostgreSQL for this long: three polls, plus slack for a slow one. */
+static int64_t
+cache_stale_ms(const struct logic *app)
+{
+    return 3 * app->cfg.poll_interval_ms + 2000;
+}
+
+static void ready_reply(struct health_op *op, bool redis_up, const char *redis_err);
 
 static void
 health_reply(struct health_op *op, bool redis_up, const char *redis_err)
 {
+    if (op->readyz) {
+        ready_reply(op, redis_up, redis_err);
+        return;
+    }
     struct logic_worker *w = op->w;
     int pg_up = pg_pool_connected(w->pg);
     int workers_up = atomic_load(&w->app->pg_workers_up);
@@ -78,7 +103,99 @@ api_healthz(struct http_req *r, void *ctx)
         http_reply_error(r, 503, NULL, "out of memory");
         return;
     }
-    *op = (struct health_op){r, w, logic_now_us()};
+    *op = (struct health_op){r, w, logic_now_us(), false};
+    if (!redis_command(w->redis, on_ping, op, "PING"))
+        health_reply(op, false, "not connected");
+}
+
+/* Adds check name to the body: "ok", or why it fails (then also to not_ready). */
+static void
+ready_check(json_t *checks, json_t *failing, const char *name, const char *why)
+{
+    json_object_set_new(checks, name, json_string(why == NULL ? "ok" : why));
+    if (why != NULL)
+        json_array_append_new(failing, json_string(name));
+}
+
+static void
+ready_reply(struct health_op *op, bool redis_up, const char *redis_err)
+{
+    struct logic_worker *w = op->w;
+    struct logic *app = w->app;
+    json_t *checks = json_object(), *failing = json_array();
+    char why[160];
+
+    const char *pg = NULL;
+    int workers_up = atomic_load(&app->pg_workers_up);
+    int shards_ready = atomic_load(&app->shard_pools_ready);
+    if (pg_pool_connected(w->pg) == 0)
+        pg = "no connection";
+    else if (workers_up < app->nworkers) {
+        snprintf(why, sizeof(why), "%d of %d workers have a connection", workers_up, app->nworkers);
+        pg = why;
+    } else if (shards_ready < app->shard_pools)
+        pg = "shard pools still connecting";
+    ready_check(checks, failing, "postgres", pg);
+
+    char rwhy[160];
+    if (!redis_up)
+        snprintf(rwhy, sizeof(rwhy), "%s", redis_err != NULL ? redis_err : "no answer to PING");
+    ready_check(checks, failing, "redis", redis_up ? NULL : rwhy);
+
+    char cwhy[160];
+    int64_t last = pubcache_last_ok_us(app->pubcache);
+    int64_t age_ms = last ? (logic_now_us() - last) / 1000 : -1;
+    const char *cache = NULL;
+    if (last == 0)
+        cache = "never loaded";
+    else if (age_ms > cache_stale_ms(app)) {
+        snprintf(cwhy, sizeof(cwhy), "stale: last refreshed %" PRId64 " ms ago (limit %" PRId64 ")",
+                 age_ms, cache_stale_ms(app));
+        cache = cwhy;
+    }
+    ready_check(checks, failing, "public_cache", cache);
+
+    bool ok = json_array_size(failing) == 0;
+    json_t *body = json_pack("{s:s, s:s, s:o, s:o}", "status", ok ? "ready" : "not_ready",
+                             "service", "logicd", "checks", checks, "not_ready", failing);
+    http_reply_json(op->r, ok ? 200 : 503, body);
+    free(op);
+}
+
+/* A worker with work queued keeps answering, so a fresh beat of every loop
+ * is the evidence that each one runs (a stuck loop cannot beat). */
+void
+api_livez(struct http_req *r, void *ctx)
+{
+    struct logic_worker *w = ctx;
+    struct logic *app = w->app;
+    json_t *stale = json_array();
+    int64_t oldest = 0;
+    for (int i = 0; i < app->nworkers; i++) {
+        int64_t age = health_beat_age_ms(&app->beats[i]);
+        if (age > oldest)
+            oldest = age;
+        if (age > HEALTH_BEAT_STALE_MS)
+            json_array_append_new(stale, json_pack("{s:i, s:I}", "worker", i, "beat_age_ms",
+                                                   (json_int_t)(age == INT64_MAX ? -1 : age)));
+    }
+    bool ok = json_array_size(stale) == 0;
+    json_t *body = json_pack("{s:s, s:s, s:i, s:I, s:o}", "status", ok ? "ok" : "stuck", "service",
+                             "logicd", "loops", app->nworkers, "oldest_beat_ms",
+                             (json_int_t)(oldest == INT64_MAX ? -1 : oldest), "stale", stale);
+    http_reply_json(r, ok ? 200 : 503, body);
+}
+
+void
+api_readyz(struct http_req *r, void *ctx)
+{
+    struct logic_worker *w = ctx;
+    struct health_op *op = malloc(sizeof(*op));
+    if (op == NULL) {
+        http_reply_error(r, 503, NULL, "out of memory");
+        return;
+    }
+    *op = (struct health_op){r, w, logic_now_us(), true};
     if (!redis_command(w->redis, on_ping, op, "PING"))
         health_reply(op, false, "not connected");
 }

@@ -13,6 +13,7 @@
 
 #include "budget.h"
 #include "log.h"
+#include "live.h"
 #include "logic.h"
 #include "pbjson.h"
 #include "pg.h"
@@ -63,6 +64,13 @@ api_token_cache_free(struct token_cache *c)
     free(c);
 }
 
+void
+api_token_cache_clear(struct token_cache *c)
+{
+    if (c != NULL)
+        memset(c, 0, sizeof(*c));
+}
+
 /*
  * The slot of a token of len bytes: FNV-1a of its length and last 16 bytes,
  * which lie in the token's MAC (random-looking, different per token), so
@@ -90,7 +98,7 @@ user_token_verify(struct logic_worker *w, const char *tok, struct token_claims *
         *claims = slot->claims;
         return TOKEN_OK;
     }
-    enum token_status st = token_verify(&w->app->keys, tok, now, claims);
+    enum token_status st = token_verify(&w->live->keys, tok, now, claims);
     if (st == TOKEN_OK && slot != NULL) {
         memcpy(slot->token, tok, len + 1);
         slot->claims = *claims;
@@ -152,8 +160,8 @@ static int
 ops_token_index(const struct logic_worker *w, const char *tok)
 {
     int found = -1;
-    for (int i = 0; i < w->app->nops; i++) {
-        if (secret_eq(tok, w->app->ops[i].token))
+    for (int i = 0; i < w->live->nops; i++) {
+        if (secret_eq(tok, w->live->ops[i].token))
             found = i;
     }
     return found;
@@ -172,7 +180,7 @@ api_auth_ops_as(struct http_req *r, struct logic_worker *w, enum logic_role need
         http_reply_error(r, 401, "unauthenticated", "ops token rejected");
         return NULL;
     }
-    const struct logic_ops_token *op = &w->app->ops[found];
+    const struct logic_ops_token *op = &w->live->ops[found];
     if (op->role < need) {
         http_reply_error(r, 403, "permission_denied",
                          "operator '%s' has role %s; this action needs role %s", op->name,

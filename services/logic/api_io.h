@@ -26,6 +26,8 @@ struct token_cache;
 /* A worker's cache of verified user tokens (see api_io.c). */
 struct token_cache *api_token_cache_new(void);
 void api_token_cache_free(struct token_cache *c);
+/* Forgets every verified token (after a reload changed the keys). */
+void api_token_cache_clear(struct token_cache *c);
 
 /* SDK listener: verifies the user token; claims fix app_id and uid. */
 bool api_auth_user(struct http_req *r, struct logic_worker *w, struct token_claims *claims)

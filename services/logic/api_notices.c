@@ -18,6 +18,7 @@
 #include "api_io.h"
 #include "etag.h"
 #include "log.h"
+#include "metrics.h"
 #include "logic.h"
 #include "notify.h"
 #include "mbox.pb-c.h"
@@ -925,9 +926,13 @@ api_notice_stats(struct http_req *r, void *ctx)
 void
 api_notice_count_reach(struct logic_worker *w, uint64_t notice_id, uint64_t app_id, uint64_t uid)
 {
-    if (!redis_command(w->redis, NULL, NULL, "PFADD reach:{n:%" PRIu64 "} %" PRIu64 ":%" PRIu64,
-                       notice_id, app_id, uid))
-        log_debug("reach_dropped", "notice=%" PRIu64, notice_id);
+    if (redis_command(w->redis, NULL, NULL, "PFADD reach:{n:%" PRIu64 "} %" PRIu64 ":%" PRIu64,
+                      notice_id, app_id, uid)) {
+        metric_inc(w->m_reach_counted);
+        return;
+    }
+    metric_inc(w->m_reach_dropped);
+    log_debug("reach_dropped", "notice=%" PRIu64, notice_id);
 }
 
 /* ---- whitelist ---- */

@@ -11,9 +11,12 @@ const struct http_route logic_sdk_routes[] = {
     {HTTP_GET, "/v1/history", api_history},
     {HTTP_POST, "/v1/read", api_read},
     {HTTP_POST, "/v1/notices/{id}/hide", api_notice_hide},
-    /* Last, and served only with sdk_health (worker.c): the SDK listener
-     * faces users, and the dependency report is for operators. */
+    /* Last (LOGIC_SDK_HEALTH_ROUTES of them), and served only with
+     * sdk_health (worker.c): the SDK listener faces users, and the
+     * dependency report is for operators. */
     {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
+    {HTTP_GET | HTTP_HEAD, "/livez", api_livez},
+    {HTTP_GET | HTTP_HEAD, "/readyz", api_readyz},
     {HTTP_GET, "/metrics", api_metrics},
 };
 const size_t logic_sdk_nroutes = sizeof(logic_sdk_routes) / sizeof(logic_sdk_routes[0]);
@@ -40,6 +43,8 @@ const struct http_route logic_internal_routes[] = {
     {HTTP_GET | HTTP_HEAD, "/console/", api_console},
     {HTTP_GET | HTTP_HEAD, "/console/{file}", api_console},
     {HTTP_GET | HTTP_HEAD, "/healthz", api_healthz},
+    {HTTP_GET | HTTP_HEAD, "/livez", api_livez},
+    {HTTP_GET | HTTP_HEAD, "/readyz", api_readyz},
     {HTTP_GET, "/metrics", api_metrics},
 };
 const size_t logic_internal_nroutes =

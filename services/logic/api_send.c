@@ -29,6 +29,7 @@
 #include "api_io.h"
 #include "hint.h"
 #include "log.h"
+#include "live.h"
 #include "logic.h"
 #include "mbox.pb-c.h"
 #include "notify.h"
@@ -69,7 +70,7 @@ api_tokens(struct http_req *r, void *ctx)
         .guest = req->has_guest && req->guest,
     };
     char tok[TOKEN_MAX_LEN];
-    if (!token_mint(&w->app->keys, &cl, tok, sizeof(tok))) {
+    if (!token_mint(&w->live->keys, &cl, tok, sizeof(tok))) {
         http_reply_error(r, 500, "internal", "cannot mint token (check token_key_id)");
         goto out;
     }

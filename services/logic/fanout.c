@@ -26,6 +26,7 @@
 #include "logic.h"
 #include "mbox.pb-c.h"
 #include "pbjson.h"
+#include "redis_block.h"
 
 #define FANOUT_TIMEOUT_S 3600
 #define NOW_US           "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"
@@ -71,7 +72,7 @@ struct fanout_job {
 /* One shard's connections, used by one thread at a time. */
 struct fanout_lane {
     PGconn *pg;
-    redisContext *redis;
+    struct redis_block *redis;
 };
 
 struct fanout {
@@ -135,8 +136,9 @@ job_send_reply(void *arg)
 }
 
 /*
- * Runs on the worker's loop when the job is done. Hints the fanout thread
- * could not invalidate go through the worker's hint_invalidate: sent again
+ * Runs on the worker's loop when the job is done. The invalidations the
+ * fanout thread made join the worker's failover replay ring; those it
+ * could not make go through the worker's hint_invalidate: sent again
  * now, or kept in the worker's dirty list and replayed until Redis takes
  * them (the one replay mechanism of every writer). The reply follows.
  */
@@ -144,6 +146,7 @@ static void
 job_reply(evutil_socket_t fd, short what, void *arg)
 {
     struct fanout_job *j = arg;
+    hint_remember_acked(j->w, j->app_id, j->uids, j->nuids);
     if (j->nhint_failed == 0) {
         job_send_reply(j);
         return;
@@ -221,93 +224,50 @@ copy_batch(PGconn *c, const int64_t *uids, size_t n, char *err, size_t errlen)
     return ok;
 }
 
-/* (Re)connects a lane's blocking Redis connection; false when unreachable. */
-static bool
-redis_ready(struct fanout *f, struct fanout_lane *l)
-{
-    if (l->redis != NULL && !l->redis->err)
-        return true;
-    if (l->redis != NULL)
-        redisFree(l->redis);
-    l->redis = NULL;
-    /*
-     * This blocking connection knows no slots: in Redis Cluster mode every
-     * invalidation goes to the worker's cluster client instead (hint_failed).
-     */
-    const struct logic_config *c = &f->app->cfg;
-    if (c->redis_nodes != NULL && c->redis_nodes[0] != '\0')
-        return false;
-    struct timeval tv = {1, 0};
-    l->redis = redisConnectWithTimeout(c->redis_host, (int)c->redis_port, tv);
-    if (l->redis == NULL || l->redis->err)
-        return false;
-    redisSetTimeout(l->redis, tv);
-    if (c->redis_password != NULL && c->redis_password[0] != '\0') {
-        redisReply *a = c->redis_user != NULL && c->redis_user[0] != '\0'
-                            ? redisCommand(l->redis, "AUTH %s %s", c->redis_user, c->redis_password)
-                            : redisCommand(l->redis, "AUTH %s", c->redis_password);
-        bool ok = a != NULL && a->type != REDIS_REPLY_ERROR;
-        if (a != NULL)
-            freeReplyObject(a);
-        if (!ok) {
-            /* A refusal is logged by the worker's client, which gets these mailboxes. */
-            redisFree(l->redis);
-            l->redis = NULL;
-            return false;
-        }
-    }
-    return true;
-}
-
-/* Sends one batch's invalidations (pipelined, blocking); false if any failed. */
+/*
+ * Sends one batch's invalidations, pipelined per Redis node (blocking, with
+ * timeouts; in cluster mode each to the master of its key's slot); false
+ * if any failed.
+ */
 static bool
 invalidate_once(struct fanout *f, struct fanout_lane *l, uint64_t app_id, const int64_t *uids,
                 size_t n)
 {
-    if (!redis_ready(f, l))
-        return false;
+    if (l->redis == NULL) {
+        struct redis_config rc = logic_redis_config(&f->app->cfg);
+        l->redis = redis_block_new(&rc);
+        if (l->redis == NULL)
+            return false;
+    }
     char ttl[24];
     snprintf(ttl, sizeof(ttl), "%" PRId64, f->app->cfg.hint_ttl_s);
-    for (size_t i = 0; i < n; i++) {
-        char key[64];
-        hint_key(key, sizeof(key), app_id, (uint64_t)uids[i]);
-        redisAppendCommand(l->redis, "EVAL %s 1 %s %s", hint_invalidate_lua, key, ttl);
-    }
-    bool ok = true;
+    char **cmds = calloc(n, sizeof(*cmds));
+    size_t *lens = calloc(n, sizeof(*lens));
+    char(*keys)[64] = calloc(n, sizeof(*keys));
+    const char **keyp = calloc(n, sizeof(*keyp));
+    bool ok = cmds != NULL && lens != NULL && keys != NULL && keyp != NULL;
     for (size_t i = 0; i < n && ok; i++) {
-        redisReply *reply = NULL; /* left alone by a failed redisGetReply */
-        ok = redisGetReply(l->redis, (void **)&reply) == REDIS_OK && reply != NULL &&
-             reply->type != REDIS_REPLY_ERROR;
-        if (reply != NULL)
-            freeReplyObject(reply);
+        hint_key(keys[i], sizeof(keys[i]), app_id, (uint64_t)uids[i]);
+        keyp[i] = keys[i];
+        int len =
+            redisFormatCommand(&cmds[i], "EVAL %s 1 %s %s", hint_invalidate_lua, keys[i], ttl);
+        ok = len > 0;
+        lens[i] = ok ? (size_t)len : 0;
     }
-    if (!ok && l->redis->err == 0) {
-        /* Unread replies would answer the next batch's commands: start over. */
-        redisFree(l->redis);
-        l->redis = NULL;
-    }
+    ok = ok && redis_block_pipeline(l->redis, n, cmds, lens, keyp);
+    for (size_t i = 0; cmds != NULL && i < n; i++)
+        redisFreeCommand(cmds[i]);
+    free(cmds);
+    free(lens);
+    free(keys);
+    free(keyp);
     return ok;
 }
 
-/*
- * Invalidates the sync hints of a committed batch. A connection that broke
- * since the last job (a Redis restart) fails on first use, so one failure
- * is retried on a fresh connection (an invalidation can be repeated
- * safely); what still fails is kept in the job for the worker (job_reply).
- */
+/* Keeps mailboxes whose invalidation failed for the worker (job_reply). */
 static void
-invalidate_batch(struct fanout_part *part, const int64_t *uids, size_t n)
+hand_over(struct fanout_part *part, const int64_t *uids, size_t n)
 {
-    struct fanout *f = part->f;
-    struct fanout_lane *l = &f->lanes[part->shard];
-    if (invalidate_once(f, l, part->j->app_id, uids, n))
-        return;
-    if (l->redis != NULL) {
-        redisFree(l->redis);
-        l->redis = NULL;
-    }
-    if (invalidate_once(f, l, part->j->app_id, uids, n))
-        return;
     log_warn("fanout_hint_failed", "mailboxes=%zu (handed to the worker)", n);
     uint64_t *grown = realloc(part->hint_failed, (part->nhint_failed + n) * sizeof(*grown));
     if (grown == NULL) {
@@ -318,6 +278,33 @@ invalidate_batch(struct fanout_part *part, const int64_t *uids, size_t n)
         grown[part->nhint_failed + i] = (uint64_t)uids[i];
     part->hint_failed = grown;
     part->nhint_failed += n;
+}
+
+/*
+ * Invalidates the sync hints of the committed batch part->uids[off, off+n).
+ * A connection that broke since the last job (a Redis restart) or a slot
+ * map that changed (a failover, a slot moved: MOVED) fails on first use,
+ * so a failure is retried on fresh connections with a fresh map (an
+ * invalidation can be repeated safely). In Redis Cluster mode a failure
+ * may also mean a master died, and with asynchronous replication it may
+ * have taken invalidations of this part's earlier batches with it, so the
+ * retry sends those again too (hint.h, point 4). What still fails is kept
+ * for the worker.
+ */
+static void
+invalidate_batch(struct fanout_part *part, size_t off, size_t n)
+{
+    struct fanout *f = part->f;
+    struct fanout_lane *l = &f->lanes[part->shard];
+    uint64_t app_id = part->j->app_id;
+    if (invalidate_once(f, l, app_id, part->uids + off, n))
+        return;
+    bool cluster = f->app->cfg.redis_nodes != NULL && f->app->cfg.redis_nodes[0] != '\0';
+    for (size_t o = cluster ? 0 : off; o < off + n; o += FANOUT_BATCH) {
+        size_t m = off + n - o < FANOUT_BATCH ? off + n - o : FANOUT_BATCH;
+        if (!invalidate_once(f, l, app_id, part->uids + o, m))
+            hand_over(part, part->uids + o, m);
+    }
 }
 
 /* Writes one part of a job in batches; fills the part's results. */
@@ -370,7 +357,7 @@ run_part(struct fanout_part *part)
             part->last_id = last;
         part->written += written;
         part->batches++;
-        invalidate_batch(part, part->uids + off, n);
+        invalidate_batch(part, off, n);
     }
 }
 
@@ -543,8 +530,7 @@ fanout_stop(struct fanout *f)
     for (int i = 0; i < LOGIC_MAX_SHARDS; i++) {
         if (f->lanes[i].pg)
             PQfinish(f->lanes[i].pg);
-        if (f->lanes[i].redis)
-            redisFree(f->lanes[i].redis);
+        redis_block_free(f->lanes[i].redis);
     }
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cv);

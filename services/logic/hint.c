@@ -147,6 +147,13 @@ recent_add(struct logic_worker *w, uint64_t app_id, uint64_t uid)
     d->recent[i] = (struct hint_recent){app_id, uid, now};
 }
 
+void
+hint_remember_acked(struct logic_worker *w, uint64_t app_id, const int64_t *uids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        recent_add(w, app_id, (uint64_t)uids[i]);
+}
+
 /* Replays the list within HINT_REPLAY_INTERVAL_MS (a command timeout does
  * not always end in a reconnect, so the on-connect replay is not enough). */
 static void

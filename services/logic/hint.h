@@ -97,6 +97,13 @@ void hint_set(struct logic_worker *w, uint64_t app_id, uint64_t uid, const struc
 void hint_invalidate(struct logic_worker *w, uint64_t app_id, const uint64_t *uids, int n,
                      hint_done_cb done, void *arg);
 
+/*
+ * Remembers invalidations another thread's connection had acknowledged
+ * (the fanout lanes'), so a Redis Cluster failover replays them like the
+ * worker's own (point 4 above). Nothing in single-node mode.
+ */
+void hint_remember_acked(struct logic_worker *w, uint64_t app_id, const int64_t *uids, size_t n);
+
 /* hint:{app:uid} into buf. */
 void hint_key(char *buf, size_t len, uint64_t app_id, uint64_t uid);
 

@@ -16,9 +16,12 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "health.h"
 #include "http.h"
+#include "redis.h"
 #include "shard.h"
 #include "token.h"
+#include "xff.h"
 
 struct event_base;
 struct event;
@@ -34,12 +37,15 @@ struct token_cache;
 struct metric;
 struct retention;
 struct reach_sampler;
+struct logic_probe;
 
 struct logic_config {
     char *sdk_listen;
     char *internal_listen;
     int64_t threads;
     char *log_level;
+    char *log_format;
+    char *log_file;
     char *pg_conninfo;
     char *pg_shards;
     int64_t pg_pool_size;
@@ -66,6 +72,7 @@ struct logic_config {
     int64_t internal_max_connections;
     bool sdk_health;
     char *cors_allow_origins;
+    char *trusted_proxies;
     int64_t max_recipients;
     int64_t max_content_bytes;
     int64_t default_expire_s;
@@ -90,6 +97,9 @@ extern const struct cfg_schema logic_config_schema;
 bool logic_config_validate(const struct logic_config *c, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* Most worker threads (the threads key's upper bound). */
+#define LOGIC_MAX_WORKERS 64
+
 #define LOGIC_MAX_OPS_TOKENS 16
 
 /* What an ops token may do (ops_tokens "name:token[:role]"): an editor
@@ -100,8 +110,11 @@ enum logic_role {
     LOGIC_ROLE_PUBLISHER = 2,
 };
 
+/* Longest operator name + 1. */
+#define LOGIC_MAX_OPS_NAME 64
+
 struct logic_ops_token {
-    char name[64];
+    const char *name; /* interned: valid until exit, across reloads (live.h) */
     char token[128];
     enum logic_role role;
 };
@@ -109,20 +122,22 @@ struct logic_ops_token {
 /* Most origins in cors_allow_origins. */
 #define LOGIC_MAX_CORS_ORIGINS 32
 
+struct logic_live;
+
 struct logic {
     struct logic_config cfg;
     struct metrics *metrics;
-    struct token_keys keys;
-    struct logic_ops_token ops[LOGIC_MAX_OPS_TOKENS];
-    int nops;
+    /* token keys, ops tokens and CORS origins: what a SIGHUP may change
+     * (live.h). live is the main thread's (newest, with the retired ones
+     * behind it); live_pub is what workers adopt, each into its own
+     * logic_worker.live */
+    struct logic_live *live;
+    _Atomic(struct logic_live *) live_pub;
     char sdk_host[256], internal_host[256];
     int sdk_port, internal_port;
     /* connection caps of the two listeners, shared by every worker's server */
     struct http_gate sdk_gate, internal_gate;
-    /* the SDK listener's CORS policy (cors_allow_origins), when set */
-    char *cors_origins[LOGIC_MAX_CORS_ORIGINS];
-    struct http_cors cors;
-    bool cors_on;
+    struct xff_trust trusted_proxies; /* both listeners (lib/xff.h) */
     int64_t started_us;
     struct fanout *fanout;     /* the write-diffusion thread (fanout.h) */
     struct pubcache *pubcache; /* the public-mailbox poller (pubcache.h) */
@@ -145,6 +160,8 @@ struct logic {
      * logicd unhealthy (its users get 503, the others are served) */
     atomic_int shard_pools_ready;
     int shard_pools;
+    /* each worker loop's heartbeat, by worker id: /livez (probe.h) */
+    struct health_beat beats[LOGIC_MAX_WORKERS];
 };
 
 struct logic_worker {
@@ -165,15 +182,25 @@ struct logic_worker {
     struct hint_dirty *dirty;    /* hint invalidations to replay (hint.h) */
     struct retention *retention; /* worker 0 only */
     struct reach_sampler *reach; /* worker 0 only (reach.h) */
+    struct logic_probe *probe;   /* worker 0 only: dependency checks (probe.h) */
     struct pub_snapshot *snap;   /* public cache as this worker sees it (pubcache.h) */
     struct token_cache *tokens;  /* verified user tokens (api_io.c) */
     struct pull_op *pull_spares; /* freed pull states kept for reuse (api_sync.c) */
     int npull_spares;
     /* hot-path counters, looked up once (a lookup takes the registry mutex) */
     struct metric *m_sync_hint, *m_sync_db;
+    struct metric *m_reach_counted, *m_reach_dropped; /* mbox_notice_deliveries_total */
     struct event *stop_ev;
+    /* the configuration snapshot this worker serves with (live.h), and its
+     * generation for the main thread; reload_ev adopts a newer one */
+    const struct logic_live *live;
+    atomic_uint_fast64_t live_gen;
+    struct event *reload_ev;
     bool started;
 };
+
+/* The Redis client settings of a configuration (workers and fanout lanes alike). */
+struct redis_config logic_redis_config(const struct logic_config *c);
 
 /* Creates the worker's loop, listeners and clients. err gets one line. */
 bool logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, size_t errlen)

@@ -9,10 +9,16 @@
 #include <string.h>
 
 #include "log.h"
+#include "xff.h"
 
 #define K(name, type, def, min, max, help)                                                         \
     {                                                                                              \
 #name, type, offsetof(struct logic_config, name), def, help, min, max, false               \
+    }
+/* A key a SIGHUP applies without a restart (live.h, lib/log.h). */
+#define KR(name, type, def, min, max, help)                                                        \
+    {                                                                                              \
+#name, type, offsetof(struct logic_config, name), def, help, min, max, true                \
     }
 
 static const struct cfg_key logic_keys[] = {
@@ -20,7 +26,11 @@ static const struct cfg_key logic_keys[] = {
     K(internal_listen, CFG_STR, "127.0.0.1:8081", 0, 0,
       "internal listener (business servers and operators; never expose to users)"),
     K(threads, CFG_INT, "2", 1, 64, "worker threads, each with its own loop, listeners and pools"),
-    K(log_level, CFG_STR, "info", 0, 0, "debug, info, warn or error"),
+    KR(log_level, CFG_STR, "info", 0, 0, "debug, info, warn or error"),
+    KR(log_format, CFG_STR, "kv", 0, 0,
+       "kv (key=value text) or json (one JSON object per line, every value a string)"),
+    KR(log_file, CFG_STR, NULL, 0, 0,
+       "append log lines to this file, reopened on SIGHUP (logrotate); empty: stderr"),
     K(pg_conninfo, CFG_SECRET, "host=127.0.0.1 port=5432 dbname=mbox user=mbox", 0, 0,
       "libpq connection string of the system of record (with pg_shards: the public database)"),
     K(pg_shards, CFG_SECRET, NULL, 0, 0,
@@ -39,13 +49,13 @@ static const struct cfg_key logic_keys[] = {
     K(redis_password, CFG_SECRET, NULL, 0, 0, "Redis password, sent first on every connection"),
     K(server_key, CFG_SECRET, NULL, 0, 0,
       "shared secret of business servers on the internal listener (required)"),
-    K(ops_tokens, CFG_SECRET, NULL, 0, 0,
-      "operator tokens as name:token[:role][,...]; role editor or publisher (default); the name "
-      "is written to the audit log"),
-    K(token_key_id, CFG_STR, "k1", 0, 0, "id of the key that signs new user tokens"),
-    K(token_key, CFG_SECRET, NULL, 0, 0, "HMAC-SHA256 key of new user tokens (required)"),
-    K(token_prev_key_id, CFG_STR, NULL, 0, 0, "id of the previous key, still accepted (rotation)"),
-    K(token_prev_key, CFG_SECRET, NULL, 0, 0, "previous key, still accepted (rotation)"),
+    KR(ops_tokens, CFG_SECRET, NULL, 0, 0,
+       "operator tokens as name:token[:role][,...]; role editor or publisher (default); the name "
+       "is written to the audit log"),
+    KR(token_key_id, CFG_STR, "k1", 0, 0, "id of the key that signs new user tokens"),
+    KR(token_key, CFG_SECRET, NULL, 0, 0, "HMAC-SHA256 key of new user tokens (required)"),
+    KR(token_prev_key_id, CFG_STR, NULL, 0, 0, "id of the previous key, still accepted (rotation)"),
+    KR(token_prev_key, CFG_SECRET, NULL, 0, 0, "previous key, still accepted (rotation)"),
     K(sdk_max_body, CFG_INT, "262144", 1024, 16777216, "largest SDK request body in bytes (413)"),
     K(internal_max_body, CFG_INT, "67108864", 1024, 1073741824,
       "largest internal request body in bytes (fanout uid lists are large)"),
@@ -63,10 +73,15 @@ static const struct cfg_key logic_keys[] = {
     K(internal_max_connections, CFG_INT, "0", 0, 10000000,
       "most open connections of the internal listener; 0: derived from RLIMIT_NOFILE (api.md 1.6)"),
     K(sdk_health, CFG_BOOL, "false", 0, 0,
-      "also serve /healthz and /metrics on the SDK listener (default: internal listener only)"),
-    K(cors_allow_origins, CFG_STR, NULL, 0, 0,
-      "browser origins allowed on the SDK listener (CORS): scheme://host[:port],... or *; "
-      "empty: none"),
+      "also serve /healthz, /livez, /readyz and /metrics on the SDK listener (default: internal "
+      "listener only)"),
+    KR(cors_allow_origins, CFG_STR, NULL, 0, 0,
+       "browser origins allowed on the SDK listener (CORS): scheme://host[:port],... or *; "
+       "empty: none"),
+    K(trusted_proxies, CFG_STR, NULL, 0, 0,
+      "reverse proxies whose X-Forwarded-For is believed, as addresses or CIDR networks "
+      "(127.0.0.1/32 ::1/128); the client= of a request is then the right-most untrusted "
+      "address of that header; empty: the TCP peer always"),
     K(max_recipients, CFG_INT, "1000", 1, 100000, "most recipients of one POST /v1/messages"),
     K(max_content_bytes, CFG_INT, "65536", 1, 16777216, "largest message or notice content"),
     K(default_expire_s, CFG_INT, "1209600", 60, 315360000,
@@ -81,7 +96,9 @@ static const struct cfg_key logic_keys[] = {
     K(poll_interval_ms, CFG_INT, "1000", 50, 600000, "public mailbox poller period"),
     K(whitelist_file, CFG_STR, NULL, 0, 0,
       "gray-release whitelist loaded at start: lines of 'app_id uid'"),
-    K(migrations_dir, CFG_STR, "migrations", 0, 0, "directory of numbered SQL files (--migrate)"),
+    K(migrations_dir, CFG_STR, NULL, 0, 0,
+      "directory of numbered SQL files (--migrate); empty: the copy meson install put beside "
+      "the binary (../share/mbox/migrations), else migrations/ of the working directory"),
     K(retention_interval_s, CFG_INT, "60", 1, 86400, "period of the expired-row deletion job"),
     K(fanout_max_uids, CFG_INT, "5000000", 1, 100000000, "most uids in one POST /v1/fanout"),
     K(retention_batch, CFG_INT, "5000", 1, 1000000, "rows deleted per statement by that job"),
@@ -97,6 +114,16 @@ const struct cfg_schema logic_config_schema = {
     "LOGICD_",
     logic_keys,
     sizeof(logic_keys) / sizeof(logic_keys[0]),
+    "  --migrate          apply the migrations (migrations_dir) to every database, then serve\n"
+    "  --migrate-only     apply the migrations and exit\n"
+    "\n"
+    "signals:\n"
+    "  SIGHUP             reopen log_file (logrotate) and reload the keys marked\n"
+    "                     \"SIGHUP reloads it\"; other changed keys are logged as\n"
+    "                     needing a restart; a bad file keeps the running config\n"
+    "  SIGTERM, SIGINT    stop accepting, drain replies in flight, exit\n"
+    "Under systemd (Type=notify) it sends READY=1, RELOADING=1, STOPPING=1 and,\n"
+    "with WatchdogSec=, WATCHDOG=1 while every worker loop turns.\n",
 };
 
 bool
@@ -109,6 +136,11 @@ logic_config_validate(const struct logic_config *c, char *err, size_t errlen)
     if (!log_parse_level(c->log_level, &lvl)) {
         snprintf(err, errlen, "key 'log_level': '%s' is not debug, info, warn or error",
                  c->log_level);
+        return false;
+    }
+    enum log_format fmt;
+    if (!log_parse_format(c->log_format, &fmt)) {
+        snprintf(err, errlen, "key 'log_format': '%s' is not kv or json", c->log_format);
         return false;
     }
     if (!cfg_parse_hostport(c->sdk_listen, host, sizeof(host), &port)) {
@@ -137,6 +169,12 @@ logic_config_validate(const struct logic_config *c, char *err, size_t errlen)
     }
     if (c->sync_default_limit > c->sync_max_limit) {
         snprintf(err, errlen, "key 'sync_default_limit': larger than sync_max_limit");
+        return false;
+    }
+    struct xff_trust trust;
+    char why[160];
+    if (!xff_trust_parse(c->trusted_proxies, &trust, why, sizeof(why))) {
+        snprintf(err, errlen, "key 'trusted_proxies': %s", why);
         return false;
     }
     return true;

@@ -4,163 +4,80 @@
  * the whitelist, and the public-mailbox cache.
  *
  * main() loads the config, optionally applies migrations (--migrate), starts
- * the worker threads and waits for SIGTERM/SIGINT, then stops the workers:
- * they stop accepting, let replies in flight drain briefly and leave.
+ * the worker threads, tells systemd it is ready (sdnotify.h) and waits for
+ * signals: SIGHUP reloads what can change without a restart (reload()),
+ * SIGTERM/SIGINT stop the workers: they stop accepting, let replies in
+ * flight drain briefly and leave.
  */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <event2/thread.h>
 
 #include "config.h"
 #include "console.h"
 #include "fanout.h"
+#include "health.h"
+#include "live.h"
 #include "log.h"
 #include "logic.h"
 #include "metrics.h"
 #include "migrate.h"
 #include "pubcache.h"
+#include "sdnotify.h"
 #include "shard_db.h"
 
-/*
- * Parses "name:token[:role],..." into app->ops. The role is the text after
- * the last ':' when it is "editor" or "publisher"; an entry without one is
- * a publisher (what every ops token could do before roles existed). A
- * token that itself contains ':' must then be followed by its role.
- */
-static bool
-parse_ops_tokens(struct logic *app, const char *s, char *err, size_t errlen)
-{
-    app->nops = 0;
-    while (*s) {
-        const char *end = strchr(s, ',');
-        size_t len = end ? (size_t)(end - s) : strlen(s);
-        const char *colon = memchr(s, ':', len);
-        if (colon == NULL || colon == s || colon + 1 == s + len) {
-            snprintf(err, errlen, "key 'ops_tokens': entry %d is not name:token[:role]",
-                     app->nops + 1);
-            return false;
-        }
-        size_t nlen = (size_t)(colon - s), tlen = len - nlen - 1;
-        enum logic_role role = LOGIC_ROLE_PUBLISHER;
-        const char *last = memrchr(colon + 1, ':', tlen);
-        if (last != NULL) {
-            size_t rlen = (size_t)(s + len - last - 1);
-            if (rlen == 6 && memcmp(last + 1, "editor", 6) == 0)
-                role = LOGIC_ROLE_EDITOR;
-            else if (rlen == 9 && memcmp(last + 1, "publisher", 9) == 0)
-                role = LOGIC_ROLE_PUBLISHER;
-            else
-                last = NULL; /* part of the token */
-            if (last != NULL)
-                tlen = (size_t)(last - colon - 1);
-        }
-        if (tlen == 0) {
-            snprintf(err, errlen, "key 'ops_tokens': entry %d has an empty token", app->nops + 1);
-            return false;
-        }
-        if (app->nops == LOGIC_MAX_OPS_TOKENS || nlen >= sizeof(app->ops[0].name) ||
-            tlen >= sizeof(app->ops[0].token)) {
-            snprintf(err, errlen, "key 'ops_tokens': too many entries or too long");
-            return false;
-        }
-        memcpy(app->ops[app->nops].name, s, nlen);
-        app->ops[app->nops].name[nlen] = '\0';
-        memcpy(app->ops[app->nops].token, colon + 1, tlen);
-        app->ops[app->nops].token[tlen] = '\0';
-        app->ops[app->nops].role = role;
-        /* One token, one operator: with two entries the role would depend
-         * on which one the lookup happens to meet. */
-        for (int i = 0; i < app->nops; i++) {
-            if (strcmp(app->ops[i].token, app->ops[app->nops].token) == 0) {
-                snprintf(err, errlen, "key 'ops_tokens': entries %d and %d have the same token",
-                         i + 1, app->nops + 1);
-                return false;
-            }
-        }
-        app->nops++;
-        s += len;
-        if (*s == ',')
-            s++;
-    }
-    return true;
-}
-
-/*
- * Parses cors_allow_origins ("*", or origins "scheme://host[:port]"
- * separated by commas and spaces) into app->cors.
- */
-static bool
-parse_cors(struct logic *app, const char *s, char *err, size_t errlen)
-{
-    size_t n = 0;
-    while (*s) {
-        size_t len = strcspn(s, ", ");
-        if (len == 0) {
-            s++;
-            continue;
-        }
-        if (len == 1 && *s == '*') {
-            app->cors.any = true;
-        } else {
-            const char *sep = memmem(s, len, "://", 3);
-            if (n == LOGIC_MAX_CORS_ORIGINS || sep == NULL || sep == s || sep + 3 == s + len ||
-                memchr(sep + 3, '/', len - (size_t)(sep + 3 - s)) != NULL) {
-                snprintf(err, errlen,
-                         "key 'cors_allow_origins': '%.*s' is not scheme://host[:port] "
-                         "(at most %d origins)",
-                         (int)(len < 200 ? len : 200), s, LOGIC_MAX_CORS_ORIGINS);
-                return false;
-            }
-            app->cors_origins[n] = strndup(s, len);
-            if (app->cors_origins[n] == NULL) {
-                snprintf(err, errlen, "out of memory");
-                return false;
-            }
-            n++;
-        }
-        s += len;
-    }
-    app->cors.origins = (const char *const *)app->cors_origins;
-    app->cors.norigins = n;
-    app->cors.allow_headers =
-        "Authorization, Content-Type, Accept, platform, app_version, core_level";
-    app->cors.max_age_s = 600;
-    app->cors_on = n > 0 || app->cors.any;
-    return true;
-}
-
+/* Frees what prepare_app() allocates: the config snapshots and the shard list. */
 static void
-free_cors(struct logic *app)
+free_prepared(struct logic *app)
 {
-    for (size_t i = 0; i < LOGIC_MAX_CORS_ORIGINS; i++) {
-        free(app->cors_origins[i]);
-        app->cors_origins[i] = NULL;
-    }
-    /* With the CORS origins: both are what prepare_app() allocates. */
+    logic_live_free_all(app);
     shard_list_free(app->shard_conninfo, LOGIC_MAX_SHARDS);
 }
 
-/* Everything about the config that the table cannot check. */
+/* The first configuration snapshot (live.h), from the validated config. */
 static bool
-prepare_app(struct logic *app, char *err, size_t errlen)
+build_first_live(struct logic *app, char *err, size_t errlen)
 {
-    struct logic_config *c = &app->cfg;
-    if (!logic_config_validate(c, err, errlen) ||
-        !parse_ops_tokens(app, c->ops_tokens, err, errlen) ||
-        !parse_cors(app, c->cors_allow_origins, err, errlen) ||
-        !console_resolve_dir(app, err, errlen))
+    struct logic_live *lv = logic_live_build(&app->cfg, err, errlen);
+    if (lv == NULL)
         return false;
-    if (!cfg_parse_hostport(c->sdk_listen, app->sdk_host, sizeof(app->sdk_host), &app->sdk_port) ||
-        !cfg_parse_hostport(c->internal_listen, app->internal_host, sizeof(app->internal_host),
-                            &app->internal_port)) {
-        snprintf(err, errlen, "bad listener address");
+    logic_live_set_first(app, lv);
+    return true;
+}
+
+/* Applies log_level, log_format and log_file (at start and on SIGHUP). */
+static bool
+apply_log_settings(const struct logic_config *c, char *err, size_t errlen)
+{
+    enum log_level lvl;
+    enum log_format fmt;
+    if (!log_parse_level(c->log_level, &lvl) || !log_parse_format(c->log_format, &fmt)) {
+        snprintf(err, errlen, "bad log_level or log_format"); /* validated before */
         return false;
     }
+    if (!log_open_file(c->log_file, err, errlen))
+        return false;
+    log_set_level(lvl);
+    log_set_format(fmt);
+    return true;
+}
+
+/*
+ * Values derived from others (at start, and on the config a reload read, so
+ * that comparing the two does not see a change nobody made).
+ */
+static void
+derive_limits(struct logic_config *c)
+{
     /* The internal listener's body cap (lib/http has one per listener)
      * must hold a POST /v1/fanout of fanout_max_uids + 1 uids of 20 digits
      * and CRLF after a first line with the largest content (JSON escapes
@@ -169,10 +86,24 @@ prepare_app(struct logic *app, char *err, size_t errlen)
     int64_t fanout_body = (c->fanout_max_uids + 1) * 22 + c->max_content_bytes * 6 + 4096;
     if (c->internal_max_body < fanout_body)
         c->internal_max_body = fanout_body;
-    app->keys.current_id = c->token_key_id;
-    app->keys.current_key = c->token_key;
-    app->keys.previous_id = c->token_prev_key_id[0] ? c->token_prev_key_id : NULL;
-    app->keys.previous_key = c->token_prev_key[0] ? c->token_prev_key : NULL;
+}
+
+/* Everything about the config that the table cannot check. */
+static bool
+prepare_app(struct logic *app, char *err, size_t errlen)
+{
+    struct logic_config *c = &app->cfg;
+    if (!logic_config_validate(c, err, errlen) || !build_first_live(app, err, errlen) ||
+        !xff_trust_parse(c->trusted_proxies, &app->trusted_proxies, err, errlen) ||
+        !console_resolve_dir(app, err, errlen))
+        return false;
+    if (!cfg_parse_hostport(c->sdk_listen, app->sdk_host, sizeof(app->sdk_host), &app->sdk_port) ||
+        !cfg_parse_hostport(c->internal_listen, app->internal_host, sizeof(app->internal_host),
+                            &app->internal_port)) {
+        snprintf(err, errlen, "bad listener address");
+        return false;
+    }
+    derive_limits(c);
     int n = shard_list_parse(c->pg_shards, app->shard_conninfo, LOGIC_MAX_SHARDS, err, errlen);
     if (n < 0)
         return false;
@@ -253,6 +184,152 @@ plan_connections(struct logic *app)
              app->sdk_gate.max, app->internal_gate.max);
 }
 
+/* True when path names a directory. */
+static bool
+is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/*
+ * An empty migrations_dir: the copy meson install put beside this binary
+ * (MBOX_MIGRATIONS_REL from the executable's directory, which also holds
+ * under a DESTDIR or a moved prefix), else the configured install path,
+ * else migrations/ of the working directory (a checkout).
+ */
+static bool
+resolve_migrations_dir(struct logic *app, char *err, size_t errlen)
+{
+    if (app->cfg.migrations_dir[0] != '\0')
+        return true;
+    char exe[PATH_MAX], dir[PATH_MAX + 64];
+    const char *found = "migrations";
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    char *slash = n > 0 ? memrchr(exe, '/', (size_t)n) : NULL;
+    if (slash != NULL) {
+        *slash = '\0';
+        snprintf(dir, sizeof(dir), "%s/%s", exe, MBOX_MIGRATIONS_REL);
+    } else {
+        dir[0] = '\0';
+    }
+    if (dir[0] != '\0' && is_dir(dir))
+        found = dir;
+    else if (is_dir(MBOX_MIGRATIONS_INSTALL_DIR))
+        found = MBOX_MIGRATIONS_INSTALL_DIR;
+    log_info("migrations_dir_resolved", "dir=%s", found);
+    return cfg_set(&logic_config_schema, &app->cfg, "migrations_dir", found, err, errlen);
+}
+
+/* What systemd shows as the service's status while it serves. */
+static void
+ready_status(const struct logic *app, char *buf, size_t len)
+{
+    snprintf(buf, len, "serving: sdk %s, internal %s, %d workers", app->cfg.sdk_listen,
+             app->cfg.internal_listen, app->nworkers);
+}
+
+/*
+ * SIGHUP: reopens the log file (logrotate renamed it), then reads the
+ * config file again. A file that does not load or validate changes nothing
+ * but the log file's descriptor; otherwise the reloadable keys take effect
+ * (log settings here, the rest through a new snapshot the workers adopt)
+ * and every other changed key is named in one "needs restart" line and
+ * left as it was.
+ */
+static void
+reload(struct logic *app, const char *path, struct logic_worker *workers, int n)
+{
+    char err[512], q[600], status[256];
+    sdn_reloading();
+    ready_status(app, status, sizeof(status));
+    if (!log_open_file(app->cfg.log_file, err, sizeof(err)))
+        log_error("log_reopen_failed", "error=%s", log_q(q, sizeof(q), err));
+    struct logic_config nc;
+    memset(&nc, 0, sizeof(nc));
+    if (!cfg_load(&logic_config_schema, &nc, path, err, sizeof(err))) {
+        log_error("config_reload_failed", "file=%s error=%s kept=running_config",
+                  path != NULL ? path : "(none)", log_q(q, sizeof(q), err));
+        sdn_ready(status);
+        return;
+    }
+    struct logic_live *lv = NULL;
+    if (!logic_config_validate(&nc, err, sizeof(err)) ||
+        (lv = logic_live_build(&nc, err, sizeof(err))) == NULL ||
+        (strcmp(nc.log_file, app->cfg.log_file) != 0 &&
+         !log_open_file(nc.log_file, err, sizeof(err)))) {
+        log_error("config_reload_failed", "file=%s error=%s kept=running_config",
+                  path != NULL ? path : "(none)", log_q(q, sizeof(q), err));
+        logic_live_free(lv);
+        cfg_free(&logic_config_schema, &nc);
+        sdn_ready(status);
+        return;
+    }
+    derive_limits(&nc);
+    /* An empty migrations_dir was resolved (--migrate) to what runs. */
+    if (nc.migrations_dir[0] == '\0' && !cfg_set(&logic_config_schema, &nc, "migrations_dir",
+                                                 app->cfg.migrations_dir, err, sizeof(err)))
+        log_warn("config_reload_migrations_dir", "error=%s", log_q(q, sizeof(q), err));
+    /* Committed from here on: nothing below can fail. */
+    char applied[1024] = "", restart[1024] = "";
+    for (size_t i = 0; i < logic_config_schema.nkeys; i++) {
+        const struct cfg_key *k = &logic_config_schema.keys[i];
+        if (cfg_key_equal(k, &app->cfg, &nc))
+            continue;
+        char *list = k->reloadable ? applied : restart;
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof(applied) - used, "%s%s", used ? "," : "", k->name);
+        /* Workers never read the reloadable keys of app->cfg (they use
+         * their snapshot), so the main thread may change them. */
+        if (k->reloadable)
+            cfg_key_swap(k, &app->cfg, &nc);
+    }
+    cfg_free(&logic_config_schema, &nc);
+    if (!apply_log_settings(&app->cfg, err, sizeof(err)))
+        log_error("log_settings_failed", "error=%s", log_q(q, sizeof(q), err));
+    logic_live_publish(app, workers, n, lv);
+    log_info("config_reloaded", "file=%s applied=%s", path != NULL ? path : "(none)",
+             applied[0] ? applied : "none");
+    if (restart[0] != '\0')
+        log_warn("config_needs_restart",
+                 "keys=%s hint=\"changed in the file, not applied until "
+                 "a restart\"",
+                 restart);
+    sdn_ready(status);
+}
+
+/*
+ * WATCHDOG=1 only while every worker's loop turns: each beats every
+ * HEALTH_BEAT_INTERVAL_MS (health.h), and a beat older than half the
+ * watchdog period (at least two beats) withholds the ping, so systemd kills
+ * a logicd with a wedged loop instead of leaving it half-serving.
+ */
+static void
+watchdog_tick(const struct logic *app, int n, uint64_t wd_usec)
+{
+    int64_t limit_ms = (int64_t)(wd_usec / 2000);
+    if (limit_ms < 2 * HEALTH_BEAT_INTERVAL_MS)
+        limit_ms = 2 * HEALTH_BEAT_INTERVAL_MS;
+    for (int i = 0; i < n; i++) {
+        int64_t age = health_beat_age_ms(&app->beats[i]);
+        if (age > limit_ms) {
+            log_warn("watchdog_withheld", "worker=%d beat_age_ms=%lld limit_ms=%lld", i,
+                     (long long)age, (long long)limit_ms);
+            return;
+        }
+    }
+    sdn_watchdog();
+}
+
+/* Monotonic clock in microseconds. */
+static int64_t
+mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -264,41 +341,50 @@ main(int argc, char **argv)
 
     enum cfg_action act = cfg_main(&logic_config_schema, &app.cfg, argc, argv, extra, &flags);
     if (act != CFG_RUN) {
-        free_cors(&app);
+        free_prepared(&app);
         cfg_free(&logic_config_schema, &app.cfg);
         return act == CFG_EXIT_OK ? 0 : 1;
     }
+    /* SIGTERM/SIGINT (stop) and SIGHUP (reload) are taken by sigtimedwait
+     * once serving; blocked from here on (before any thread starts), one
+     * that comes while logicd starts waits for it instead of killing it
+     * half-started. --migrate-only keeps the default: Ctrl-C stops it. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    if (!(flags & 2u))
+        pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     char err[512];
     if (!prepare_app(&app, err, sizeof(err))) {
         fprintf(stderr, "logicd: config error: %s\n", err);
-        free_cors(&app);
+        free_prepared(&app);
         cfg_free(&logic_config_schema, &app.cfg);
         return 1;
     }
-    enum log_level lvl = LOG_INFO;
-    if (log_parse_level(app.cfg.log_level, &lvl)) /* validated above */
-        log_set_level(lvl);
+    if (!apply_log_settings(&app.cfg, err, sizeof(err))) {
+        fprintf(stderr, "logicd: config error: %s\n", err);
+        free_prepared(&app);
+        cfg_free(&logic_config_schema, &app.cfg);
+        return 1;
+    }
 
     if (flags & 3u) {
-        if (!migrate_all(&app, err, sizeof(err))) {
+        if (!resolve_migrations_dir(&app, err, sizeof(err)) ||
+            !migrate_all(&app, err, sizeof(err))) {
             fprintf(stderr, "logicd: migration failed: %s\n", err);
-            free_cors(&app);
+            free_prepared(&app);
             cfg_free(&logic_config_schema, &app.cfg);
             return 1;
         }
         if (flags & 2u) {
-            free_cors(&app);
+            free_prepared(&app);
             cfg_free(&logic_config_schema, &app.cfg);
             return 0;
         }
     }
 
-    /* SIGTERM/SIGINT are taken by sigwait below; block them before threads start. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
 
@@ -308,7 +394,7 @@ main(int argc, char **argv)
     if (!shard_db_load(app.cfg.pg_conninfo, app.shard_conninfo, given, &app.map, err,
                        sizeof(err))) {
         fprintf(stderr, "logicd: cannot start: %s\n", err);
-        free_cors(&app);
+        free_prepared(&app);
         cfg_free(&logic_config_schema, &app.cfg);
         return 1;
     }
@@ -373,9 +459,45 @@ main(int argc, char **argv)
     log_info("logicd_started", "sdk=%s internal=%s threads=%d version=%s", app.cfg.sdk_listen,
              app.cfg.internal_listen, n, MBOX_VERSION);
 
+    /* Serving: systemd (Type=notify) hears READY=1; the main thread now
+     * waits for signals, collects retired config snapshots and, under a
+     * WatchdogSec=, pings every half period while the loops turn. */
+    char ready[256];
+    ready_status(&app, ready, sizeof(ready));
+    sdn_ready(ready);
+    const char *config_path = cfg_argv_path(argc, argv);
+    uint64_t wd_usec = sdn_watchdog_usec();
+    int64_t period_us = wd_usec > 0 ? (int64_t)(wd_usec / 2) : 1000000;
+    if (wd_usec > 0)
+        log_info("watchdog_on", "usec=%llu ping_every_ms=%lld", (unsigned long long)wd_usec,
+                 (long long)(period_us / 1000));
+    int64_t next_tick = mono_us() + period_us;
     int sig = 0;
-    while (sigwait(&sigs, &sig) != 0 && errno == EINTR)
-        ;
+    for (;;) {
+        int64_t wait_us = next_tick - mono_us();
+        if (wait_us < 0)
+            wait_us = 0;
+        struct timespec tmo = {(time_t)(wait_us / 1000000), (long)(wait_us % 1000000) * 1000};
+        sig = sigtimedwait(&sigs, NULL, &tmo);
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        if (sig == SIGHUP) {
+            log_info("logicd_reloading", "signal=%d", sig);
+            reload(&app, config_path, workers, n);
+            continue;
+        }
+        if (sig < 0 && errno != EAGAIN && errno != EINTR) {
+            log_error("sigtimedwait_failed", "errno=%d", errno);
+            break;
+        }
+        if (mono_us() >= next_tick) {
+            next_tick += period_us;
+            logic_live_collect(&app, workers, n);
+            if (wd_usec > 0)
+                watchdog_tick(&app, n, wd_usec);
+        }
+    }
+    sdn_stopping("stopping: draining requests");
     log_info("logicd_stopping", "signal=%d", sig);
     /* The poller and the fanout thread hand work to the workers' loops:
      * stop them first (fanout finishes the job in progress). */
@@ -392,7 +514,7 @@ out:
     fanout_stop(app.fanout);
     free(workers);
     metrics_free(app.metrics);
-    free_cors(&app);
+    free_prepared(&app);
     cfg_free(&logic_config_schema, &app.cfg);
     return status;
 }

@@ -11,10 +11,13 @@
 #include "api.h"
 #include "api_io.h"
 #include "hint.h"
+#include "live.h"
 #include "log.h"
 #include "logic.h"
 #include "metrics.h"
 #include "pg.h"
+#include "probe.h"
+#include "procmetrics.h"
 #include "pubcache.h"
 #include "redis.h"
 #include "reach.h"
@@ -40,6 +43,13 @@ on_stop(evutil_socket_t fd, short what, void *arg)
     w->internal = NULL;
     struct timeval grace = {0, 200 * 1000};
     event_base_loopexit(w->base, &grace);
+}
+
+/* Runs on the worker's thread after a SIGHUP reload (live.h). */
+static void
+on_reload(evutil_socket_t fd, short what, void *arg)
+{
+    logic_live_adopt(arg);
 }
 
 /* Counts the workers whose pool can serve (struct logic.pg_workers_up). */
@@ -131,6 +141,22 @@ open_listener(struct logic_worker *w, const char *name, const char *host, int po
     return s;
 }
 
+struct redis_config
+logic_redis_config(const struct logic_config *c)
+{
+    return (struct redis_config){
+        .host = c->redis_host,
+        .port = (int)c->redis_port,
+        .nodes = c->redis_nodes,
+        .user = c->redis_user,
+        .password = c->redis_password,
+        .connect_timeout_ms = 1000,
+        .command_timeout_ms = (int)c->redis_timeout_ms,
+        .backoff_min_ms = 100,
+        .backoff_max_ms = 5000,
+    };
+}
+
 bool
 logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, size_t errlen)
 {
@@ -144,6 +170,13 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
         return false;
     }
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->reload_ev = event_new(w->base, -1, 0, on_reload, w);
+    w->live = app->live;
+    atomic_store(&w->live_gen, app->live->gen);
+    if (w->stop_ev == NULL || w->reload_ev == NULL) {
+        snprintf(err, errlen, "out of memory (worker events)");
+        return false;
+    }
 
     struct pg_pool_config pgc = {
         .conninfo = c->pg_conninfo,
@@ -166,17 +199,7 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
     }
     if (!open_shard_pools(w, &pgc, err, errlen))
         return false;
-    struct redis_config rc = {
-        .host = c->redis_host,
-        .port = (int)c->redis_port,
-        .nodes = c->redis_nodes,
-        .user = c->redis_user,
-        .password = c->redis_password,
-        .connect_timeout_ms = 1000,
-        .command_timeout_ms = (int)c->redis_timeout_ms,
-        .backoff_min_ms = 100,
-        .backoff_max_ms = 5000,
-    };
+    struct redis_config rc = logic_redis_config(c);
     w->redis = redis_new(w->base, &rc, app->metrics);
     w->dirty = hint_dirty_new();
     w->tokens = api_token_cache_new();
@@ -184,6 +207,15 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
                                      "syncs by how the private side was answered", "path=\"hint\"");
     w->m_sync_db = metrics_counter(app->metrics, "mbox_sync_total",
                                    "syncs by how the private side was answered", "path=\"db\"");
+    const char *rh = "notices handed to users in sync replies, by whether the reach counter "
+                     "got the delivery (Redis)";
+    w->m_reach_counted =
+        metrics_counter(app->metrics, "mbox_notice_deliveries_total", rh, "result=\"counted\"");
+    w->m_reach_dropped =
+        metrics_counter(app->metrics, "mbox_notice_deliveries_total", rh, "result=\"dropped\"");
+    /* Present at 0 from the start (notify.c counts them). */
+    metrics_counter(app->metrics, "mbox_notify_batches_total",
+                    "notify batches published to lcsd nodes", NULL);
     if (w->redis == NULL || w->dirty == NULL || w->tokens == NULL) {
         snprintf(err, errlen, "bad Redis settings or out of memory");
         return false;
@@ -192,20 +224,33 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
     if (id == 0) {
         w->retention = retention_start(w);
         w->reach = reach_sampler_start(w);
+        w->probe = logic_probe_start(w);
+        if (w->probe == NULL || !procmetrics_register(app->metrics)) {
+            snprintf(err, errlen, "out of memory (dependency probe)");
+            return false;
+        }
     }
-    /* /healthz and /metrics are the last two routes of the SDK table
-     * (api_routes.c): without sdk_health the listener serves the rest. */
-    size_t sdk_nroutes = c->sdk_health ? logic_sdk_nroutes : logic_sdk_nroutes - 2;
+    if (!health_beat_start(&app->beats[id], w->base)) {
+        snprintf(err, errlen, "cannot start the heartbeat timer");
+        return false;
+    }
+    /* /healthz, /livez, /readyz and /metrics are the last routes of the SDK
+     * table (api_routes.c): without sdk_health the listener serves the rest. */
+    size_t sdk_nroutes =
+        c->sdk_health ? logic_sdk_nroutes : logic_sdk_nroutes - LOGIC_SDK_HEALTH_ROUTES;
     w->sdk = open_listener(w, "sdk", app->sdk_host, app->sdk_port, logic_sdk_routes, sdk_nroutes,
                            (size_t)c->sdk_max_body, &app->sdk_gate, api_precheck_user, err, errlen);
     if (w->sdk == NULL)
         return false;
-    if (app->cors_on)
-        http_server_set_cors(w->sdk, &app->cors);
+    if (w->live->cors_on)
+        http_server_set_cors(w->sdk, &w->live->cors);
+    http_server_set_trusted_proxies(w->sdk, &app->trusted_proxies);
     w->internal =
         open_listener(w, "internal", app->internal_host, app->internal_port, logic_internal_routes,
                       logic_internal_nroutes, (size_t)c->internal_max_body, &app->internal_gate,
                       api_precheck_internal, err, errlen);
+    if (w->internal != NULL)
+        http_server_set_trusted_proxies(w->internal, &app->trusted_proxies);
     return w->internal != NULL;
 }
 
@@ -260,11 +305,16 @@ logic_worker_free(struct logic_worker *w)
     api_pull_spares_free(w);
     retention_free(w->retention);
     reach_sampler_free(w->reach);
+    logic_probe_free(w->probe);
+    if (w->app != NULL)
+        health_beat_stop(&w->app->beats[w->id]);
     pubsnap_unref(w->snap);
     hint_dirty_free(w->dirty);
     api_token_cache_free(w->tokens);
     if (w->stop_ev != NULL)
         event_free(w->stop_ev);
+    if (w->reload_ev != NULL)
+        event_free(w->reload_ev);
     if (w->base != NULL)
         event_base_free(w->base);
     memset(w, 0, sizeof(*w));

@@ -30,7 +30,7 @@ static const struct cfg_key fkeys[] = {
 };
 
 static const struct cfg_schema fschema = {"fuzz", "FUZZ_CONFIG_", fkeys,
-                                          sizeof(fkeys) / sizeof(fkeys[0])};
+                                          sizeof(fkeys) / sizeof(fkeys[0]), NULL};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -15,7 +15,10 @@
  * exceed the bytes it was sent (consumption is linear); no connection is
  * left behind (ASan's leak check runs at exit). A precheck refuses bodies
  * sent with "Authorization: Bearer deny", and a connection cap is set, so
- * those paths run too.
+ * those paths run too. The fuzzer's own address is a trusted proxy, so
+ * X-Forwarded-For and X-Request-Id are read from every request: the echo
+ * handler checks that the client is an address (or the peer) and the id a
+ * valid one.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -30,6 +33,7 @@
 #include <event2/event.h>
 
 #include "http.h"
+#include "xff.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -60,6 +64,13 @@ h_echo(struct http_req *r, void *ctx)
         abort();
     (void)http_req_query(r, "q");
     (void)http_req_header(r, "x-a");
+    const char *client = http_req_client(r);
+    struct xff_addr a;
+    if (!xff_addr_parse(client, strlen(client), &a))
+        abort();
+    const char *id = http_req_id(r);
+    if (!http_request_id_valid(id, strlen(id)))
+        abort();
     http_req_add_header(r, "X-Echo", "1");
     http_reply(r, 200, "application/octet-stream", b, len);
 }
@@ -121,6 +132,10 @@ setup(void)
     if (g_server == NULL)
         abort();
     http_server_set_precheck(g_server, precheck);
+    static struct xff_trust trust;
+    if (!xff_trust_parse("127.0.0.0/8", &trust, err, sizeof(err)))
+        abort();
+    http_server_set_trusted_proxies(g_server, &trust);
 }
 
 /* Checks that out[0, len) is a sequence of complete, well-formed responses

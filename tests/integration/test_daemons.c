@@ -139,13 +139,13 @@ START_TEST(metrics_prometheus_text)
     char ct[128];
     ck_assert_ptr_nonnull(httpc_header(&r, "Content-Type", ct, sizeof(ct)));
     ck_assert_ptr_nonnull(strstr(ct, "text/plain"));
-    ck_assert_ptr_nonnull(strstr(r.body, "# TYPE http_requests_total counter"));
+    ck_assert_ptr_nonnull(strstr(r.body, "# TYPE mbox_http_requests_total counter"));
     ck_assert_ptr_nonnull(strstr(r.body, "route=\"/healthz\""));
-    ck_assert_ptr_nonnull(strstr(r.body, "pg_connections_up"));
+    ck_assert_ptr_nonnull(strstr(r.body, "mbox_pg_connections_ready"));
     httpc_resp_free(&r);
 
     ck_assert_int_eq(httpc_request("GET", h.lcsd[0].port[1], "/metrics", NULL, NULL, 0, &r), 200);
-    ck_assert_ptr_nonnull(strstr(r.body, "redis_connected"));
+    ck_assert_ptr_nonnull(strstr(r.body, "mbox_redis_clients_connected"));
     httpc_resp_free(&r);
 }
 END_TEST
@@ -571,7 +571,7 @@ START_TEST(connection_cap_keeps_internal_listener_answering)
     ck_assert_int_eq(st, 200);
     ck_assert_int_le(ms_since(&t0), 1000);
     ck_assert_double_ge(
-        mt_metric(h.logicd[i].port[1], "http_connections_refused_total", "reason=\"cap\""), 1);
+        mt_metric(h.logicd[i].port[1], "mbox_http_connections_refused_total", "reason=\"cap\""), 1);
     for (int k = 0; k < 20; k++)
         close(held[k]);
     usleep(200 * 1000);

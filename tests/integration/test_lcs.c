@@ -235,7 +235,7 @@ START_TEST(send_notify_pull_end_to_end)
     ck_assert_int_eq(f.len, 2);
     ck_assert(memcmp(f.data, "hb", 2) == 0);
     wsc_frame_free(&f);
-    ck_assert_double_ge(mt_metric(admin_port(0), "lcs_notify_delivered_total", ""), 1);
+    ck_assert_double_ge(mt_metric(admin_port(0), "mbox_lcs_notify_delivered_total", ""), 1);
     wsc_free(c);
 }
 END_TEST
@@ -335,7 +335,7 @@ START_TEST(devices_kick_and_routes)
     struct wsc *c2 = login(0, APP, uid, "dev-c");
     expect_kick(cc);
     wsc_free(cc);
-    ck_assert_double_ge(mt_metric(admin_port(1), "lcs_kicks_total", "remote"), 1);
+    ck_assert_double_ge(mt_metric(admin_port(1), "mbox_lcs_kicks_total", "remote"), 1);
 
     char *all = redis_cli("HGETALL 'route:{%d:%" PRIu64 "}'", APP, uid);
     ck_assert_msg(strstr(all, "dev-a\nlcs0 ") && strstr(all, "dev-b\nlcs0 ") &&
@@ -497,8 +497,8 @@ START_TEST(bad_frames_close_with_the_right_code)
     ck_assert_int_eq(c->http_status, 400);
     wsc_free(c);
     assert_serving(0);
-    ck_assert_double_ge(mt_metric(admin_port(0), "lcs_closes_total", "protocol_error"), 2);
-    ck_assert_double_ge(mt_metric(admin_port(0), "lcs_closes_total", "bad_handshake"), 3);
+    ck_assert_double_ge(mt_metric(admin_port(0), "mbox_lcs_closes_total", "protocol_error"), 2);
+    ck_assert_double_ge(mt_metric(admin_port(0), "mbox_lcs_closes_total", "bad_handshake"), 3);
 }
 END_TEST
 
@@ -544,7 +544,7 @@ START_TEST(login_timeout)
     int64_t el = mono_ms() - t0;
     ck_assert_msg(el >= 200 && el < 1500, "closed after %lld ms", (long long)el);
     wsc_free(c);
-    ck_assert_double_ge(mt_metric(admin_port(1), "lcs_closes_total", "login_timeout"), 1);
+    ck_assert_double_ge(mt_metric(admin_port(1), "mbox_lcs_closes_total", "login_timeout"), 1);
     assert_serving(1);
 }
 END_TEST
@@ -570,7 +570,7 @@ START_TEST(heartbeat_timeout)
     json_t *j = wsc_read_json(alive, 1000, NULL);
     ck_assert_ptr_nonnull(j);
     json_decref(j);
-    ck_assert_double_ge(mt_metric(admin_port(1), "lcs_closes_total", "heartbeat_timeout"), 1);
+    ck_assert_double_ge(mt_metric(admin_port(1), "mbox_lcs_closes_total", "heartbeat_timeout"), 1);
     wsc_free(silent);
     wsc_free(alive);
 }
@@ -606,17 +606,17 @@ START_TEST(slow_reader_is_closed)
     free(redis_cli("%s", args));
 
     int64_t end = mono_ms() + 5000;
-    while (mt_metric(admin_port(2), "lcs_closes_total", "slow_reader") < 1 && mono_ms() < end)
+    while (mt_metric(admin_port(2), "mbox_lcs_closes_total", "slow_reader") < 1 && mono_ms() < end)
         usleep(50 * 1000);
-    ck_assert_double_ge(mt_metric(admin_port(2), "lcs_closes_total", "slow_reader"), 1);
+    ck_assert_double_ge(mt_metric(admin_port(2), "mbox_lcs_closes_total", "slow_reader"), 1);
     /* The other client is served, and the queued output is gone once the slow one is freed. */
     uint64_t id = mt_send1(&h, 0, APP, 7, uid + 1, "still fine");
     ck_assert_uint_eq(read_notify(fine, 5000), id);
     wsc_free(slow);
     end = mono_ms() + 5000;
-    while (mt_metric(admin_port(2), "lcs_conn_buffer_bytes", "") > 4096 && mono_ms() < end)
+    while (mt_metric(admin_port(2), "mbox_lcs_conn_buffer_bytes", "") > 4096 && mono_ms() < end)
         usleep(50 * 1000);
-    ck_assert_double_le(mt_metric(admin_port(2), "lcs_conn_buffer_bytes", ""), 4096);
+    ck_assert_double_le(mt_metric(admin_port(2), "mbox_lcs_conn_buffer_bytes", ""), 4096);
     wsc_free(fine);
 }
 END_TEST
@@ -671,7 +671,7 @@ START_TEST(accept_backs_off_on_emfile)
         ck_assert(memcmp(buf, "HTTP/1.1 101", 12) == 0);
         close(fds[i]);
     }
-    ck_assert_double_ge(mt_metric(admin_port(3), "lcs_accept_backoff_total", ""), 1);
+    ck_assert_double_ge(mt_metric(admin_port(3), "mbox_lcs_accept_backoff_total", ""), 1);
     assert_serving(3);
 }
 END_TEST
@@ -717,7 +717,7 @@ START_TEST(paced_notify_rate)
         pfd[i].fd = cs[i]->fd;
         pfd[i].events = POLLIN;
     }
-    double before = mt_metric(admin_port(0), "lcs_paced_sent_total", "");
+    double before = mt_metric(admin_port(0), "mbox_lcs_paced_sent_total", "");
     broadcast("p 77 9001 1700000000000001 500");
     int64_t *at = calloc(PACE_CONNS * 2, sizeof(int64_t));
     int got = 0;
@@ -753,16 +753,17 @@ START_TEST(paced_notify_rate)
     for (int b = 1; b < last; b++)
         ck_assert_msg(buckets[b] >= PACE_RATE * 95 / 100 && buckets[b] <= PACE_RATE * 105 / 100,
                       "second %d: %d notifies (rate %d)", b, buckets[b], PACE_RATE);
-    ck_assert_double_ge(mt_metric(admin_port(0), "lcs_paced_sent_total", "") - before, PACE_CONNS);
+    ck_assert_double_ge(mt_metric(admin_port(0), "mbox_lcs_paced_sent_total", "") - before,
+                        PACE_CONNS);
 
     /* A stopped notice stops pacing. */
     broadcast("p 77 9002 1700000000000002 500");
     usleep(1000 * 1000);
     broadcast("x 77 9002");
     usleep(200 * 1000);
-    double mid = mt_metric(admin_port(0), "lcs_paced_sent_total", "");
+    double mid = mt_metric(admin_port(0), "mbox_lcs_paced_sent_total", "");
     usleep(600 * 1000);
-    double after = mt_metric(admin_port(0), "lcs_paced_sent_total", "");
+    double after = mt_metric(admin_port(0), "mbox_lcs_paced_sent_total", "");
     ck_assert_double_eq(mid, after);
     ck_assert_double_lt(after - before, 2 * PACE_CONNS);
     ck_assert_double_gt(after - before, PACE_CONNS + 300);
@@ -795,7 +796,7 @@ START_TEST(healthz_and_memory_gauges)
     ck_assert(json_is_true(json_object_get(json_object_get(j, "redis"), "up")));
     ck_assert_ptr_nonnull(json_object_get(j, "connections"));
     json_decref(j);
-    double per_conn = mt_metric(admin_port(0), "lcs_conn_struct_bytes", "");
+    double per_conn = mt_metric(admin_port(0), "mbox_lcs_conn_struct_bytes", "");
     ck_assert_double_gt(per_conn, 0);
     ck_assert_double_le(per_conn, 512);
 }
@@ -838,7 +839,7 @@ START_TEST(per_user_session_cap_kicks_oldest)
         snprintf(dev, sizeof(dev), "d%d", i);
         cs[i] = login(0, APP, UID, dev);
     }
-    double kicks = mt_metric(admin_port(0), "lcs_kicks_total", "session_cap");
+    double kicks = mt_metric(admin_port(0), "mbox_lcs_kicks_total", "session_cap");
     /* The 33rd device gets in; the oldest session is kicked with 4429. */
     cs[CAP] = login(0, APP, UID, "d32");
     json_t *k = expect_type(cs[0], "kick", 3000);
@@ -853,7 +854,7 @@ START_TEST(per_user_session_cap_kicks_oldest)
     cs[CAP + 1] = login(0, APP, UID, "d33");
     ck_assert_int_eq(wsc_wait_close(cs[1], 3000), 4429);
     assert_alive(cs[2]);
-    ck_assert_double_eq(mt_metric(admin_port(0), "lcs_kicks_total", "session_cap") - kicks, 2);
+    ck_assert_double_eq(mt_metric(admin_port(0), "mbox_lcs_kicks_total", "session_cap") - kicks, 2);
     /* Other users are not affected by this user's cap. */
     assert_serving(0);
     for (int i = 0; i < CAP + 2; i++)
@@ -917,7 +918,7 @@ START_TEST(connection_limit_refuses_ws_keeps_admin)
     ck_assert_int_eq(healthz_fast(4), 6);
     /* Logged once for the whole flood, not per refused client. */
     ck_assert_int_eq(log_count(h.lcsd[4].log, "connection_limit_reached") - logged, 1);
-    ck_assert_double_ge(mt_metric(admin_port(4), "lcs_closes_total", "max_connections"), 50);
+    ck_assert_double_ge(mt_metric(admin_port(4), "mbox_lcs_closes_total", "max_connections"), 50);
     for (int i = 0; i < 6; i++)
         wsc_free(cs[i]);
     int64_t end = mono_ms() + 5000;
@@ -1016,7 +1017,7 @@ START_TEST(token_expiry_closes_session)
     /* Nothing reaches the expired session any more. */
     (void)mt_send1(&h, 0, APP, 7, 6101, "after expiry");
     ck_assert_uint_eq(read_notify(c, 1000), 0);
-    ck_assert_double_ge(mt_metric(admin_port(0), "lcs_closes_total", "token_expired"), 1);
+    ck_assert_double_ge(mt_metric(admin_port(0), "mbox_lcs_closes_total", "token_expired"), 1);
     wsc_free(c);
 }
 END_TEST
@@ -1208,12 +1209,13 @@ START_TEST(paced_notify_waits_for_start_at)
     broadcast(line);
     ck_assert_uint_eq(notify_of(c, A, 700), 0);
     /* A malformed targeted line is dropped as bad, not half-applied. */
-    double bad = mt_metric(admin_port(0), "lcs_notify_dropped_total", "bad_line");
+    double bad = mt_metric(admin_port(0), "mbox_lcs_notify_dropped_total", "bad_line");
     broadcast("p 79 9204 1700000000000204 1000 0 0 2 0 0 -");
     broadcast("p 79 9205 1700000000000205 1000 0 0 0 0 0 IOS");
     broadcast("p 79 9206 1700000000000206 1000 0 0 0 0 0 a,b,c,d,e,f,g,h,i");
     ck_assert_uint_eq(notify_of(c, A, 700), 0);
-    ck_assert_double_eq(mt_metric(admin_port(0), "lcs_notify_dropped_total", "bad_line") - bad, 3);
+    ck_assert_double_eq(mt_metric(admin_port(0), "mbox_lcs_notify_dropped_total", "bad_line") - bad,
+                        3);
     wsc_free(c);
 }
 END_TEST

@@ -744,18 +744,7 @@ END_TEST
 static void
 h3_fanout_one(uint64_t app, uint64_t uid, const char *content)
 {
-    char body[256], headers[256];
-    int len = snprintf(body, sizeof(body),
-                       "{\"app_id\":\"%" PRIu64 "\",\"from_uid\":\"1\",\"content\":\"%s\"}\n%" PRIu64
-                       "\n",
-                       app, content, uid);
-    snprintf(headers, sizeof(headers), "Content-Type: text/plain\r\nAuthorization: Bearer %s\r\n",
-             h.server_key);
-    struct httpc_resp r;
-    int st = httpc_request("POST", h.logicd[0].port[1], "/v1/fanout", headers, body, (size_t)len,
-                           &r);
-    ck_assert_msg(st == 200, "fanout: %d %s", st, r.body ? r.body : "");
-    httpc_resp_free(&r);
+    ck_assert_msg(mt_fanout1(&h, 0, app, uid, content) > 0, "fanout of %s failed", content);
 }
 
 /* Syncs on logicd 0 until an item shows up (or timeout_ms); returns the items seen. */

@@ -196,7 +196,7 @@ static int64_t
 mval(struct t *t, const char *name, const char *labels)
 {
     struct metric *m;
-    if (strcmp(name, "redis_connected") == 0)
+    if (strcmp(name, "mbox_redis_clients_connected") == 0)
         m = metrics_gauge(t->metrics, name, "", labels);
     else
         m = metrics_counter(t->metrics, name, "", labels);
@@ -278,7 +278,7 @@ START_TEST(set_get_roundtrip)
     struct redis *r = t_client(&t);
     run_for(t.base, 10);
     ck_assert_int_eq(t.hooks, 1); /* installed after the connect started: still runs */
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 1);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 1);
 
     struct result res;
     sync_cmd(&t, r, &res, "SET %s %s", "{t:rt}:k", "hello world");
@@ -305,8 +305,8 @@ START_TEST(set_get_roundtrip)
     /* An error reply is a reply: err stays NULL, the type says error. */
     sync_cmd(&t, r, &res, "INCR %s", "{t:rt}:k", NULL);
     ck_assert_int_eq(res.type, REDIS_REPLY_ERROR);
-    ck_assert_int_eq(mval(&t, "redis_commands_total", "result=\"error\""), 1);
-    ck_assert_int_eq(mval(&t, "redis_commands_total", "result=\"ok\""), 4);
+    ck_assert_int_eq(mval(&t, "mbox_redis_commands_total", "result=\"error\""), 1);
+    ck_assert_int_eq(mval(&t, "mbox_redis_commands_total", "result=\"ok\""), 4);
 
     /* Fire and forget: no callback, still delivered. */
     ck_assert(redis_command(r, NULL, NULL, "SET %s %s", "{t:rt}:ff", "1"));
@@ -314,7 +314,7 @@ START_TEST(set_get_roundtrip)
     ck_assert_str_eq(res.str, "1");
 
     redis_free(r);
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 0);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 0);
     t_done(&t);
 }
 END_TEST
@@ -359,8 +359,8 @@ START_TEST(pipelined_incr)
     struct result res;
     sync_cmd(&t, r, &res, "GET %s", "{t:pipe}:n", NULL);
     ck_assert_str_eq(res.str, "1000");
-    ck_assert_int_eq(mval(&t, "redis_commands_total", "result=\"ok\""), NINCR + 2);
-    ck_assert_int_eq(mval(&t, "redis_commands_total", "result=\"timeout\""), 0);
+    ck_assert_int_eq(mval(&t, "mbox_redis_commands_total", "result=\"ok\""), NINCR + 2);
+    ck_assert_int_eq(mval(&t, "mbox_redis_commands_total", "result=\"timeout\""), 0);
     redis_free(r);
     t_done(&t);
 }
@@ -382,7 +382,7 @@ START_TEST(command_timeout)
     double took = res.at_ms - start;
     ck_assert_str_eq(res.err, "timeout");
     ck_assert_msg(took >= 150 && took < 1000, "timeout after %.0f ms", took);
-    ck_assert_int_eq(mval(&t, "redis_commands_total", "result=\"timeout\""), 1);
+    ck_assert_int_eq(mval(&t, "mbox_redis_commands_total", "result=\"timeout\""), 1);
 
     /* The late reply (nil after 1 s) is swallowed: no second call. */
     run_for(t.base, 1100);
@@ -420,7 +420,7 @@ START_TEST(timeouts_force_reconnect)
     }
     /* The connection is presumed dead and re-opened, long before the block ends. */
     ck_assert(wait_count(t.base, &t.hooks, 2, 2000));
-    ck_assert_int_ge(mval(&t, "redis_reconnects_total", NULL), 1);
+    ck_assert_int_ge(mval(&t, "mbox_redis_reconnects_total", NULL), 1);
     struct result ping;
     sync_cmd(&t, r, &ping, "PING", NULL, NULL);
     ck_assert_str_eq(ping.str, "PONG");
@@ -465,8 +465,8 @@ START_TEST(server_restart)
     ck_assert(run_until(t.base, is_disconnected, r, 1000));
     run_for(t.base, 20);
     ck_assert_ptr_null(r2); /* freed from inside its own "disconnected" callback */
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 0);
-    ck_assert_int_ge(mval(&t, "redis_commands_total", "result=\"disconnected\""), 1);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 0);
+    ck_assert_int_ge(mval(&t, "mbox_redis_commands_total", "result=\"disconnected\""), 1);
 
     /* While down: refused at once, the callback never runs. */
     struct result refused;
@@ -476,7 +476,7 @@ START_TEST(server_restart)
         run_for(t.base, 400); /* it keeps trying, and keeps refusing */
         ck_assert(!redis_connected(r));
         ck_assert(!redis_command(r, record_cb, &refused, "PING"));
-        ck_assert_int_ge(mval(&t, "redis_reconnects_total", NULL), 1);
+        ck_assert_int_ge(mval(&t, "mbox_redis_reconnects_total", NULL), 1);
     }
     ck_assert_int_eq(refused.calls, 0);
 
@@ -488,7 +488,7 @@ START_TEST(server_restart)
     ck_assert_str_eq(res.str, "OK");
     sync_cmd(&t, r, &res, "GET %s", "{t:rs}:k", NULL);
     ck_assert_str_eq(res.str, "back");
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 1);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 1);
     ck_assert_int_eq(pend.calls, 1);
     redis_free(r);
     t_done(&t);
@@ -640,11 +640,11 @@ START_TEST(subscriber_resubscribes_after_restart)
     ck_assert_int_eq(memcmp(in.payload[1], "after-a", 7), 0);
     ck_assert_str_eq(in.channel[2], "{t:ps}:b");
     ck_assert_int_eq(memcmp(in.payload[2], "after-b", 7), 0);
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 2);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 2);
 
     redis_free(sub);
     redis_free(cmd);
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 0);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 0);
     t_done(&t);
 }
 END_TEST
@@ -681,13 +681,13 @@ START_TEST(closed_port_backs_off)
     run_for(t.base, 1000);
     double cpu = cpu_ms() - cpu0;
     /* ~50, 100, 200, 400 ms apart (+-25%): a handful of attempts, no spinning. */
-    int64_t attempts = mval(&t, "redis_reconnects_total", NULL);
+    int64_t attempts = mval(&t, "mbox_redis_reconnects_total", NULL);
     ck_assert_msg(attempts >= 2 && attempts <= 10, "%lld attempts in 1 s", (long long)attempts);
     ck_assert_msg(cpu < 200, "%.0f ms of CPU in 1 s of backoff", cpu);
     ck_assert(!redis_connected(r));
     ck_assert(!redis_command(r, record_cb, &res, "PING"));
     ck_assert_int_eq(res.calls, 0);
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 0);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 0);
     redis_free(r); /* in backoff */
     run_for(t.base, 100);
     t_done(&t);
@@ -724,7 +724,7 @@ START_TEST(connect_timeout)
     redis_set_on_connect(r, on_connect_count, &t);
     run_for(t.base, 1000);
     /* ~150 ms per round (100 timeout + ~50 backoff); without the timer: none in 1 s. */
-    int64_t attempts = mval(&t, "redis_reconnects_total", NULL);
+    int64_t attempts = mval(&t, "mbox_redis_reconnects_total", NULL);
     ck_assert_msg(attempts >= 2 && attempts <= 10, "%lld attempts in 1 s", (long long)attempts);
     ck_assert_int_eq(t.hooks, 0);
     ck_assert(!redis_connected(r));
@@ -763,7 +763,7 @@ START_TEST(free_with_pending)
     }
     run_for(t.base, 100);
     ck_assert_int_eq(count_cb_calls(res, 5), 5);
-    ck_assert_int_eq(mval(&t, "redis_commands_total", "result=\"disconnected\""), 5);
+    ck_assert_int_eq(mval(&t, "mbox_redis_commands_total", "result=\"disconnected\""), 5);
     redis_free(NULL);
     t_done(&t);
 }
@@ -807,7 +807,7 @@ START_TEST(free_in_connect_hook)
     redis_set_on_connect(r, free_in_hook, &r);
     ck_assert(run_until(t.base, ptr_is_null, &r, 3000));
     run_for(t.base, 100);
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 0);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 0);
     t_done(&t);
 }
 END_TEST
@@ -874,7 +874,7 @@ START_TEST(free_while_connecting)
     redis_free(r);
     redis_free(s);
     run_for(t.base, 100);
-    ck_assert_int_eq(mval(&t, "redis_connected", NULL), 0);
+    ck_assert_int_eq(mval(&t, "mbox_redis_clients_connected", NULL), 0);
     t_done(&t);
 }
 END_TEST
@@ -902,10 +902,10 @@ START_TEST(acl_auth)
     t.cfg.password = "pw-wrong";
     r = redis_new(t.base, &t.cfg, t.metrics);
     ck_assert_ptr_nonnull(r);
-    int64_t before = mval(&t, "redis_reconnects_total", NULL);
+    int64_t before = mval(&t, "mbox_redis_reconnects_total", NULL);
     ck_assert(!run_until(t.base, is_connected, r, 1000));
     ck_assert(!redis_command(r, NULL, NULL, "PING"));
-    ck_assert_int_ge(mval(&t, "redis_reconnects_total", NULL) - before, 2);
+    ck_assert_int_ge(mval(&t, "mbox_redis_reconnects_total", NULL) - before, 2);
     redis_free(r);
     t_done(&t);
     side_command("ACL DELUSER mbox_t");

@@ -19,6 +19,7 @@
 #include "metrics.h"
 #include "rcluster.h"
 #include "redis.h"
+#include "redis_block.h"
 #include "redis_slot.h"
 #include "wsc.h"
 
@@ -222,7 +223,7 @@ START_TEST(commands_reach_every_master)
     struct result p = must(&c, "PING", NULL, NULL);
     ck_assert_str_eq(p.str, "PONG");
     ck_assert_uint_ge(redis_conn_generation(c.r), 3);
-    ck_assert_int_eq(counter(&c, "redis_cluster_redirects_total", "kind=\"moved\""), 0);
+    ck_assert_int_eq(counter(&c, "mbox_redis_cluster_redirects_total", "kind=\"moved\""), 0);
     client_close(&c);
 }
 END_TEST
@@ -260,7 +261,7 @@ START_TEST(moved_is_followed)
     /* The client still believes masters[0]: MOVED, followed without an error. */
     struct result r = must(&c, "GET %s", key, NULL);
     ck_assert_str_eq(r.str, "before-move");
-    ck_assert_int_ge(counter(&c, "redis_cluster_redirects_total", "kind=\"moved\""), 1);
+    ck_assert_int_ge(counter(&c, "mbox_redis_cluster_redirects_total", "kind=\"moved\""), 1);
     must(&c, "SET %s %s", key, "after-move");
     redisReply *direct = rcl_cmd(&cl, masters[1], "GET %s", key);
     ck_assert_str_eq(direct->str, "after-move");
@@ -288,16 +289,80 @@ START_TEST(ask_is_followed)
     /* key: ASK from the source, ASKING + GET on the target. */
     struct result r = must(&c, "GET %s", key, NULL);
     ck_assert_str_eq(r.str, "moved-early");
-    ck_assert_int_ge(counter(&c, "redis_cluster_redirects_total", "kind=\"ask\""), 1);
+    ck_assert_int_ge(counter(&c, "mbox_redis_cluster_redirects_total", "kind=\"ask\""), 1);
     /* other: still served by the source. */
     r = must(&c, "GET %s", other, NULL);
     ck_assert_str_eq(r.str, "not-yet");
     /* ASK does not change the map: the slot still belongs to the source. */
-    ck_assert_int_eq(counter(&c, "redis_cluster_redirects_total", "kind=\"moved\""), 0);
+    ck_assert_int_eq(counter(&c, "mbox_redis_cluster_redirects_total", "kind=\"moved\""), 0);
     ck_assert(rcl_move_slot(&cl, slot, masters[2], to));
     r = must(&c, "GET %s", other, NULL);
     ck_assert_str_eq(r.str, "not-yet");
     client_close(&c);
+}
+END_TEST
+
+/* Formats SET key val for redis_block (free with redisFreeCommand). */
+static size_t
+fmt_set(char **cmd, const char *key, const char *val)
+{
+    int len = redisFormatCommand(cmd, "SET %s %s", key, val);
+    ck_assert_int_gt(len, 0);
+    return (size_t)len;
+}
+
+static void
+assert_on_master(int port, const char *key, const char *val)
+{
+    redisReply *direct = rcl_cmd(&cl, port, "GET %s", key);
+    ck_assert_ptr_nonnull(direct);
+    ck_assert_msg(direct->type == REDIS_REPLY_STRING, "GET %s on %d: %s", key, port,
+                  direct->str != NULL ? direct->str : "(not a string)");
+    ck_assert_str_eq(direct->str, val);
+    freeReplyObject(direct);
+}
+
+START_TEST(blocking_pipeline_follows_the_map)
+{
+    /* The fanout lanes' blocking client (lib/redis_block): one pipelined
+     * batch reaches the master of every key's slot; after a slot moved the
+     * first batch fails (MOVED) and the next, with a fresh map, succeeds. */
+    struct redis_config cfg = cluster_cfg(PASS);
+    struct redis_block *b = redis_block_new(&cfg);
+    ck_assert_ptr_nonnull(b);
+    int masters[RCL_NODES];
+    ck_assert_int_eq(rcl_masters(&cl, masters), 3);
+    char keys[6][64], *cmds[6];
+    const char *keyp[6];
+    size_t lens[6];
+    for (int i = 0; i < 6; i++) {
+        char prefix[16];
+        snprintf(prefix, sizeof(prefix), "blk%d", i);
+        key_owned(keys[i], sizeof(keys[i]), prefix, masters[i % 3], 0);
+        keyp[i] = keys[i];
+        lens[i] = fmt_set(&cmds[i], keys[i], "one");
+    }
+    ck_assert(redis_block_pipeline(b, 6, cmds, lens, keyp));
+    for (int i = 0; i < 6; i++) {
+        assert_on_master(masters[i % 3], keys[i], "one");
+        redisFreeCommand(cmds[i]);
+        lens[i] = fmt_set(&cmds[i], keys[i], "two");
+    }
+    unsigned slot = slot_of(keys[0]);
+    ck_assert(rcl_move_slot(&cl, slot, masters[0], masters[1]));
+    ck_assert(!redis_block_pipeline(b, 6, cmds, lens, keyp)); /* MOVED for keys[0] */
+    ck_assert(redis_block_pipeline(b, 6, cmds, lens, keyp));
+    for (int i = 0; i < 6; i++) /* keys with the same hash tag moved with keys[0] */
+        assert_on_master(rcl_owner(&cl, slot_of(keys[i])), keys[i], "two");
+    ck_assert_int_eq(rcl_owner(&cl, slot), masters[1]);
+    /* A wrong password: no connection, a clean failure. */
+    cfg = cluster_cfg("wrong-password");
+    struct redis_block *bad = redis_block_new(&cfg);
+    ck_assert(!redis_block_pipeline(bad, 6, cmds, lens, keyp));
+    redis_block_free(bad);
+    for (int i = 0; i < 6; i++)
+        redisFreeCommand(cmds[i]);
+    redis_block_free(b);
 }
 END_TEST
 
@@ -346,7 +411,7 @@ START_TEST(tryagain_is_retried)
                   res.str);
     ck_assert_str_eq(res.elem[0], "va");
     ck_assert_str_eq(res.elem[1], "vb");
-    ck_assert_int_ge(counter(&c, "redis_cluster_redirects_total", "kind=\"retry\""), 1);
+    ck_assert_int_ge(counter(&c, "mbox_redis_cluster_redirects_total", "kind=\"retry\""), 1);
     client_close(&c);
 }
 END_TEST
@@ -600,7 +665,7 @@ START_TEST(daemons_notify_kick_and_hint)
     ck_assert_uint_eq(mt_u64(json_array_get(json_object_get(j, "items"), 0), "msg_id"), id);
     json_decref(j);
     /* Both daemons report the cluster as healthy. */
-    ck_assert_double_ge(mt_metric(h.lcsd[lc0].port[1], "redis_connected", NULL), 1);
+    ck_assert_double_ge(mt_metric(h.lcsd[lc0].port[1], "mbox_redis_clients_connected", NULL), 1);
 }
 END_TEST
 
@@ -622,19 +687,35 @@ sync_until_hinted(const char *tok, char *cur)
     return false;
 }
 
-START_TEST(lost_invalidation_is_replayed_after_map_change)
+/* Writers of one message to uid through the cluster-mode logicd; its msg_id. */
+static uint64_t
+write_send(uint64_t uid, const char *content)
 {
-    /* Regression: replication is asynchronous, so a master that dies can
-     * lose an invalidation it acknowledged, and its promoted replica keeps
-     * the old "nothing after m" hint: syncs then missed the new message
-     * until hint_ttl_s (an hour). Simulated here: the hint is put back as
-     * it was before the invalidation (what the replica would hold), and the
-     * slot moves to another master (the slot map changes, as in a
-     * failover). The worker must invalidate its recent mailboxes again. */
+    return mt_send1(&h, lg, APP, 5, uid, content);
+}
+
+static uint64_t
+write_fanout(uint64_t uid, const char *content)
+{
+    return mt_fanout1(&h, lg, APP, uid, content);
+}
+
+/*
+ * Regression: replication is asynchronous, so a master that dies can
+ * lose an invalidation it acknowledged, and its promoted replica keeps
+ * the old "nothing after m" hint: syncs then missed the new message
+ * until hint_ttl_s (an hour). Simulated here: the hint is put back as
+ * it was before the invalidation (what the replica would hold), and the
+ * slot moves to another master (the slot map changes, as in a
+ * failover). The worker must invalidate its recent mailboxes again,
+ * also those the fanout thread invalidated on its own connections.
+ */
+static void
+lost_invalidation_case(uint64_t uid, uint64_t (*writer)(uint64_t uid, const char *content))
+{
     char tok[512], cur[64] = "", key[64];
-    const uint64_t uid = 90002;
     mt_token(&h, lg, APP, uid, 3600, false, tok, sizeof(tok));
-    ck_assert_uint_gt(mt_send1(&h, lg, APP, 5, uid, "first"), 0);
+    ck_assert_uint_gt(writer(uid, "first"), 0);
     int st;
     json_decref(mt_sync(&h, lg, tok, cur, 100, &st));
     ck_assert_int_eq(st, 200);
@@ -651,7 +732,7 @@ START_TEST(lost_invalidation_is_replayed_after_map_change)
     snprintf(m, sizeof(m), "%s", old->element[1]->str);
     freeReplyObject(old);
 
-    uint64_t id = mt_send1(&h, lg, APP, 5, uid, "second");
+    uint64_t id = writer(uid, "second");
     ck_assert_uint_gt(id, 0);
     redisReply *rr = rcl_cmd(&cl, owner, "HSET %s g %s m %s", key, g, m); /* the lost write */
     ck_assert_ptr_nonnull(rr);
@@ -679,6 +760,27 @@ START_TEST(lost_invalidation_is_replayed_after_map_change)
     }
     ck_assert_msg(got, "the message stayed hidden behind the stale hint after the map changed");
 }
+
+START_TEST(lost_invalidation_is_replayed_after_map_change)
+{
+    lost_invalidation_case(90002, write_send);
+}
+END_TEST
+
+START_TEST(lost_fanout_invalidation_is_replayed_after_map_change)
+{
+    lost_invalidation_case(90003, write_fanout);
+    /* The fanout thread routed its invalidations itself (by slot), rather
+     * than handing them all to a worker. */
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "grep -c fanout_hint_handed_over '%s'", h.logicd[lg].log);
+    FILE *p = popen(cmd, "r");
+    int handed = -1;
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_eq(fscanf(p, "%d", &handed), 1);
+    pclose(p);
+    ck_assert_int_eq(handed, 0);
+}
 END_TEST
 
 static Suite *
@@ -693,6 +795,7 @@ cluster_suite(void)
     tcase_add_test(tc, moved_is_followed);
     tcase_add_test(tc, ask_is_followed);
     tcase_add_test(tc, tryagain_is_retried);
+    tcase_add_test(tc, blocking_pipeline_follows_the_map);
     suite_add_tcase(s, tc);
     /* Before any master dies: the daemons start on a whole cluster. */
     tc = tcase_create("daemons");
@@ -700,6 +803,7 @@ cluster_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, daemons_notify_kick_and_hint);
     tcase_add_test(tc, lost_invalidation_is_replayed_after_map_change);
+    tcase_add_test(tc, lost_fanout_invalidation_is_replayed_after_map_change);
     suite_add_tcase(s, tc);
     tc = tcase_create("failover");
     tcase_add_unchecked_fixture(tc, NULL, cluster_teardown);

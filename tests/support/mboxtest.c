@@ -64,6 +64,29 @@ mt_send1(struct harness *h, int idx, uint64_t app, uint64_t from, uint64_t to, c
     return id;
 }
 
+uint64_t
+mt_fanout1(struct harness *h, int idx, uint64_t app, uint64_t uid, const char *content)
+{
+    char body[1024], headers[256];
+    int len = snprintf(body, sizeof(body),
+                       "{\"app_id\":\"%" PRIu64
+                       "\",\"from_uid\":\"1\",\"content\":\"%s\"}\n%" PRIu64 "\n",
+                       app, content, uid);
+    snprintf(headers, sizeof(headers),
+             "Content-Type: text/plain\r\nAccept: application/json\r\nAuthorization: Bearer %s\r\n",
+             h->server_key);
+    struct httpc_resp r;
+    int st =
+        httpc_request("POST", h->logicd[idx].port[1], "/v1/fanout", headers, body, (size_t)len, &r);
+    uint64_t id = 0;
+    json_t *j = st == 200 && r.body != NULL ? json_loads(r.body, 0, NULL) : NULL;
+    if (j != NULL)
+        id = mt_u64(j, "first_msg_id");
+    json_decref(j);
+    httpc_resp_free(&r);
+    return id;
+}
+
 json_t *
 mt_sync(struct harness *h, int idx, const char *token, char *cursor, int limit, int *status)
 {

@@ -23,6 +23,9 @@ json_t *mt_send(struct harness *h, int idx, const char *body, int *status);
 uint64_t mt_send1(struct harness *h, int idx, uint64_t app, uint64_t from, uint64_t to,
                   const char *content);
 
+/* POST /v1/fanout of one uid (JSON reply); returns its msg_id, 0 unless 200. */
+uint64_t mt_fanout1(struct harness *h, int idx, uint64_t app, uint64_t uid, const char *content);
+
 /* POST /v1/sync; cursor in/out (buffer of 64); returns the reply (caller decrefs). */
 json_t *mt_sync(struct harness *h, int idx, const char *token, char *cursor, int limit,
                 int *status);

@@ -31,7 +31,8 @@ static const struct cfg_key tkeys[] = {
     {"note", CFG_STR, offsetof(struct tcfg, note), "a|b", "pipe | in help", 0, 0, false},
 };
 
-static const struct cfg_schema tschema = {"tcfg", "TCFG_", tkeys, sizeof(tkeys) / sizeof(tkeys[0])};
+static const struct cfg_schema tschema = {"tcfg", "TCFG_", tkeys, sizeof(tkeys) / sizeof(tkeys[0]),
+                                          NULL};
 
 static const char *const tenv[] = {"TCFG_LISTEN", "TCFG_DSN",   "TCFG_THREADS",
                                    "TCFG_OFFSET", "TCFG_DEBUG", "TCFG_NOTE"};
@@ -536,7 +537,7 @@ START_TEST(test_bad_schema)
         {"listen", CFG_STR, offsetof(struct tcfg, listen), "x", "h", 0, 0, false},
         {"threads", CFG_INT, offsetof(struct tcfg, threads), NULL, "h", 1, 64, false},
     };
-    const struct cfg_schema s1 = {"t", "T_", bad_def, 2};
+    const struct cfg_schema s1 = {"t", "T_", bad_def, 2, NULL};
     memset(&c, 0, sizeof(c));
     ck_assert(!cfg_defaults(&s1, &c, err, sizeof(err)));
     ck_assert_str_eq(err, "built-in default: key 'threads': '' is not an integer");
@@ -546,21 +547,21 @@ START_TEST(test_bad_schema)
         {"listen", CFG_STR, offsetof(struct tcfg, listen), "x", "h", 0, 0, false},
         {"listen", CFG_STR, offsetof(struct tcfg, dsn), "y", "h", 0, 0, false},
     };
-    const struct cfg_schema s2 = {"t", "T_", dup, 2};
+    const struct cfg_schema s2 = {"t", "T_", dup, 2, NULL};
     ck_assert(!cfg_defaults(&s2, &c, err, sizeof(err)));
     ck_assert_str_eq(err, "schema: key 'listen' declared twice");
 
     const struct cfg_key badname[] = {
         {"Listen", CFG_STR, offsetof(struct tcfg, listen), "x", "h", 0, 0, false},
     };
-    const struct cfg_schema s3 = {"t", "T_", badname, 1};
+    const struct cfg_schema s3 = {"t", "T_", badname, 1, NULL};
     ck_assert(!cfg_defaults(&s3, &c, err, sizeof(err)));
     ck_assert_str_eq(err, "schema: key 'Listen': name must be 1-64 of [a-z0-9_]");
 
     const struct cfg_key range[] = {
         {"threads", CFG_INT, offsetof(struct tcfg, threads), "100", "h", 1, 64, false},
     };
-    const struct cfg_schema s4 = {"t", "T_", range, 1};
+    const struct cfg_schema s4 = {"t", "T_", range, 1, NULL};
     ck_assert(!cfg_defaults(&s4, &c, err, sizeof(err)));
     ck_assert_str_eq(err, "built-in default: key 'threads': value 100 out of range [1, 64]");
 }
@@ -754,8 +755,11 @@ START_TEST(test_main_help)
     ck_assert_ptr_nonnull(
         strstr(out, "\n  threads  int 1..64  default 4  env TCFG_THREADS\n      worker threads\n"));
     ck_assert_ptr_nonnull(strstr(out, "\n  dsn  string  default \"\"  env TCFG_DSN\n"));
-    ck_assert_ptr_nonnull(strstr(out, "\n  offset  int  default -5  env TCFG_OFFSET\n"));
-    ck_assert_ptr_nonnull(strstr(out, "\n  debug  bool  default false  env TCFG_DEBUG\n"));
+    /* Reloadable keys say so. */
+    ck_assert_ptr_nonnull(
+        strstr(out, "\n  offset  int  default -5  env TCFG_OFFSET  (SIGHUP reloads it)\n"));
+    ck_assert_ptr_nonnull(
+        strstr(out, "\n  debug  bool  default false  env TCFG_DEBUG  (SIGHUP reloads it)\n"));
     free(out);
     cfg_free(&tschema, &c);
 }
@@ -774,18 +778,19 @@ START_TEST(test_markdown)
     cfg_print_markdown(&tschema, f);
     fclose(f);
     ck_assert_str_eq(a, b); /* deterministic: docs/config.md regenerates identically */
-    ck_assert_str_eq(a, "## tcfg\n"
-                        "\n"
-                        "| key | type | default | env | description |\n"
-                        "| --- | --- | --- | --- | --- |\n"
-                        "| `listen` | string | `127.0.0.1:8080` | `TCFG_LISTEN` | listener "
-                        "address |\n"
-                        "| `dsn` | string | (empty) | `TCFG_DSN` | PostgreSQL DSN |\n"
-                        "| `threads` | int, 1..64 | `4` | `TCFG_THREADS` | worker threads |\n"
-                        "| `offset` | int | `-5` | `TCFG_OFFSET` | any integer |\n"
-                        "| `debug` | bool | `false` | `TCFG_DEBUG` | debug mode |\n"
-                        "| `note` | string | `a\\|b` | `TCFG_NOTE` | pipe \\| in help |\n"
-                        "\n");
+    ck_assert_str_eq(
+        a, "## tcfg\n"
+           "\n"
+           "| key | type | default | env | description |\n"
+           "| --- | --- | --- | --- | --- |\n"
+           "| `listen` | string | `127.0.0.1:8080` | `TCFG_LISTEN` | listener "
+           "address |\n"
+           "| `dsn` | string | (empty) | `TCFG_DSN` | PostgreSQL DSN |\n"
+           "| `threads` | int, 1..64 | `4` | `TCFG_THREADS` | worker threads |\n"
+           "| `offset` | int | `-5` | `TCFG_OFFSET` | any integer (SIGHUP reloads it) |\n"
+           "| `debug` | bool | `false` | `TCFG_DEBUG` | debug mode (SIGHUP reloads it) |\n"
+           "| `note` | string | `a\\|b` | `TCFG_NOTE` | pipe \\| in help |\n"
+           "\n");
     for (size_t i = 0; i < tschema.nkeys; i++) {
         char cell[64];
         snprintf(cell, sizeof(cell), "| `%s` |", tkeys[i].name);
@@ -868,6 +873,75 @@ START_TEST(test_hostport_bad)
 }
 END_TEST
 
+/* What a SIGHUP reload uses: cfg_load, cfg_key_equal, cfg_key_swap, cfg_argv_path. */
+START_TEST(test_reload_pieces)
+{
+    char path[64], err[256];
+    const char *text = "threads = 8\nnote = \"new note\"\n";
+    write_temp(path, sizeof(path), text, strlen(text));
+    struct tcfg a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    ck_assert(cfg_load(&tschema, &a, NULL, err, sizeof(err))); /* defaults only */
+    ck_assert(cfg_load(&tschema, &b, path, err, sizeof(err)));
+    ck_assert(cfg_key_equal(&tkeys[0], &a, &b));  /* listen */
+    ck_assert(!cfg_key_equal(&tkeys[2], &a, &b)); /* threads */
+    ck_assert(!cfg_key_equal(&tkeys[5], &a, &b)); /* note */
+    ck_assert(cfg_key_equal(&tkeys[1], &a, &b));  /* dsn: "" both */
+    cfg_key_swap(&tkeys[5], &a, &b);
+    cfg_key_swap(&tkeys[2], &a, &b);
+    ck_assert_str_eq(a.note, "new note");
+    ck_assert_str_eq(b.note, "a|b");
+    ck_assert_int_eq(a.threads, 8);
+    ck_assert_int_eq(b.threads, 4);
+    cfg_free(&tschema, &a);
+    cfg_free(&tschema, &b);
+    /* A bad file: false, a message, nothing left allocated. */
+    const char *bad = "threads = 999\n";
+    unlink(path);
+    write_temp(path, sizeof(path), bad, strlen(bad));
+    ck_assert(!cfg_load(&tschema, &b, path, err, sizeof(err)));
+    ck_assert_ptr_nonnull(strstr(err, "threads"));
+    ck_assert_ptr_null(b.listen);
+    unlink(path);
+
+    char *v1[] = {"d", "--migrate", "-c", "/x.conf", NULL};
+    char *v2[] = {"d", "--config=/y.conf", NULL};
+    char *v3[] = {"d", "--config", "/z.conf", NULL};
+    char *v4[] = {"d", "-c", NULL};
+    ck_assert_str_eq(cfg_argv_path(4, v1), "/x.conf");
+    ck_assert_str_eq(cfg_argv_path(2, v2), "/y.conf");
+    ck_assert_str_eq(cfg_argv_path(3, v3), "/z.conf");
+    ck_assert_ptr_null(cfg_argv_path(2, v4));
+}
+END_TEST
+
+/* --sample-config output loads back to the defaults, comments and all. */
+START_TEST(test_sample_loads_back)
+{
+    struct capture cap;
+    capture_start(&cap, STDOUT_FILENO);
+    cfg_print_sample(&tschema, stdout);
+    fflush(stdout);
+    char *out = capture_end(&cap);
+    ck_assert_ptr_nonnull(strstr(out, "\n# listener address\n#listen = 127.0.0.1:8080\n"));
+    ck_assert_ptr_nonnull(strstr(out, "\n# any integer (SIGHUP reloads it)\n#offset = -5\n"));
+    ck_assert_ptr_nonnull(strstr(out, "\n#dsn =\n"));
+    char err[256];
+    struct tcfg a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    ck_assert(cfg_defaults(&tschema, &a, err, sizeof(err)));
+    ck_assert(cfg_defaults(&tschema, &b, err, sizeof(err)));
+    ck_assert_msg(cfg_load_string(&tschema, &b, out, "sample", err, sizeof(err)), "%s", err);
+    for (size_t i = 0; i < tschema.nkeys; i++)
+        ck_assert(cfg_key_equal(&tkeys[i], &a, &b));
+    cfg_free(&tschema, &a);
+    cfg_free(&tschema, &b);
+    free(out);
+}
+END_TEST
+
 static Suite *
 config_suite(void)
 {
@@ -915,7 +989,14 @@ config_suite(void)
 int
 main(void)
 {
+    Suite *rs = suite_create("config_reload");
+    TCase *rt = tcase_create("reload");
+    tcase_add_checked_fixture(rt, clear_env, NULL);
+    tcase_add_test(rt, test_reload_pieces);
+    tcase_add_test(rt, test_sample_loads_back);
+    suite_add_tcase(rs, rt);
     SRunner *sr = srunner_create(config_suite());
+    srunner_add_suite(sr, rs);
     srunner_run_all(sr, CK_NORMAL);
     int failures = srunner_ntests_failed(sr);
     srunner_free(sr);

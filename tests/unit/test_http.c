@@ -6,6 +6,7 @@
  */
 #include "http.h"
 #include "metrics.h"
+#include "xff.h"
 
 #include <check.h>
 #include <event2/event.h>
@@ -265,6 +266,7 @@ h_echo(struct http_req *r, void *ctx)
     json_object_set_new(j, "h", str_or_null(http_req_header(r, "x-test")));
     json_object_set_new(j, "bearer", str_or_null(http_req_bearer(r)));
     json_object_set_new(j, "id", json_string(http_req_id(r)));
+    json_object_set_new(j, "client", json_string(http_req_client(r)));
     http_reply_json(r, 200, j);
 }
 
@@ -1061,8 +1063,8 @@ START_TEST(test_async_client_gone)
     /* The server lives on, and counted the three as 499 (client gone). */
     char *m = fetch_metrics();
     ck_assert_msg(
-        has_line(m, "http_requests_total{server=\"test\",route=\"/async\",status=\"499\"} 3"), "%s",
-        m);
+        has_line(m, "mbox_http_requests_total{server=\"test\",route=\"/async\",status=\"499\"} 3"),
+        "%s", m);
     free(m);
     struct resp r;
     exchange("GET", "/hello", NULL, NULL, &r);
@@ -1153,26 +1155,26 @@ START_TEST(test_metrics_counted)
 
     char *m = fetch_metrics();
     ck_assert_msg(
-        has_line(m, "http_requests_total{server=\"test\",route=\"/hello\",status=\"200\"} 3"), "%s",
-        m);
-    ck_assert(
-        has_line(m, "http_requests_total{server=\"test\",route=\"unmatched\",status=\"404\"} 2"));
-    ck_assert(
-        has_line(m, "http_requests_total{server=\"test\",route=\"/hello\",status=\"405\"} 1"));
-    ck_assert(
-        has_line(m, "http_requests_total{server=\"test\",route=\"/items/{id}\",status=\"200\"} 2"));
-    ck_assert(has_line(m, "# TYPE http_requests_total counter"));
-    ck_assert(has_line(m, "# TYPE http_request_duration_seconds histogram"));
-    ck_assert(
-        has_line(m, "http_request_duration_seconds_count{server=\"test\",route=\"/hello\"} 4"));
+        has_line(m, "mbox_http_requests_total{server=\"test\",route=\"/hello\",status=\"200\"} 3"),
+        "%s", m);
     ck_assert(has_line(
-        m, "http_request_duration_seconds_bucket{server=\"test\",route=\"/hello\",le=\"+Inf\"} 4"));
+        m, "mbox_http_requests_total{server=\"test\",route=\"unmatched\",status=\"404\"} 2"));
+    ck_assert(
+        has_line(m, "mbox_http_requests_total{server=\"test\",route=\"/hello\",status=\"405\"} 1"));
+    ck_assert(has_line(
+        m, "mbox_http_requests_total{server=\"test\",route=\"/items/{id}\",status=\"200\"} 2"));
+    ck_assert(has_line(m, "# TYPE mbox_http_requests_total counter"));
+    ck_assert(has_line(m, "# TYPE mbox_http_request_duration_seconds histogram"));
+    ck_assert(has_line(
+        m, "mbox_http_request_duration_seconds_count{server=\"test\",route=\"/hello\"} 4"));
+    ck_assert(has_line(m, "mbox_http_request_duration_seconds_bucket{server=\"test\",route=\"/"
+                          "hello\",le=\"+Inf\"} 4"));
     /* The /metrics request itself is counted once it has been answered. */
     ck_assert_ptr_null(strstr(m, "route=\"/metrics\""));
     free(m);
     m = fetch_metrics();
-    ck_assert(
-        has_line(m, "http_requests_total{server=\"test\",route=\"/metrics\",status=\"200\"} 1"));
+    ck_assert(has_line(
+        m, "mbox_http_requests_total{server=\"test\",route=\"/metrics\",status=\"200\"} 1"));
     free(m);
 }
 END_TEST
@@ -1244,7 +1246,8 @@ START_TEST(test_pending_past_timeout)
     ck_assert(wait_async_replies(1));
     char *m = fetch_metrics();
     ck_assert_msg(
-        has_line(m, "http_requests_total{server=\"test\",route=\"/async-slow\",status=\"499\"} 1"),
+        has_line(
+            m, "mbox_http_requests_total{server=\"test\",route=\"/async-slow\",status=\"499\"} 1"),
         "%s", m);
     free(m);
 }
@@ -1307,13 +1310,14 @@ START_TEST(test_refusals)
     char *m = fetch_metrics();
     /* The malformed chunked body came with a routed head: it counts under its route. */
     ck_assert_msg(
-        has_line(m, "http_requests_total{server=\"test\",route=\"unmatched\",status=\"400\"} 10"),
+        has_line(m,
+                 "mbox_http_requests_total{server=\"test\",route=\"unmatched\",status=\"400\"} 10"),
         "%s", m);
     ck_assert_msg(
-        has_line(m, "http_requests_total{server=\"test\",route=\"/body\",status=\"400\"} 1"), "%s",
-        m);
-    ck_assert(
-        has_line(m, "http_requests_total{server=\"test\",route=\"unmatched\",status=\"501\"} 2"));
+        has_line(m, "mbox_http_requests_total{server=\"test\",route=\"/body\",status=\"400\"} 1"),
+        "%s", m);
+    ck_assert(has_line(
+        m, "mbox_http_requests_total{server=\"test\",route=\"unmatched\",status=\"501\"} 2"));
     free(m);
     /* The server is fine afterwards. */
     struct resp r;
@@ -1819,8 +1823,9 @@ START_TEST(test_connection_cap)
     logtext[n] = '\0';
     ck_assert_msg(count_lines_with(logtext, "event=http_connections_refused") == 1, "%s", logtext);
     char *m = fetch_metrics();
-    ck_assert_msg(has_line(m, "http_connections_refused_total{server=\"test\",reason=\"cap\"} 50"),
-                  "%s", m);
+    ck_assert_msg(
+        has_line(m, "mbox_http_connections_refused_total{server=\"test\",reason=\"cap\"} 50"), "%s",
+        m);
     free(m);
 }
 END_TEST
@@ -2029,6 +2034,85 @@ set_cors(const struct http_cors *cors)
     srv.stopped = false;
     ck_assert_int_eq(pthread_create(&srv.thread, NULL, server_thread, &srv), 0);
 }
+
+/* The client= of /echo for extra headers; caller frees nothing. */
+static const char *
+echo_client(const char *headers, char *out, size_t outlen)
+{
+    struct resp r;
+    exchange("GET", "/echo", headers, NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    json_t *j = resp_json(&r);
+    snprintf(out, outlen, "%s", json_string_value(json_object_get(j, "client")));
+    json_decref(j);
+    resp_free(&r);
+    return out;
+}
+
+START_TEST(test_request_id_and_client)
+{
+    /* A valid X-Request-Id is kept and returned; an invalid one is replaced. */
+    struct resp r;
+    exchange("GET", "/echo", "X-Request-Id: edge-42.A_b\r\n", NULL, &r);
+    char v[128];
+    ck_assert(resp_header(&r, "X-Request-Id", v, sizeof(v)));
+    ck_assert_str_eq(v, "edge-42.A_b");
+    json_t *j = resp_json(&r);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "id")), "edge-42.A_b");
+    json_decref(j);
+    resp_free(&r);
+    char longid[HTTP_REQ_ID_MAX + 32];
+    memset(longid, 'a', HTTP_REQ_ID_MAX);
+    strcpy(longid + HTTP_REQ_ID_MAX, "\r\n");
+    char hdr[256];
+    snprintf(hdr, sizeof(hdr), "X-Request-Id: %s", longid);
+    exchange("GET", "/echo", hdr, NULL, &r);
+    ck_assert(resp_header(&r, "X-Request-Id", v, sizeof(v)));
+    ck_assert_uint_eq(strlen(v), HTTP_REQ_ID_MAX);
+    resp_free(&r);
+    const char *bad[] = {"X-Request-Id: a b\r\n", "X-Request-Id: \"quoted\"\r\n",
+                         "X-Request-Id: x;y\r\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        exchange("GET", "/echo", bad[i], NULL, &r);
+        ck_assert(resp_header(&r, "X-Request-Id", v, sizeof(v)));
+        ck_assert_msg(is_request_id(v), "kept a bad id: %s", v);
+        resp_free(&r);
+    }
+    snprintf(hdr, sizeof(hdr), "X-Request-Id: a%s", longid); /* one too long */
+    exchange("GET", "/echo", hdr, NULL, &r);
+    ck_assert(resp_header(&r, "X-Request-Id", v, sizeof(v)));
+    ck_assert(is_request_id(v));
+    resp_free(&r);
+    ck_assert(http_request_id_valid("abc", 3));
+    ck_assert(!http_request_id_valid("", 0));
+    ck_assert(!http_request_id_valid("a/b", 3));
+
+    /* No trusted proxy: X-Forwarded-For is ignored. */
+    char c[64];
+    ck_assert_str_eq(echo_client(NULL, c, sizeof(c)), "127.0.0.1");
+    ck_assert_str_eq(echo_client("X-Forwarded-For: 6.6.6.6\r\n", c, sizeof(c)), "127.0.0.1");
+
+    /* The test client (127.0.0.1) as a trusted proxy: the right-most untrusted entry. */
+    static struct xff_trust trust;
+    char err[128];
+    ck_assert(xff_trust_parse("127.0.0.0/8", &trust, err, sizeof(err)));
+    halt_server_loop();
+    http_server_set_trusted_proxies(srv.http, &trust);
+    srv.stopped = false;
+    ck_assert_int_eq(pthread_create(&srv.thread, NULL, server_thread, &srv), 0);
+    ck_assert_str_eq(
+        echo_client("X-Forwarded-For: 6.6.6.6, 203.0.113.5, 127.0.0.9\r\n", c, sizeof(c)),
+        "203.0.113.5");
+    ck_assert_str_eq(echo_client("X-Forwarded-For: [2001:db8::1]:443\r\n", c, sizeof(c)),
+                     "2001:db8::1");
+    /* Malformed, repeated or absent: the peer. */
+    ck_assert_str_eq(echo_client("X-Forwarded-For: nonsense\r\n", c, sizeof(c)), "127.0.0.1");
+    ck_assert_str_eq(
+        echo_client("X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n", c, sizeof(c)),
+        "127.0.0.1");
+    ck_assert_str_eq(echo_client(NULL, c, sizeof(c)), "127.0.0.1");
+}
+END_TEST
 
 START_TEST(test_cors_policy)
 {
@@ -2244,6 +2328,7 @@ http_suite(void)
     tcase_add_test(tc, test_pipeline_linear_chunked);
     tcase_add_test(tc, test_cors);
     tcase_add_test(tc, test_cors_policy);
+    tcase_add_test(tc, test_request_id_and_client);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -43,6 +43,31 @@ START_TEST(url_http_defaults)
 }
 END_TEST
 
+START_TEST(url_tls)
+{
+    struct mbox_url u;
+    char err[128];
+    ck_assert(mbox_url_parse("ws://127.0.0.1:8090/ws", "ws", &u, err, sizeof(err)));
+    ck_assert(!u.tls);
+    ck_assert(mbox_url_parse("wss://lcs.example.com/ws", "ws", &u, err, sizeof(err)));
+    ck_assert(u.tls);
+    ck_assert_str_eq(u.host, "lcs.example.com");
+    ck_assert_int_eq(u.port, 443);
+    ck_assert_str_eq(u.path, "/ws");
+    ck_assert(mbox_url_parse("WSS://[::1]:8443/ws", "ws", &u, err, sizeof(err)));
+    ck_assert(u.tls);
+    ck_assert_int_eq(u.port, 8443);
+    ck_assert(mbox_url_parse("https://sdk.example.com", "http", &u, err, sizeof(err)));
+    ck_assert(u.tls);
+    ck_assert_int_eq(u.port, 443);
+    ck_assert(mbox_url_parse("http://sdk.example.com", "http", &u, err, sizeof(err)));
+    ck_assert(!u.tls);
+    ck_assert_int_eq(u.port, 80);
+    ck_assert(!mbox_url_parse("https://sdk.example.com", "ws", &u, err, sizeof(err)));
+    ck_assert(strstr(err, "ws://") != NULL && strstr(err, "wss://") != NULL);
+}
+END_TEST
+
 START_TEST(url_ipv6)
 {
     struct mbox_url u;
@@ -59,8 +84,10 @@ START_TEST(url_errors)
     static const char *const bad[] = {
         "",
         "127.0.0.1:8090",
-        "wss://127.0.0.1:8090/ws", /* TLS is not spoken */
         "http://127.0.0.1:8090/ws",
+        "https://127.0.0.1:8090/ws",
+        "wsss://127.0.0.1:8090/ws",
+        "ws s://127.0.0.1:8090/ws",
         "ws://",
         "ws://:8090/ws",
         "ws://host:/ws",
@@ -441,6 +468,7 @@ mbox_client_suite(void)
     TCase *tc = tcase_create("url");
     tcase_add_test(tc, url_ws_with_port_and_path);
     tcase_add_test(tc, url_http_defaults);
+    tcase_add_test(tc, url_tls);
     tcase_add_test(tc, url_ipv6);
     tcase_add_test(tc, url_errors);
     suite_add_tcase(s, tc);

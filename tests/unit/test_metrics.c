@@ -362,6 +362,36 @@ START_TEST(test_concurrent_updates)
 }
 END_TEST
 
+static void
+collect_a(struct evbuffer *out, void *arg)
+{
+    evbuffer_add_printf(out, "# TYPE zz_a gauge\nzz_a %d\n", *(int *)arg);
+}
+
+START_TEST(test_collectors_render_after_the_registry)
+{
+    struct metrics *m = metrics_new();
+    ck_assert_ptr_nonnull(m);
+    int v = 7;
+    metric_inc(metrics_counter(m, "aa_total", "A.", NULL));
+    for (int i = 0; i < METRICS_MAX_COLLECTORS; i++)
+        ck_assert(metrics_add_collector(m, collect_a, &v));
+    ck_assert(!metrics_add_collector(m, collect_a, &v)); /* full */
+    ck_assert(!metrics_add_collector(m, NULL, &v));
+    char *text = render(m);
+    ck_assert_int_eq(count_occurrences(text, "zz_a 7\n"), METRICS_MAX_COLLECTORS);
+    /* Read at render time, not at registration. */
+    v = 9;
+    free(text);
+    text = render(m);
+    ck_assert_int_eq(count_occurrences(text, "zz_a 9\n"), METRICS_MAX_COLLECTORS);
+    const char *reg = strstr(text, "aa_total 1"), *col = strstr(text, "zz_a 9");
+    ck_assert(reg != NULL && col != NULL && reg < col);
+    free(text);
+    metrics_free(m);
+}
+END_TEST
+
 static Suite *
 metrics_suite(void)
 {
@@ -382,6 +412,7 @@ metrics_suite(void)
     tcase_add_test(tc, test_render_histogram);
     tcase_add_test(tc, test_render_histogram_no_labels_and_edges);
     tcase_add_test(tc, test_many_series);
+    tcase_add_test(tc, test_collectors_render_after_the_registry);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("concurrency");
