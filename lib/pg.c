@@ -117,6 +117,31 @@ struct pg_conn {
     int npending;      /* all entries in the FIFO */
     int prepares_left; /* while PREPARING */
     int backoff_ms;    /* next delay before jitter */
+    int first_host;    /* multi-host conninfo: the host the next attempt starts at */
+};
+
+/*
+ * A multi-host conninfo (host=a,b port=p,q, or postgresql://a:p,b:q/...):
+ * libpq tries the hosts in order within one connect attempt, but with
+ * PQconnectPoll nothing bounds the time spent on one host (connect_timeout
+ * is enforced only by PQconnectdb's own loop). A host that accepts and then
+ * never answers (a stopped server) would hold every attempt until the
+ * pool's connect timer ends it, and the hosts after it would never be
+ * tried. So the pool keeps the parsed options and starts the attempt after
+ * a timed-out one at the host after the stuck one (rotating the host,
+ * hostaddr and port lists).
+ */
+enum { HL_HOST, HL_HOSTADDR, HL_PORT, HL_COUNT };
+
+struct host_lists {
+    int nopts;
+    const char **kw; /* nopts + 1, NULL-terminated; point into opts */
+    const char **val;
+    PQconninfoOption *opts;
+    int nhosts;            /* > 1: rotation in use */
+    int at[HL_COUNT];      /* index of host/hostaddr/port in kw, or -1 */
+    char **item[HL_COUNT]; /* the list split at commas (nhosts entries), or NULL */
+    char *buf[HL_COUNT];   /* the rotated list of the current attempt */
 };
 
 struct pg_pool {
@@ -128,6 +153,7 @@ struct pg_pool {
     int max_inflight;
     int connect_timeout_ms;
     struct pg_conn *conns;
+    struct host_lists *hosts; /* NULL: one host, PQconnectStart(conninfo) */
     struct pg_stmt *stmts, *stmts_tail;
     struct event *ev_tick; /* query timeouts, while anything is in flight */
     int nready;
@@ -589,7 +615,7 @@ count_disconnect(struct pg_pool *p, const char *why)
         return;
     char labels[64];
     snprintf(labels, sizeof(labels), "reason=\"%s\"", why);
-    metric_inc(metrics_counter(p->metrics, "pg_disconnects_total",
+    metric_inc(metrics_counter(p->metrics, "mbox_pg_disconnects_total",
                                "PostgreSQL connections lost or failed, by reason", labels));
 }
 
@@ -703,6 +729,184 @@ conn_established(struct pg_conn *c)
         conn_reset(c, "connection_lost", PQerrorMessage(c->pq), PG_ERR_UNAVAILABLE);
 }
 
+/* ---- multi-host conninfo ---- */
+
+static void
+hosts_free(struct host_lists *h)
+{
+    if (h == NULL)
+        return;
+    for (int l = 0; l < HL_COUNT; l++) {
+        if (h->item[l] != NULL) {
+            for (int i = 0; i < h->nhosts; i++)
+                free(h->item[l][i]);
+            free(h->item[l]);
+        }
+        free(h->buf[l]);
+    }
+    free(h->kw);
+    free(h->val);
+    if (h->opts != NULL)
+        PQconninfoFree(h->opts);
+    free(h);
+}
+
+/* Splits s at commas into n strings (n = the number of entries). */
+static char **
+split_commas(const char *s, int *n)
+{
+    int count = 1;
+    for (const char *c = s; *c != '\0'; c++)
+        count += *c == ',';
+    char **v = calloc((size_t)count, sizeof(*v));
+    if (v == NULL)
+        return NULL;
+    const char *start = s;
+    for (int i = 0; i < count; i++) {
+        size_t len = strcspn(start, ",");
+        v[i] = strndup(start, len);
+        if (v[i] == NULL) {
+            for (int j = 0; j < i; j++)
+                free(v[j]);
+            free(v);
+            return NULL;
+        }
+        start += len + (start[len] == ',');
+    }
+    *n = count;
+    return v;
+}
+
+/*
+ * The host lists of parsed options: NULL when there is one host (or on
+ * failure: the pool then connects with the conninfo string, as libpq
+ * would). Takes ownership of opts either way.
+ */
+static struct host_lists *
+hosts_new(PQconninfoOption *opts)
+{
+    static const char *const names[HL_COUNT] = {"host", "hostaddr", "port"};
+    struct host_lists *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        PQconninfoFree(opts);
+        return NULL;
+    }
+    h->opts = opts;
+    int total = 0;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+        total++;
+    h->kw = calloc((size_t)total + 1, sizeof(*h->kw));
+    h->val = calloc((size_t)total + 1, sizeof(*h->val));
+    if (h->kw == NULL || h->val == NULL)
+        goto single;
+    for (int l = 0; l < HL_COUNT; l++)
+        h->at[l] = -1;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val == NULL)
+            continue;
+        for (int l = 0; l < HL_COUNT; l++) {
+            if (strcmp(o->keyword, names[l]) == 0)
+                h->at[l] = h->nopts;
+        }
+        h->kw[h->nopts] = o->keyword;
+        h->val[h->nopts] = o->val;
+        h->nopts++;
+    }
+    int n[HL_COUNT] = {0};
+    for (int l = 0; l < HL_COUNT; l++) {
+        if (h->at[l] < 0)
+            continue;
+        h->item[l] = split_commas(h->val[h->at[l]], &n[l]);
+        if (h->item[l] == NULL)
+            goto single;
+        if (n[l] > h->nhosts)
+            h->nhosts = n[l];
+    }
+    if (h->nhosts < 2)
+        goto single;
+    for (int l = 0; l < HL_COUNT; l++) {
+        if (h->item[l] == NULL)
+            continue;
+        if (n[l] != h->nhosts) {
+            /* Only a single port may stand for every host; libpq rejects
+             * other mismatches, and so will its own parse of the string. */
+            if (n[l] != 1)
+                goto single;
+            free(h->item[l][0]);
+            free(h->item[l]);
+            h->item[l] = NULL;
+            continue;
+        }
+        h->buf[l] = malloc(strlen(h->val[h->at[l]]) + 1);
+        if (h->buf[l] == NULL)
+            goto single;
+    }
+    return h;
+
+single:
+    /* item[] arrays may be partly made: free what has nhosts entries. */
+    for (int l = 0; l < HL_COUNT; l++) {
+        if (h->item[l] != NULL) {
+            for (int i = 0; i < n[l]; i++)
+                free(h->item[l][i]);
+            free(h->item[l]);
+            h->item[l] = NULL;
+        }
+    }
+    h->nhosts = 0;
+    hosts_free(h);
+    return NULL;
+}
+
+/* Points the host, hostaddr and port values at the lists rotated to begin
+ * with entry first. */
+static void
+hosts_rotate(struct host_lists *h, int first)
+{
+    for (int l = 0; l < HL_COUNT; l++) {
+        if (h->item[l] == NULL)
+            continue;
+        char *out = h->buf[l];
+        for (int k = 0; k < h->nhosts; k++) {
+            const char *e = h->item[l][(first + k) % h->nhosts];
+            size_t len = strlen(e);
+            if (k > 0)
+                *out++ = ',';
+            memcpy(out, e, len);
+            out += len;
+        }
+        *out = '\0';
+        h->val[h->at[l]] = h->buf[l];
+    }
+}
+
+/* A connect attempt timed out: the next one starts after the host it was
+ * stuck on (found by PQhost/PQport, else simply the next one). */
+static void
+conn_skip_stuck_host(struct pg_conn *c)
+{
+    struct host_lists *h = c->pool->hosts;
+    if (h == NULL || c->pq == NULL)
+        return;
+    const char *host = PQhost(c->pq), *port = PQport(c->pq);
+    int next = (c->first_host + 1) % h->nhosts;
+    for (int i = 0; host != NULL && i < h->nhosts; i++) {
+        const char *hi = h->item[HL_HOST] != NULL       ? h->item[HL_HOST][i]
+                         : h->item[HL_HOSTADDR] != NULL ? h->item[HL_HOSTADDR][i]
+                                                        : NULL;
+        const char *pi = h->item[HL_PORT] != NULL ? h->item[HL_PORT][i] : NULL;
+        if (hi != NULL && strcmp(hi, host) == 0 &&
+            (pi == NULL || (port != NULL && strcmp(pi, port) == 0))) {
+            next = (i + 1) % h->nhosts;
+            break;
+        }
+    }
+    char q[128];
+    log_info("pg_connect_skip_host", "conn=%d stuck=%s:%s next=%d", c->idx,
+             log_q(q, sizeof(q), host != NULL ? host : "?"), port != NULL ? port : "?", next);
+    c->first_host = next;
+}
+
 /* Starts a connect attempt (from DISCONNECTED or BACKOFF). */
 static void
 conn_connect(struct pg_conn *c)
@@ -710,7 +914,12 @@ conn_connect(struct pg_conn *c)
     struct pg_pool *p = c->pool;
 
     conn_set_state(c, PG_CONN_CONNECTING);
-    c->pq = PQconnectStart(p->conninfo);
+    if (p->hosts != NULL) {
+        hosts_rotate(p->hosts, c->first_host);
+        c->pq = PQconnectStartParams(p->hosts->kw, p->hosts->val, 0);
+    } else {
+        c->pq = PQconnectStart(p->conninfo);
+    }
     if (c->pq == NULL) {
         conn_reset(c, "connect_failed", "out of memory", PG_ERR_UNAVAILABLE);
         return;
@@ -879,9 +1088,10 @@ conn_event(struct pg_conn *c, enum pg_conn_event ev)
             conn_connect(c);
         return;
     case PG_CONN_CONNECTING:
-        if (ev == PG_CONN_EV_TIMER)
+        if (ev == PG_CONN_EV_TIMER) {
+            conn_skip_stuck_host(c);
             conn_reset(c, "connect_timeout", "connect timed out", PG_ERR_UNAVAILABLE);
-        else if (ev == PG_CONN_EV_READABLE || ev == PG_CONN_EV_WRITABLE)
+        } else if (ev == PG_CONN_EV_READABLE || ev == PG_CONN_EV_WRITABLE)
             conn_connect_step(c);
         return;
     case PG_CONN_PREPARING:
@@ -1038,13 +1248,17 @@ pool_init_metrics(struct pg_pool *p)
     if (m == NULL)
         return;
     const char *h = "PostgreSQL queries by outcome";
-    p->m_ok = metrics_counter(m, "pg_queries_total", h, "result=\"ok\"");
-    p->m_error = metrics_counter(m, "pg_queries_total", h, "result=\"error\"");
-    p->m_unavailable = metrics_counter(m, "pg_queries_total", h, "result=\"unavailable\"");
-    p->m_timeout = metrics_counter(m, "pg_queries_total", h, "result=\"timeout\"");
-    p->m_up = metrics_gauge(m, "pg_connections_up", "PostgreSQL connections ready", NULL);
-    p->m_duration = metrics_histogram(m, "pg_query_duration_seconds",
+    p->m_ok = metrics_counter(m, "mbox_pg_queries_total", h, "result=\"ok\"");
+    p->m_error = metrics_counter(m, "mbox_pg_queries_total", h, "result=\"error\"");
+    p->m_unavailable = metrics_counter(m, "mbox_pg_queries_total", h, "result=\"unavailable\"");
+    p->m_timeout = metrics_counter(m, "mbox_pg_queries_total", h, "result=\"timeout\"");
+    p->m_up = metrics_gauge(m, "mbox_pg_connections_ready", "PostgreSQL connections ready", NULL);
+    p->m_duration = metrics_histogram(m, "mbox_pg_query_duration_seconds",
                                       "Time from pg_query() to its callback", NULL);
+    /* Present at 0 from the start (dashboards, rate()); reasons come as they happen. */
+    metrics_counter(m, "mbox_pg_disconnects_total",
+                    "PostgreSQL connections lost or failed, by reason",
+                    "reason=\"connect_failed\"");
 }
 
 struct pg_pool *
@@ -1065,11 +1279,13 @@ pg_pool_new(struct event_base *base, const struct pg_pool_config *cfg, struct me
         return NULL;
     }
     int connect_timeout_ms = conninfo_connect_timeout_ms(opts);
-    PQconninfoFree(opts);
 
     struct pg_pool *p = calloc(1, sizeof(*p));
-    if (p == NULL)
+    if (p == NULL) {
+        PQconninfoFree(opts);
         return NULL;
+    }
+    p->hosts = hosts_new(opts); /* owns opts now */
     p->base = base;
     p->size = cfg->size;
     p->backoff_min_ms = cfg->backoff_min_ms > 0 ? cfg->backoff_min_ms : PG_DEFAULT_BACKOFF_MIN_MS;
@@ -1165,6 +1381,7 @@ pool_destroy(struct pg_pool *p)
         s = next;
     }
     free(p->conns);
+    hosts_free(p->hosts);
     free(p->conninfo);
     free(p);
 }

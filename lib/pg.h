@@ -97,6 +97,9 @@ void pg_param_null(struct pg_params *p);
  * default: backoff 100 ms .. 10 s, max_inflight 128. A connect attempt is
  * abandoned after the conninfo's connect_timeout (default 10 s). Host names
  * are resolved by libpq with a blocking getaddrinfo(): prefer addresses.
+ * With several hosts (host=a,b port=p,q, target_session_attrs=read-write
+ * for the primary of a failover pair) libpq tries them in order; an attempt
+ * abandoned on one host makes the next attempt start at the host after it.
  */
 struct pg_pool *pg_pool_new(struct event_base *base, const struct pg_pool_config *cfg,
                             struct metrics *metrics);

@@ -5,19 +5,28 @@
 #   * a Redis Cluster of 3 masters and 3 replicas (cluster-node-timeout
 #     2000 ms) with an ACL user the daemons log in as (ops/servers
 #     redis-cluster-start);
-#   * two PostgreSQL instances: pg0 holds the public database and is shard 0,
-#     pg1 is shard 1 (logicd pg_conninfo = pg0, pg_shards = pg0 pg1);
+#   * two PostgreSQL databases: pg0 holds the public database and is shard
+#     0, pg1 is shard 1 (logicd pg_conninfo = pg0, pg_shards = pg0 pg1).
+#     Each is a pair managed by Patroni (members pg0a/pg0b, pg1a/pg1b): a
+#     primary and a synchronous streaming standby, with one etcd member as
+#     Patroni's store; logicd reaches each pair through a libpq multi-host
+#     URI with target_session_attrs=read-write (whichever member leads);
 #   * logicd --migrate-only (every shard), then two logicd and two lcsd
 #     (node_id lcs-1, lcs-2), each with its own config file;
 #   * haproxy in front on the usual ports: SDK and internal over both
 #     logicd, WebSocket over both lcsd, plus a stats page;
 #   * the demo inbox page, as ops/run.
 #
+# etcd, every Patroni, logicd, lcsd and haproxy run under a supervisor
+# (mbox_supervise, ops/lib/common.sh) that restarts them when they die;
+# Patroni restarts its PostgreSQL. The Redis nodes are not supervised.
+#
 #   ops/run cluster          start (or show the running cluster)
 #   ops/run cluster stop     stop everything it started (by pid)
-#   ops/run cluster status   each process (pid, alive/dead), Redis slots,
-#                            PostgreSQL shards and buckets, haproxy backends;
-#                            exit status 0 when everything runs, 3 otherwise
+#   ops/run cluster status   each process (pid, alive/dead, restarts), Redis
+#                            slots, which member leads each PostgreSQL pair,
+#                            shards and buckets, haproxy backends; exit
+#                            status 0 when everything runs, 3 otherwise
 #
 # Environment (defaults in parentheses):
 #   MBOX_CLUSTER_DIR         where it all lives (var/cluster)
@@ -34,8 +43,15 @@
 #   MBOX_CLUSTER_REDIS_PORT  first of the six Redis Cluster ports (7000; at
 #                            most 55530: each node's cluster bus listens on
 #                            its port + 10000)
-#   MBOX_CLUSTER_PG_PORT     PostgreSQL pg0; pg1 is the next port (54330)
-#   MBOX_CLUSTER_PG_OPTS     extra postgres -c options, space-separated
+#   MBOX_CLUSTER_PG_PORT     P (54330): PostgreSQL pg0a on P, pg0b P+1,
+#                            pg1a P+2, pg1b P+3
+#   MBOX_CLUSTER_PATRONI_PORT
+#                            Patroni REST API of pg0a, pg0b, pg1a, pg1b on
+#                            this port and the next three (P+10)
+#   MBOX_CLUSTER_ETCD_PORT   etcd client port; peer port the next one (P+20)
+#   MBOX_CLUSTER_PG_OPTS     extra postgresql.conf settings name=value,
+#                            space-separated (not full_page_writes=off:
+#                            pg_rewind needs it on)
 #   MBOX_CLUSTER_DEMO        0: no demo page (and no MBOX_DEMO_URL) (1)
 #   MBOX_CLUSTER_QUIET       1: start without the walk-through (0)
 #   MBOX_CLUSTER_BUILD       0: neither install nor build, run MBOX_BUILD's
@@ -56,9 +72,12 @@ CL_DEMO_PORT=${MBOX_DEMO_PORT:-8088}
 CL_NODE_PORT=${MBOX_CLUSTER_NODE_PORT:-18000}
 CL_REDIS_PORT=${MBOX_CLUSTER_REDIS_PORT:-7000}
 CL_PG_PORT=${MBOX_CLUSTER_PG_PORT:-54330}
+CL_PATRONI_PORT=${MBOX_CLUSTER_PATRONI_PORT:-$((CL_PG_PORT + 10))}
+CL_ETCD_PORT=${MBOX_CLUSTER_ETCD_PORT:-$((CL_PG_PORT + 20))}
 CL_DEMO=${MBOX_CLUSTER_DEMO:-1}
 CL_NODES=(1 2)  # logicd-i and lcsd-i
 CL_SHARDS=(0 1) # pg0 (public database and shard 0), pg1
+CL_MEMBERS=(a b) # the two members of each pair: pg0a, pg0b, ...
 CL_REDIS_USER=mbox
 CL_LOGICD=$MBOX_ROOT/$CL_BUILD/services/logic/logicd
 CL_LCSD=$MBOX_ROOT/$CL_BUILD/services/lcs/lcsd
@@ -71,35 +90,41 @@ cl_admin_port() { echo $((CL_NODE_PORT + 100 * $1 + 91)); }
 cl_redis_ports() { local i; for i in 0 1 2 3 4 5; do echo $((CL_REDIS_PORT + i)); done; }
 # A standalone Redis for daemons that cannot speak to a Redis Cluster yet.
 cl_solo_redis_port() { echo $((CL_REDIS_PORT + 6)); }
-cl_pg_uri() { echo "postgresql://mbox:$PG_PASSWORD@127.0.0.1:$((CL_PG_PORT + $1))/mbox"; }
-
-# The state letter of process PID (R, S, D, T, Z, ...), from /proc/PID/stat;
-# fails when there is no such process.
-cl_pid_state() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  printf '%s\n' "${stat%% *}"
+# Member M (a or b) of shard S: its index, ports, directory.
+cl_member_idx() { [ "$1" = a ] && echo 0 || echo 1; }
+cl_pg_port() { echo $((CL_PG_PORT + 2 * $1 + $(cl_member_idx "$2"))); }
+cl_patroni_port() { echo $((CL_PATRONI_PORT + 2 * $1 + $(cl_member_idx "$2"))); }
+cl_member_dir() { echo "$CL_DIR/pg$1$2"; } # its data lives in DIR/pg (pg_datadir)
+# The libpq multi-host URI of shard S: both members, the primary chosen by
+# target_session_attrs=read-write; connect_timeout bounds each member's try.
+cl_pg_hosts() {
+  local m h=""
+  for m in "${CL_MEMBERS[@]}"; do h+="${h:+,}127.0.0.1:$(cl_pg_port "$1" "$m")"; done
+  echo "$h"
+}
+cl_pg_uri() {
+  echo "postgresql://mbox:$PG_PASSWORD@$(cl_pg_hosts "$1")/mbox?target_session_attrs=read-write&connect_timeout=2"
+}
+# The same without the password (psql takes PGPASSWORD), for database DB (mbox).
+cl_pg_uri_nopw() {
+  echo "postgresql://mbox@$(cl_pg_hosts "$1")/${2:-mbox}?target_session_attrs=read-write&connect_timeout=2"
 }
 
-# cl_alive PID [COMM]: PID runs, is not a zombie (a process killed while its
-# parent does not reap it still answers kill -0) and, when given, is COMM
-# (a pid file left behind must not name a stranger that got the same pid).
-cl_alive() {
-  local pid=$1 comm=${2:-} st
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  st=$(cl_pid_state "$pid") || return 1
-  case $st in Z | X | x) return 1 ;; esac
-  [ -z "$comm" ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
-}
+# Liveness (ops/lib/common.sh): pid runs, is no zombie, is COMM.
+cl_pid_state() { mbox_pid_state "$@"; }
+cl_alive() { mbox_alive "$@"; }
 
 cl_pidof() { [ -f "$1" ] && head -1 "$1"; }
 
 # The processes started here, one "name pidfile comm" per line.
 cl_procs() {
-  local i port
+  local i m port
+  echo "etcd $CL_DIR/run/etcd.pid etcd"
   for i in "${CL_SHARDS[@]}"; do
-    echo "postgres-$i $CL_DIR/pg$i/pg/data/postmaster.pid postgres"
+    for m in "${CL_MEMBERS[@]}"; do
+      echo "patroni-pg$i$m $CL_DIR/run/patroni-pg$i$m.pid patroni"
+      echo "postgres-pg$i$m $(cl_member_dir "$i" "$m")/pg/data/postmaster.pid postgres"
+    done
   done
   while read -r port; do
     echo "redis-$port $CL_DIR/rcluster/$port/redis.pid redis-server"
@@ -133,10 +158,176 @@ cl_redis_cli() {
   REDISCLI_AUTH=$REDIS_PASSWORD redis-cli --user "$CL_REDIS_USER" "$@"
 }
 
+# cl_psql SHARD psql-args...: on the shard's primary (whichever member leads).
 cl_psql() {
   local shard=$1; shift
-  PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" -h 127.0.0.1 -p $((CL_PG_PORT + shard)) -U mbox -d mbox \
-    -qtAX -v ON_ERROR_STOP=1 "$@"
+  PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" "$(cl_pg_uri_nopw "$shard")" -qtAX -v ON_ERROR_STOP=1 "$@"
+}
+
+# ---- Patroni and etcd ----
+
+cl_etcd_url() { echo "http://127.0.0.1:$CL_ETCD_PORT"; }
+
+cl_start_etcd() {
+  local peer="http://127.0.0.1:$((CL_ETCD_PORT + 1))"
+  mkdir -p "$CL_DIR/etcd"
+  chmod 700 "$CL_DIR/etcd"
+  mbox_supervise_start etcd "$CL_DIR/run" "$CL_DIR/log/etcd.log" etcd --name mbox \
+    --data-dir "$CL_DIR/etcd/data" --listen-client-urls "$(cl_etcd_url)" \
+    --advertise-client-urls "$(cl_etcd_url)" --listen-peer-urls "$peer" \
+    --initial-advertise-peer-urls "$peer" --initial-cluster "mbox=$peer" \
+    --initial-cluster-state new --initial-cluster-token "mbox-$CL_ETCD_PORT" \
+    --logger zap --log-level warn || return 1
+  local _ h
+  for _ in $(seq 1 100); do
+    h=$(curl -fsS --max-time 1 "$(cl_etcd_url)/health" 2>/dev/null) || h=
+    [[ $h == *'"health":"true"'* ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# Writes member M of shard S's Patroni configuration (its directory is the
+# postgres user's when we are root). Timing: a crashed primary is failed
+# over at once (primary_start_timeout 0: the synchronous standby has every
+# acknowledged commit); a primary whose Patroni stops answering loses the
+# leader key after ttl 10 s; loop_wait 2 s between HA cycles; retry_timeout
+# 3 s for etcd and PostgreSQL operations (Patroni wants ttl >= loop_wait +
+# 2 * retry_timeout). failsafe_mode: while etcd cannot be reached, a
+# primary that still reaches every other member's REST API stays primary
+# (one etcd member here: its restart must not demote the primaries).
+# synchronous_mode: a commit is acknowledged once the
+# standby has it; not strict: with a single standby, strict mode would
+# block every write while that standby is down (a restart, a re-clone),
+# so Patroni drops it from synchronous_standby_names instead and will not
+# promote it until it has caught up again.
+cl_write_patroni() {
+  local s=$1 m=$2 root opt k v params=""
+  root=$(pg_datadir "$(cl_member_dir "$s" "$m")")
+  mkdir -p "$root"
+  local opts=()
+  read -r -a opts <<<"${MBOX_CLUSTER_PG_OPTS:-}"
+  for opt in "${opts[@]}"; do
+    k=${opt%%=*} v=${opt#*=}
+    if [ "$k" = full_page_writes ]; then
+      say "MBOX_CLUSTER_PG_OPTS: ignoring $opt (pg_rewind needs full_page_writes on)"
+      continue
+    fi
+    params+="    $k: '$v'"$'\n'
+  done
+  (
+    umask 077
+    cat >"$root/patroni.yml" <<YML
+# written by ops/run cluster: member pg$s$m of shard $s
+scope: mbox-pg$s
+namespace: /mbox/
+name: pg$s$m
+log:
+  level: INFO
+  format: '%(asctime)s %(levelname)s: %(message)s'
+restapi:
+  listen: 127.0.0.1:$(cl_patroni_port "$s" "$m")
+  connect_address: 127.0.0.1:$(cl_patroni_port "$s" "$m")
+etcd3:
+  hosts: 127.0.0.1:$CL_ETCD_PORT
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 2
+    retry_timeout: 3
+    primary_start_timeout: 0
+    failsafe_mode: true
+    synchronous_mode: true
+    synchronous_mode_strict: false
+    maximum_lag_on_failover: 16777216
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        max_connections: 200
+        wal_log_hints: 'on'
+        wal_keep_size: 256MB
+        max_wal_senders: 10
+        max_replication_slots: 10
+  initdb:
+    - encoding: UTF8
+    - no-locale
+    - auth-host: scram-sha-256
+    - auth-local: scram-sha-256
+postgresql:
+  listen: 127.0.0.1:$(cl_pg_port "$s" "$m")
+  connect_address: 127.0.0.1:$(cl_pg_port "$s" "$m")
+  data_dir: $root/data
+  bin_dir: $PG_BIN
+  pgpass: $root/pgpass
+  remove_data_directory_on_rewind_failure: true
+  remove_data_directory_on_diverged_timelines: true
+  basebackup:
+    - checkpoint: fast
+  authentication:
+    superuser:
+      username: mbox
+      password: '$PG_PASSWORD'
+    replication:
+      username: replicator
+      password: '$PG_REPL_PASSWORD'
+  parameters:
+    unix_socket_directories: '$root'
+    shared_buffers: 128MB
+$params  pg_hba:
+    - local all all scram-sha-256
+    - host all all 127.0.0.1/32 scram-sha-256
+    - host replication replicator 127.0.0.1/32 scram-sha-256
+watchdog:
+  mode: 'off'
+YML
+  )
+  [ "$(id -u)" -ne 0 ] || chown postgres: "$root" "$root/patroni.yml"
+  echo "$root/patroni.yml"
+}
+
+cl_start_patroni() {
+  local s=$1 m=$2 cfg
+  cfg=$(cl_write_patroni "$s" "$m") || return 1
+  mbox_supervise_start "patroni-pg$s$m" "$CL_DIR/run" "$CL_DIR/log/patroni-pg$s$m.log" \
+    as_pg_exec patroni "$cfg"
+}
+
+# The members of shard S as Patroni sees them (GET /cluster of the first
+# member that answers): one "name role state host:port timeline lag" line
+# each; fails when no member answers.
+cl_pg_members() {
+  local m out
+  for m in "${CL_MEMBERS[@]}"; do
+    out=$(curl -fsS --max-time 2 "http://127.0.0.1:$(cl_patroni_port "$1" "$m")/cluster" 2>/dev/null) || continue
+    jq -r '.members[] | "\(.name) \(.role) \(.state) \(.host):\(.port) \(.timeline // "-") \(.lag // 0)"' \
+      <<<"$out" && return 0
+  done
+  return 1
+}
+
+# The leading member of shard S ("pg0a" ...), or fails.
+cl_pg_leader() {
+  local l
+  l=$(cl_pg_members "$1" | awk '$2 == "leader" && $3 == "running" { print $1 }') || return 1
+  [ -n "$l" ] && echo "$l"
+}
+
+# Waits (up to $2 s, default 120) until shard S has a running leader that
+# takes writes and a running synchronous standby.
+cl_wait_pg_pair() {
+  local s=$1 t=${2:-120} _ mem
+  for _ in $(seq 1 $((t * 5))); do
+    mem=$(cl_pg_members "$s" 2>/dev/null) || mem=
+    if awk '$2 == "leader" && $3 == "running" { l = 1 } $2 == "sync_standby" && $3 ~ /^(running|streaming)$/ { r = 1 }
+        END { exit !(l && r) }' <<<"$mem" &&
+      PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" "$(cl_pg_uri_nopw "$s" postgres)" -qtAXc "SELECT 1" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  printf '%s\n' "$mem" >&2
+  return 1
 }
 
 cl_load_secrets() {
@@ -161,14 +352,33 @@ cl_stop_pid() {
 }
 
 cl_stop() {
-  local i
-  cl_stop_pid "$CL_DIR/run/haproxy.pid" haproxy
-  cl_stop_pid "$CL_DIR/run/demo.pid" node
-  for i in "${CL_NODES[@]}"; do cl_stop_pid "$CL_DIR/run/lcsd-$i.pid" lcsd; done
-  for i in "${CL_NODES[@]}"; do cl_stop_pid "$CL_DIR/run/logicd-$i.pid" logicd; done
+  local i m leader leaders=()
+  mbox_supervise_stop haproxy "$CL_DIR/run" &
+  mbox_supervise_stop demo "$CL_DIR/run" &
+  for i in "${CL_NODES[@]}"; do
+    mbox_supervise_stop "lcsd-$i" "$CL_DIR/run" &
+    mbox_supervise_stop "logicd-$i" "$CL_DIR/run" &
+  done
+  wait
+  # Standbys first (in parallel), then the leaders: a leader stopped first
+  # would hand over to its standby.
+  for i in "${CL_SHARDS[@]}"; do
+    leader=$(cl_pg_leader "$i" 2>/dev/null) || leader=
+    [ -z "$leader" ] || leaders+=("$leader")
+    for m in "${CL_MEMBERS[@]}"; do
+      [ "pg$i$m" = "$leader" ] || mbox_supervise_stop "patroni-pg$i$m" "$CL_DIR/run" &
+    done
+  done
+  wait
+  for leader in "${leaders[@]}"; do mbox_supervise_stop "patroni-$leader" "$CL_DIR/run" & done
+  wait
+  # A PostgreSQL whose Patroni was killed outlives it.
+  for i in "${CL_SHARDS[@]}"; do
+    for m in "${CL_MEMBERS[@]}"; do pg_stop "$(cl_member_dir "$i" "$m")"; done
+  done
+  mbox_supervise_stop etcd "$CL_DIR/run"
   "$MBOX_ROOT/ops/servers" redis-cluster-stop "$CL_DIR"
   redis_stop "$CL_DIR"
-  for i in "${CL_SHARDS[@]}"; do pg_stop "$CL_DIR/pg$i"; done
   say "cluster stopped"
 }
 
@@ -187,7 +397,9 @@ cl_status() {
       printf '  %-18s %-12s stopped\n' "$name" "-"
       bad=1
     elif cl_alive "$pid" "$comm"; then
-      printf '  %-18s pid %-8s alive\n' "$name" "$pid"
+      local r=""
+      [ ! -f "$CL_DIR/run/$name.restarts" ] || r="supervised, $(cat "$CL_DIR/run/$name.restarts") restarts,"
+      printf '  %-18s pid %-8s %s alive\n' "$name" "$pid" "$r"
     else
       st=$(cl_pid_state "$pid" 2>/dev/null) || st=gone
       printf '  %-18s pid %-8s dead (%s)\n' "$name" "$pid" "$([ "$st" = Z ] && echo zombie || echo "$st")"
@@ -226,17 +438,30 @@ cl_status() {
     fi
   fi
 
-  echo "postgresql (public database = shard 0):"
-  local s map
+  echo "postgresql (Patroni pairs, etcd $(cl_etcd_url); public database = shard 0):"
+  local s map mem
   for s in "${CL_SHARDS[@]}"; do
-    if ! PGPASSWORD=$PG_PASSWORD "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p $((CL_PG_PORT + s)); then
-      printf '  shard %s  127.0.0.1:%s  down\n' "$s" $((CL_PG_PORT + s))
+    mem=$(cl_pg_members "$s" 2>/dev/null) || mem=
+    if [ -z "$mem" ]; then
+      printf '  shard %s  no Patroni member answers\n' "$s"
       bad=1
       continue
     fi
-    printf '  shard %s  127.0.0.1:%s  up%s, mailboxes %s\n' "$s" $((CL_PG_PORT + s)) \
-      "$([ "$s" = 0 ] && echo ", public database")" \
-      "$(cl_psql "$s" -c "SELECT count(*) FROM mailbox" 2>/dev/null || echo '?')"
+    local leader
+    leader=$(awk '$2 == "leader" && $3 == "running" { print $1 }' <<<"$mem")
+    if [ -z "$leader" ]; then
+      printf '  shard %s  NO LEADER (a failover may be under way)\n' "$s"
+      bad=1
+    else
+      printf '  shard %s  leader %s%s, mailboxes %s\n' "$s" "$leader" "$([ "$s" = 0 ] && echo " (public database)")" \
+        "$(cl_psql "$s" -c "SELECT count(*) FROM mailbox" 2>/dev/null || echo '?')"
+    fi
+    # name role state host:port timeline lag
+    while read -r n role state addr tl lag; do
+      printf '    %-6s %-13s %-10s %-16s timeline %-3s lag %s\n' "$n" "$role" "$state" "$addr" "$tl" "$lag"
+    done <<<"$mem"
+    awk '$2 == "sync_standby" && $3 ~ /^(running|streaming)$/ { ok = 1 } END { exit !ok }' <<<"$mem" ||
+      { printf '    no synchronous standby: commits are on the primary only until one catches up\n'; bad=1; }
   done
   local has_map
   has_map=$(cl_psql 0 -c "SELECT to_regclass('bucket_map') IS NOT NULL" 2>/dev/null) || has_map=down
@@ -297,7 +522,15 @@ cl_ports() {
     echo "$((port + 10000)) MBOX_CLUSTER_REDIS_PORT" # its cluster bus
   done < <(cl_redis_ports)
   echo "$(cl_solo_redis_port) MBOX_CLUSTER_REDIS_PORT"
-  for i in "${CL_SHARDS[@]}"; do echo "$((CL_PG_PORT + i)) MBOX_CLUSTER_PG_PORT"; done
+  local m
+  for i in "${CL_SHARDS[@]}"; do
+    for m in "${CL_MEMBERS[@]}"; do
+      echo "$(cl_pg_port "$i" "$m") MBOX_CLUSTER_PG_PORT"
+      echo "$(cl_patroni_port "$i" "$m") MBOX_CLUSTER_PATRONI_PORT"
+    done
+  done
+  echo "$CL_ETCD_PORT MBOX_CLUSTER_ETCD_PORT"
+  echo "$((CL_ETCD_PORT + 1)) MBOX_CLUSTER_ETCD_PORT"
 }
 
 cl_wait_healthy() {
@@ -309,11 +542,12 @@ cl_wait_healthy() {
   return 1
 }
 
+# cl_start_daemon NAME COMM CMD...: CMD under a supervisor (restarted when
+# it dies); CMD's pid in run/NAME.pid, the supervisor's in run/NAME.sup.pid.
 cl_start_daemon() {
   local name=$1 comm=$2; shift 2
   cl_alive "$(cl_pidof "$CL_DIR/run/$name.pid" 2>/dev/null)" "$comm" && return 0
-  setsid "$@" </dev/null >>"$CL_DIR/log/$name.log" 2>&1 &
-  echo $! >"$CL_DIR/run/$name.pid"
+  mbox_supervise_start "$name" "$CL_DIR/run" "$CL_DIR/log/$name.log" "$@"
 }
 
 cl_write_configs() {
@@ -512,7 +746,8 @@ cl_demo() {
 
 The cluster is up: haproxy on :$CL_SDK_PORT (SDK), :$CL_INTERNAL_PORT (internal), :$CL_WS_PORT (WebSocket)
 over logicd-1/2 and lcsd-1/2; Redis Cluster $(cat "$CL_DIR/redis_nodes");
-PostgreSQL shards on :$CL_PG_PORT (public database, shard 0) and :$((CL_PG_PORT + 1)).
+PostgreSQL shards pg0 (public database, shard 0) on :$(cl_pg_hosts 0 | sed 's/127.0.0.1://g')
+and pg1 on :$(cl_pg_hosts 1 | sed 's/127.0.0.1://g'), each a Patroni pair (leaders: $(cl_pg_leader 0), $(cl_pg_leader 1)).
 Listeners and dev credentials are in $CL_STACK_ENV (same variables as ops/run,
 plus MBOX_REDIS_NODES and MBOX_PG_SHARDS): every client of ops/run works unchanged.
 
@@ -598,21 +833,35 @@ cl_start() {
         echo "OPS_TOKEN=$(mbox_secret)"
         echo "TOKEN_KEY=$(mbox_secret)"
         echo "REDIS_PASSWORD=$(mbox_secret)"
+        echo "PG_REPL_PASSWORD=$(mbox_secret)"
       } >"$CL_DIR/secrets.env"
     )
   fi
+  grep -q '^PG_REPL_PASSWORD=' "$CL_DIR/secrets.env" || echo "PG_REPL_PASSWORD=$(mbox_secret)" >>"$CL_DIR/secrets.env"
   cl_load_secrets
 
-  local i pg_opts=()
-  read -r -a pg_opts <<<"${MBOX_CLUSTER_PG_OPTS:-}"
+  cl_start_etcd || { tail -20 "$CL_DIR/log/etcd.log" >&2; die "etcd did not start (see $CL_DIR/log/etcd.log)"; }
+  local i m
   for i in "${CL_SHARDS[@]}"; do
-    pg_start "$CL_DIR/pg$i" $((CL_PG_PORT + i)) "$PG_PASSWORD" "${pg_opts[@]}" ||
-      die "PostgreSQL pg$i did not start (see $CL_DIR/pg$i/pg/postgres.log)"
+    for m in "${CL_MEMBERS[@]}"; do
+      cl_start_patroni "$i" "$m" || die "Patroni pg$i$m did not start (see $CL_DIR/log/patroni-pg$i$m.log)"
+    done
   done
-
+  # The Redis Cluster starts while Patroni bootstraps the pairs.
   type redis_cluster_start >/dev/null 2>&1 || die "ops/lib/common.sh has no redis_cluster_start"
   "$MBOX_ROOT/ops/servers" redis-cluster-start "$CL_DIR" "$CL_REDIS_PORT" "$CL_REDIS_USER" "$REDIS_PASSWORD" ||
     die "the Redis Cluster did not start (see $CL_DIR/rcluster/*/redis.log)"
+  for i in "${CL_SHARDS[@]}"; do
+    cl_wait_pg_pair "$i" 180 || {
+      tail -30 "$CL_DIR"/log/patroni-pg"$i"?.log >&2
+      die "PostgreSQL pair pg$i has no leader with a synchronous standby (see $CL_DIR/log/patroni-pg$i*.log)"
+    }
+    PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" "$(cl_pg_uri_nopw "$i" postgres)" -qtAXc \
+      "SELECT 1 FROM pg_database WHERE datname='mbox'" | grep -q 1 ||
+      PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" "$(cl_pg_uri_nopw "$i" postgres)" -qXc \
+        "CREATE DATABASE mbox" >/dev/null || die "create database on pg$i failed"
+  done
+
   if ! cl_redis_cluster_ok; then
     say "WARNING: $CL_BUILD's logicd/lcsd have no redis_nodes (Redis Cluster client): they use a" \
       "standalone Redis on 127.0.0.1:$(cl_solo_redis_port) instead of the cluster"

@@ -10,7 +10,9 @@ PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 # Debian packages the build, the stack and the tests need.
 MBOX_PACKAGES=(build-essential meson ninja-build pkg-config clang protobuf-c-compiler
   libevent-dev libhiredis-dev libpq-dev libprotobuf-c-dev check libjansson-dev libssl-dev
-  postgresql-15 redis-server curl util-linux iproute2 procps)
+  libsystemd-dev systemd
+  postgresql-15 redis-server curl util-linux iproute2 procps jq nginx openssl
+  patroni etcd-server python3-etcd python3-psycopg2)
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -261,5 +263,187 @@ redis_cluster_stop() {
   rm -rf "$dir/rcluster"
 }
 
+# ---- process liveness and supervision ----
+
+# The state letter of process PID (R, S, D, T, Z, ...) from /proc/PID/stat;
+# fails when there is no such process.
+mbox_pid_state() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  printf '%s\n' "${stat%% *}"
+}
+
+# The start time of process PID (clock ticks after boot, /proc/PID/stat
+# field 22): with the pid, it names one process (pids are reused).
+mbox_pid_start() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  # after the comm: state is field 3, start time field 22
+  # shellcheck disable=SC2086 # split into fields on purpose
+  set -- $stat
+  printf '%s\n' "${20}"
+}
+
+# mbox_alive PID [COMM]: PID runs, is no zombie (a process that died while
+# its parent does not reap it still answers kill -0) and, when given, is
+# COMM (a pid file left behind must not name a stranger that got the same
+# pid).
+mbox_alive() {
+  local pid=${1:-} comm=${2:-} st
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  st=$(mbox_pid_state "$pid") || return 1
+  case $st in Z | X | x) return 1 ;; esac
+  [ -z "$comm" ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
+}
+
+# mbox_supervise NAME RUNDIR CMD...: runs CMD, and again whenever it exits,
+# until the supervisor gets SIGTERM (or SIGINT). The child's pid is in
+# RUNDIR/NAME.pid, the supervisor's own in RUNDIR/NAME.sup.pid, the number
+# of restarts in RUNDIR/NAME.restarts. A restart waits 0.5 s, doubled
+# (up to 8 s) each time the child lived less than 10 s. On SIGTERM the
+# child gets SIGTERM, SIGKILL after MBOX_SUPERVISE_STOP_S (20) seconds,
+# and the supervisor exits once it is gone. Runs in the foreground: start
+# it with mbox_supervise_start. Log lines go to stderr.
+mbox_supervise() {
+  local name=$1 run=$2; shift 2
+  local child="" stop=0 delay_ms=500 t0 st restarts=0 stop_s=${MBOX_SUPERVISE_STOP_S:-20}
+  trap 'stop=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM INT
+  echo "$$" >"$run/$name.sup.pid"
+  mbox_pid_start "$$" >"$run/$name.sup.start"
+  echo 0 >"$run/$name.restarts"
+  while [ $stop = 0 ]; do
+    t0=$(date +%s%3N)
+    "$@" </dev/null &
+    child=$!
+    echo "$child" >"$run/$name.pid"
+    mbox_pid_start "$child" >"$run/$name.start" 2>/dev/null || true
+    say "$(date -u +%FT%T.%3NZ) supervise: $name started (pid $child)"
+    # wait returns early (status > 128) when a trapped signal arrives.
+    st=0
+    while :; do
+      wait "$child" && st=0 || st=$?
+      [ -d "/proc/$child" ] || break
+      [ $stop = 0 ] || break
+    done
+    if [ $stop = 1 ]; then
+      local i
+      for ((i = 0; i < stop_s * 10; i++)); do
+        mbox_alive "$child" || break
+        sleep 0.1
+      done
+      kill -KILL "$child" 2>/dev/null || true
+      wait "$child" 2>/dev/null || true
+      break
+    fi
+    if [ $(($(date +%s%3N) - t0)) -ge 10000 ]; then delay_ms=500; fi
+    say "$(date -u +%FT%T.%3NZ) supervise: $name (pid $child) exited with status $st; restart in ${delay_ms} ms"
+    child=""
+    sleep "$((delay_ms / 1000)).$(printf '%03d' $((delay_ms % 1000)))" &
+    wait $! 2>/dev/null || true
+    [ $stop = 0 ] || break
+    restarts=$((restarts + 1))
+    echo "$restarts" >"$run/$name.restarts"
+    delay_ms=$((delay_ms * 2 > 8000 ? 8000 : delay_ms * 2))
+  done
+  rm -f "$run/$name.pid" "$run/$name.sup.pid" "$run/$name.start" "$run/$name.sup.start"
+  say "$(date -u +%FT%T.%3NZ) supervise: $name stopped"
+}
+
+# mbox_supervise_start NAME RUNDIR LOGFILE CMD...: mbox_supervise detached
+# (its own session, output appended to LOGFILE); returns once the child's
+# pid file is written. Nothing is started when the supervisor of NAME runs.
+mbox_supervise_start() {
+  local name=$1 run=$2 log=$3; shift 3
+  mbox_alive "$(cat "$run/$name.sup.pid" 2>/dev/null)" bash &&
+    [ "$(mbox_pid_start "$(cat "$run/$name.sup.pid")")" = "$(cat "$run/$name.sup.start" 2>/dev/null)" ] && return 0
+  rm -f "$run/$name.pid" "$run/$name.sup.pid" "$run/$name.start" "$run/$name.sup.start"
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  setsid bash -c '. "$0" && mbox_supervise "$@"' "$MBOX_ROOT/ops/lib/common.sh" "$name" "$run" "$@" \
+    </dev/null >>"$log" 2>&1 &
+  local _
+  for _ in $(seq 1 100); do
+    [ -s "$run/$name.pid" ] && return 0
+    sleep 0.02
+  done
+  say "supervisor of $name did not start (see $log)"
+  return 1
+}
+
+# mbox_supervise_stop NAME RUNDIR: stops the supervisor (which stops the
+# child) and waits for both; a child left without a supervisor (the
+# supervisor was killed) gets SIGTERM, then SIGKILL, itself, if it is
+# still the process the supervisor started (same start time).
+mbox_supervise_stop() {
+  local name=$1 run=$2 sup child start _
+  sup=$(cat "$run/$name.sup.pid" 2>/dev/null) || sup=
+  child=$(cat "$run/$name.pid" 2>/dev/null) || child=
+  start=$(cat "$run/$name.start" 2>/dev/null) || start=
+  [ -n "$start" ] && [ "$(mbox_pid_start "$child" 2>/dev/null)" = "$start" ] || child=
+  start=$(cat "$run/$name.sup.start" 2>/dev/null) || start=
+  [ -n "$start" ] && [ "$(mbox_pid_start "$sup" 2>/dev/null)" = "$start" ] || sup=
+  if mbox_alive "$sup" bash; then
+    kill -CONT "$sup" 2>/dev/null || true
+    kill -TERM "$sup" 2>/dev/null || true
+    for _ in $(seq 1 $((${MBOX_SUPERVISE_STOP_S:-20} * 10 + 50))); do
+      mbox_alive "$sup" || break
+      sleep 0.1
+    done
+    mbox_alive "$sup" && kill -KILL "$sup" 2>/dev/null
+  fi
+  if mbox_alive "$child"; then
+    kill -TERM "$child" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      mbox_alive "$child" || break
+      sleep 0.1
+    done
+    mbox_alive "$child" && kill -KILL "$child" 2>/dev/null
+  fi
+  rm -f "$run/$name.pid" "$run/$name.sup.pid" "$run/$name.start" "$run/$name.sup.start"
+  return 0
+}
+
+# Runs CMD as the postgres user when we are root, replacing this process
+# (setpriv execs: the pid stays the one a supervisor waits for).
+as_pg_exec() {
+  if [ "$(id -u)" -eq 0 ]; then
+    exec setpriv --reuid=postgres --regid=postgres --init-groups --reset-env -- "$@"
+  else
+    exec "$@"
+  fi
+}
+
 # A random hex secret.
 mbox_secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+# ---- the demo data of ops/run ----
+
+# mbox_demo_seed STATE_DIR: the demo data ops/run shows (a message to user 9
+# of app 1, and a published notice for every user of app 1), written once.
+# Needs MBOX_INTERNAL_URL, MBOX_SERVER_KEY and MBOX_OPS_TOKEN (var/stack.env).
+# Running it again adds nothing: the message carries a fixed msgkey (a
+# re-send answers duplicate:true), and the notice's id is kept in
+# STATE_DIR/demo-notice.id; while that notice exists it is not created
+# again (a wiped database gets a new one). Prints one line per step.
+mbox_demo_seed() {
+  local dir=$1 body id=
+  body=$(curl -fsS -H "Authorization: Bearer $MBOX_SERVER_KEY" \
+    -d '{"app_id":"1","from_uid":"7","to_uids":["9"],"content":"hello from ops/run","msgkey":"ops-run-demo-hello"}' \
+    "$MBOX_INTERNAL_URL/v1/messages") || { say "demo: the send failed"; return 1; }
+  printf '  send      -> %s\n' "$body"
+  [ -f "$dir/demo-notice.id" ] && id=$(cat "$dir/demo-notice.id")
+  if [[ $id =~ ^[0-9]+$ ]] && curl -fsS -o /dev/null -H "Authorization: Bearer $MBOX_OPS_TOKEN" \
+    "$MBOX_INTERNAL_URL/v1/notices/$id" 2>/dev/null; then
+    printf '  notice    -> %s (created by an earlier ops/run; not added again)\n' "$id"
+    return 0
+  fi
+  id=$(curl -fsS -H "Authorization: Bearer $MBOX_OPS_TOKEN" \
+    -d '{"app_id":"1","title":"Welcome","content":"a notice stored once for every user"}' \
+    "$MBOX_INTERNAL_URL/v1/notices" | sed -n 's/.*"notice_id":"\([0-9]*\)".*/\1/p')
+  [ -n "$id" ] || { say "demo: could not create the notice"; return 1; }
+  body=$(curl -fsS -X POST -H "Authorization: Bearer $MBOX_OPS_TOKEN" \
+    "$MBOX_INTERNAL_URL/v1/notices/$id/publish") || { say "demo: could not publish notice $id"; return 1; }
+  printf '%s\n' "$id" >"$dir/demo-notice.id"
+  printf '  publish   -> notice %s, %s\n' "$id" "$(printf '%s' "$body" | sed -n 's/.*"state":"\([a-z]*\)".*/state \1/p')"
+}

@@ -22,8 +22,10 @@
 #
 # Ports: B..B+4 haproxy fronts, stats, demo; logicd-1/lcsd-1 B+10..B+21,
 # logicd-2/lcsd-2 B+110..B+121; Redis B+30..B+36 (cluster bus: +10000);
-# PostgreSQL B+40, B+41. All stay below the kernel's ephemeral range
-# (32768..), where the other suites' free ports come from.
+# PostgreSQL pg0a, pg0b, pg1a, pg1b B+40..B+43, their Patroni REST APIs
+# B+50..B+53, etcd B+60 (client) and B+61 (peer). All stay below the
+# kernel's ephemeral range (32768..), where the other suites' free ports
+# come from.
 #
 # check evaluates its condition, given in single quotes on purpose.
 # shellcheck disable=SC2034
@@ -87,8 +89,8 @@ pick_base() {
   for _ in $(seq 1 50); do
     b=$((20000 + (RANDOM % 20) * 100))
     all=1
-    for o in 0 1 2 3 4 10 11 20 21 110 111 120 121 30 31 32 33 34 35 36 40 41 \
-      10030 10031 10032 10033 10034 10035; do
+    for o in 0 1 2 3 4 10 11 20 21 110 111 120 121 30 31 32 33 34 35 36 40 41 42 43 \
+      50 51 52 53 60 61 10030 10031 10032 10033 10034 10035; do
       port_free $((b + o)) || { all=0; break; }
     done
     [ $all -eq 1 ] && { echo "$b"; return 0; }
@@ -96,15 +98,19 @@ pick_base() {
   return 1
 }
 
-mbox_install_deps haproxy redis-server postgresql-15 curl iproute2
+mbox_install_deps haproxy redis-server postgresql-15 curl iproute2 jq patroni etcd-server \
+  python3-etcd python3-psycopg2
 B=$(pick_base) || { errors=1; say "no free port range"; summary; exit 1; }
 DIR=$(mktemp -d "/tmp/mbox-$CT_NAME.XXXXXX")
 export MBOX_CLUSTER_DIR=$DIR MBOX_BUILD=$BUILD MBOX_CLUSTER_BUILD=0
 export MBOX_SDK_PORT=$B MBOX_INTERNAL_PORT=$((B + 1)) MBOX_WS_PORT=$((B + 2))
 export MBOX_HAPROXY_STATS_PORT=$((B + 3)) MBOX_DEMO_PORT=$((B + 4))
 export MBOX_CLUSTER_NODE_PORT=$((B - 170)) MBOX_CLUSTER_REDIS_PORT=$((B + 30))
-export MBOX_CLUSTER_PG_PORT=$((B + 40))
-export MBOX_CLUSTER_PG_OPTS="fsync=off full_page_writes=off"
+export MBOX_CLUSTER_PG_PORT=$((B + 40)) MBOX_CLUSTER_PATRONI_PORT=$((B + 50))
+export MBOX_CLUSTER_ETCD_PORT=$((B + 60))
+# fsync off: the tests kill processes, not the machine. full_page_writes
+# stays on (pg_rewind needs it when a killed primary rejoins).
+export MBOX_CLUSTER_PG_OPTS="fsync=off"
 unset MBOX_STACK_ENV
 # The helpers of ops/run cluster (ports, pid checks, psql) with this environment.
 # shellcheck source=../../ops/lib/cluster.sh
@@ -115,8 +121,8 @@ ct_cleanup() {
   for p in "${CT_PIDS[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
   if [ -n "${WATCHDOG:-}" ]; then kill "$WATCHDOG" 2>/dev/null || true; fi
   "$ROOT/ops/run" cluster stop >/dev/null 2>&1 || true
-  "$ROOT/ops/servers" pg-stop "$DIR/pg0" 2>/dev/null || true
-  "$ROOT/ops/servers" pg-stop "$DIR/pg1" 2>/dev/null || true
+  local d
+  for d in "$DIR"/pg??; do "$ROOT/ops/servers" pg-stop "$d" 2>/dev/null || true; done
   if [ "${MBOX_CLUSTER_KEEP:-0}" = 1 ]; then say "kept $DIR"; else rm -rf "$DIR"; fi
 }
 
@@ -143,7 +149,7 @@ ct_start() {
     summary || exit 1
   fi
   [ "${CT_QUIET_START:-0}" = 1 ] || sed 's/^/    /' "$DIR/start.log"
-  ok "ops/run cluster started haproxy, 2 logicd, 2 lcsd, 6 Redis nodes, 2 PostgreSQL"
+  ok "ops/run cluster started haproxy, 2 logicd, 2 lcsd, 6 Redis nodes, etcd, 2 PostgreSQL pairs (Patroni)"
   # shellcheck source=/dev/null
   . "$DIR/stack.env"
   cl_load_secrets # PG_PASSWORD, REDIS_PASSWORD for psql and redis-cli

@@ -14,6 +14,10 @@
 //     streams are followed to the end and a fresh stream is read from the
 //     empty cursor through each SDK URL; LOAD_FAULT (a JSON file
 //     {"kill_ms","promoted_ms"} written by the test) gives the fault times.
+//     It may also hold "faults": [{"name", "kill_ms", "promoted_ms",
+//     "uids"}] (tests/cluster/pg_failover.sh): for each, the availability
+//     of the sends and syncs (through haproxy) of the users it names (those
+//     on the database that failed over) is reported under "faults".
 //
 // Writes LOAD_OUT (JSON summary, see the end) and exits 0; the test judges.
 // SIGTERM ends it at once, without a summary.
@@ -61,11 +65,11 @@ async function post(url, bearer, body) {
 }
 const ok2xx = (r) => r.status >= 200 && r.status < 300;
 
-// Every attempt: [kind, via, t0, t1, status]
+// Every attempt: [kind, via, t0, t1, status, uid]
 const events = [];
 const errorSamples = {};
-function record(kind, via, t0, r) {
-  events.push([kind, via, t0, now(), r.status]);
+function record(kind, via, t0, r, uid) {
+  events.push([kind, via, t0, now(), r.status, uid]);
   if (!ok2xx(r)) {
     const k = `${kind} ${via} ${r.status} ${r.err ?? (r.text ?? '').slice(0, 120)}`;
     errorSamples[k] = (errorSamples[k] ?? 0) + 1;
@@ -97,7 +101,7 @@ async function sender(i) {
       rec.attempts++;
       const t0 = now();
       const r = await post(`${INTERNAL}/v1/messages`, KEY, body);
-      record('send', 'hap', t0, r);
+      record('send', 'hap', t0, r, uid);
       const res = ok2xx(r) ? r.body?.results?.[0] : null;
       if (res && res.msg_id) {
         rec.ack = now();
@@ -119,7 +123,7 @@ const live = {}; // via -> uid -> stream
 async function page(via, uid, s, kind) {
   const t0 = now();
   const r = await post(`${SDK[via]}/v1/sync`, tokens[uid], { cursor: s.cursor, limit: LIMIT });
-  record(kind, via, t0, r);
+  record(kind, via, t0, r, uid);
   if (!ok2xx(r) || !r.body || typeof r.body.cursor !== 'string') return null;
   s.syncs++;
   if (r.body.reset) s.bad.push(`reset at cursor ${s.cursor}`);
@@ -276,6 +280,39 @@ function avail(kind) {
   return out;
 }
 
+// Per fault of fault.faults: the requests through haproxy for its users,
+// up to the next fault's kill (its failures are the next fault's).
+function availFault(kind, f, untilMs) {
+  const users = new Set(f.uids ?? []);
+  const ev = events.filter((e) => e[0] === kind && e[1] === 'hap' && users.has(e[5]) && e[3] < untilMs)
+    .sort((x, y) => x[3] - y[3]);
+  const okEv = ev.filter((e) => e[4] >= 200 && e[4] < 300);
+  const after = ev.filter((e) => e[3] >= f.kill_ms);
+  const failAfter = after.filter((e) => !(e[4] >= 200 && e[4] < 300));
+  const out = { attempts: after.length, failures: failAfter.length, statuses: {} };
+  for (const e of failAfter) out.statuses[e[4]] = (out.statuses[e[4]] ?? 0) + 1;
+  if (failAfter.length) {
+    const first = failAfter[0][3];
+    const last = failAfter[failAfter.length - 1][3];
+    const next = okEv.find((e) => e[3] > last);
+    out.first_failure_ms = first - f.kill_ms;
+    out.last_failure_ms = last - f.kill_ms;
+    out.unavailable_ms = (next ? next[3] : loadEnd) - first;
+  } else {
+    out.unavailable_ms = 0;
+  }
+  if (f.promoted_ms) {
+    const g = okEv.find((e) => e[3] >= f.promoted_ms);
+    out.first_ok_after_promotion_ms = g ? g[3] - f.promoted_ms : null;
+    // The first success of a request that failed no earlier than the
+    // promotion: when the service was really back for these users.
+    const lastFail = failAfter.length ? failAfter[failAfter.length - 1][3] : 0;
+    const h = okEv.find((e) => e[3] >= Math.max(f.promoted_ms, lastFail));
+    out.back_after_promotion_ms = h ? h[3] - f.promoted_ms : null;
+  }
+  return out;
+}
+
 const summary = {
   run: RUN,
   users: USERS.length,
@@ -294,6 +331,10 @@ const summary = {
   send: avail('send'),
   sync: avail('sync'),
   errors: errorSamples,
+  faults: (fault.faults ?? []).map((f, i, all) => {
+    const until = i + 1 < all.length ? all[i + 1].kill_ms : Infinity;
+    return { name: f.name, send: availFault('send', f, until), sync: availFault('sync', f, until) };
+  }),
 };
 writeFileSync(OUT, JSON.stringify(summary, null, 1));
 process.exit(0);

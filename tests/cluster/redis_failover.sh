@@ -30,12 +30,12 @@
 # check and the Check-style summary line ("redis_failover: 100%: Checks: N,
 # Failures: 0, Errors: 0"); exit status 0 when nothing failed. MBOX_BUILD
 # (default build) names the build directory, which must be built. The run is
-# bounded by MBOX_FAILOVER_TEST_TIMEOUT seconds (default 240); it takes
+# bounded by MBOX_FAILOVER_TEST_TIMEOUT seconds (default 360); it takes
 # about a minute. MBOX_CLUSTER_KEEP=1 keeps the directory (logs, load.json).
 #
 # shellcheck disable=SC2016,SC2034
 set -euo pipefail
-CT_NAME=redis_failover CT_LIMIT=${MBOX_FAILOVER_TEST_TIMEOUT:-240} CT_QUIET_START=1
+CT_NAME=redis_failover CT_LIMIT=${MBOX_FAILOVER_TEST_TIMEOUT:-360} CT_QUIET_START=1
 export MBOX_CLUSTER_QUIET=1 MBOX_CLUSTER_DEMO=0
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"

@@ -14,9 +14,12 @@
 #     each logicd (each polls the public database), not another user;
 #     once published, it reaches that user through each logicd;
 #   * faults (MBOX_CLUSTER_FAULT=0 skips them): kill -9 one logicd and the
-#     lcsd a client is connected to; requests through haproxy keep
-#     succeeding, before and after haproxy marks them down, and the client
-#     reconnects to the other lcsd and catches up by sync;
+#     lcsd a client is connected to, their supervisors stopped first (so
+#     they stay dead, as zombies nobody reaps); requests through haproxy
+#     keep succeeding, before and after haproxy marks them down, the client
+#     reconnects to the other lcsd and catches up by sync, and status calls
+#     the zombies dead; then the supervisors go on: both daemons run again
+#     and haproxy marks them up;
 #   * `ops/run cluster stop`: nothing it started still runs.
 #
 # Prints one line per check and a summary line in the form of the Check
@@ -24,13 +27,13 @@
 # SKIP line per check that a missing piece prevents. Exit status 0 when
 # nothing failed. MBOX_BUILD (default build) names the build directory;
 # it must be built (ops/test builds it first). The whole run is bounded by
-# MBOX_CLUSTER_TEST_TIMEOUT seconds (default 300).
+# MBOX_CLUSTER_TEST_TIMEOUT seconds (default 420).
 #
 # check evaluates its condition, given in single quotes on purpose; some
 # variables are read only there.
 # shellcheck disable=SC2016,SC2034
 set -euo pipefail
-CT_NAME=cluster CT_LIMIT=${MBOX_CLUSTER_TEST_TIMEOUT:-300}
+CT_NAME=cluster CT_LIMIT=${MBOX_CLUSTER_TEST_TIMEOUT:-420}
 # The shared start, ports, checks and cleanup (ROOT, BUILD, MBOX_CLI, DIR,
 # B, ok/fail/check/skip/summary, ct_start, CT_PIDS, the cl_* helpers).
 # shellcheck source=lib.sh
@@ -217,6 +220,10 @@ else
   # lcsd is dead can then only reach it by the sync after its reconnection.
   kill -STOP "${WPID[hap]}"
   L1=$(cl_pidof "$DIR/run/logicd-1.pid") LX=$(cl_pidof "$DIR/run/lcsd-$X.pid")
+  # Their supervisors are stopped first: the daemons stay dead (zombies,
+  # since nobody reaps them) instead of being restarted at once.
+  SUPS=("$(cl_pidof "$DIR/run/logicd-1.sup.pid")" "$(cl_pidof "$DIR/run/lcsd-$X.sup.pid")")
+  kill -STOP "${SUPS[@]}"
   kill -9 "$L1" "$LX"
   check "requests through haproxy succeed at once (refused connections are redispatched)" 'through_haproxy 5'
   check "send to the frozen client's user while its lcsd is dead" 'send "$H_INT" while-away "$U3" >/dev/null'
@@ -241,10 +248,22 @@ else
   st=0
   "$ROOT/ops/run" cluster status >"$DIR/status2.log" 2>&1 || st=$?
   grep -E '^  (logicd|lcsd)-|DOWN' "$DIR/status2.log" | sed 's/^/    /'
-  check "status says logicd-1 and lcsd-$X are dead (exit 3), nothing else" \
-    '[ $st -eq 3 ] && grep -q "^  logicd-1 .* dead " "$DIR/status2.log" &&
-     grep -q "^  lcsd-$X .* dead " "$DIR/status2.log" && [ "$(grep -c " dead " "$DIR/status2.log")" -eq 2 ]'
+  check "status says logicd-1 and lcsd-$X are dead, zombies (exit 3), nothing else" \
+    '[ $st -eq 3 ] && grep -q "^  logicd-1 .* dead (zombie)" "$DIR/status2.log" &&
+     grep -q "^  lcsd-$X .* dead (zombie)" "$DIR/status2.log" && [ "$(grep -c " dead " "$DIR/status2.log")" -eq 2 ]'
   check "status shows them DOWN in haproxy" '[ "$(grep -c " DOWN" "$DIR/status2.log")" -eq 3 ]'
+  kill -CONT "${SUPS[@]}"
+  back=0
+  for _ in $(seq 1 100); do
+    if cl_alive "$(cl_pidof "$DIR/run/logicd-1.pid")" logicd && cl_alive "$(cl_pidof "$DIR/run/lcsd-$X.pid")" lcsd &&
+      [ "$(cl_haproxy_servers | grep -c " UP$")" -eq 6 ]; then
+      back=1
+      break
+    fi
+    sleep 0.2
+  done
+  check "their supervisors go on: logicd-1 and lcsd-$X run again (new pids), haproxy marks them UP within 20 s" \
+    '[ $back = 1 ] && [ "$(cl_pidof "$DIR/run/logicd-1.pid")" != "$L1" ] && [ "$(cl_pidof "$DIR/run/lcsd-$X.pid")" != "$LX" ]'
 fi
 
 # --- stop
