@@ -17,6 +17,7 @@
 #include "logic.h"
 #include "pbjson.h"
 #include "pg.h"
+#include "pubcache.h"
 
 #define PROTOBUF_TYPE "application/x-protobuf"
 /* Heap a protobuf request may expand into, per request body byte budget. */
@@ -407,11 +408,41 @@ api_query_shard(struct http_req *r, struct logic_worker *w, uint64_t app_id, uin
     return false;
 }
 
+bool
+api_bucket_fenced(const struct pg_error *err)
+{
+    return err->kind == PG_ERR_QUERY &&
+           (strcmp(err->sqlstate, "MBF01") == 0 || strcmp(err->sqlstate, "MBF02") == 0);
+}
+
+void
+api_reply_shard_error(struct logic_worker *w, struct http_req *r, const struct pg_error *err)
+{
+    /* MBF02: this logicd routed with a map older than a finished move.
+     * MBF01 too: the move may have switched the map a moment ago. The
+     * poller reloads the map now instead of at its next poll, so the
+     * client's retry after Retry-After goes to the new shard. */
+    if (api_bucket_fenced(err))
+        pubcache_kick(w->app->pubcache);
+    api_reply_pg_error(r, err);
+}
+
 void
 api_reply_pg_error(struct http_req *r, const struct pg_error *err)
 {
     if (err->kind == PG_ERR_UNAVAILABLE || err->kind == PG_ERR_TIMEOUT) {
         http_reply_error(r, 503, "unavailable", "database unavailable, retry later");
+        return;
+    }
+    /* The bucket fence of a move (migrations/0006): the mailbox's bucket is
+     * being moved to another shard (MBF01), or this logicd's map is older
+     * than the move (MBF02; api_reply_shard_error has the map reloaded at
+     * once). Either way the client retries in a moment, with the same
+     * msgkey. */
+    if (err->kind == PG_ERR_QUERY && api_bucket_fenced(err)) {
+        log_info("bucket_fenced", "req=%s sqlstate=%s", http_req_id(r), err->sqlstate);
+        http_reply_error(r, 503, "bucket_moving",
+                         "the mailbox is moving to another database, retry in a moment");
         return;
     }
     char q[256];

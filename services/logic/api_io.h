@@ -111,4 +111,14 @@ bool api_query_shard(struct http_req *r, struct logic_worker *w, uint64_t app_id
 /* Replies 503 for a dependency error, 500-ish for the rest (logged). */
 void api_reply_pg_error(struct http_req *r, const struct pg_error *err);
 
+/* Whether err is a bucket fence of a move (SQLSTATE MBF01/MBF02, migrations/0006). */
+bool api_bucket_fenced(const struct pg_error *err);
+
+/*
+ * api_reply_pg_error for a statement on private rows (a shard's): on a
+ * bucket fence it also has the public-cache poller reload the bucket map
+ * now (pubcache_kick), so the client's retry finds the bucket's new shard.
+ */
+void api_reply_shard_error(struct logic_worker *w, struct http_req *r, const struct pg_error *err);
+
 #endif

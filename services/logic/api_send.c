@@ -222,7 +222,7 @@ send_failed(void *arg)
     if (op->nfresh > 0 || op->nparts > 1)
         e.kind = PG_ERR_UNAVAILABLE;
     memcpy(e.sqlstate, op->fail_sqlstate, sizeof(e.sqlstate));
-    api_reply_pg_error(op->r, &e);
+    api_reply_shard_error(op->w, op->r, &e);
     send_op_free(op);
 }
 
@@ -574,7 +574,7 @@ on_recalled(const PGresult *res, const struct pg_error *err, void *arg)
     if (err->kind != PG_OK) {
         if (err->kind == PG_ERR_TIMEOUT || err->kind == PG_ERR_UNAVAILABLE)
             hint_invalidate(op->w, op->app_id, &op->uid, 1, NULL, NULL); /* may have committed */
-        api_reply_pg_error(op->r, err);
+        api_reply_shard_error(op->w, op->r, err);
         free(op);
         return;
     }

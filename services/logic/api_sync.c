@@ -326,7 +326,7 @@ on_private_rows(const PGresult *res, const struct pg_error *err, void *arg)
 {
     struct pull_op *op = arg;
     if (err->kind != PG_OK) {
-        api_reply_pg_error(op->r, err);
+        api_reply_shard_error(op->w, op->r, err);
         pull_free(op);
         return;
     }
@@ -407,7 +407,7 @@ on_user_state(const PGresult *res, const struct pg_error *err, void *arg)
         return;
     }
     if (err->kind != PG_OK) {
-        api_reply_pg_error(op->r, err);
+        api_reply_shard_error(op->w, op->r, err);
         pull_free(op);
         return;
     }
@@ -691,7 +691,7 @@ on_marked(const PGresult *res, const struct pg_error *err, void *arg)
 {
     struct http_req *r = arg;
     if (err->kind != PG_OK) {
-        api_reply_pg_error(r, err);
+        api_reply_shard_error(http_req_data(r), r, err);
         return;
     }
     http_reply(r, 204, "application/json", "", 0);
@@ -721,6 +721,7 @@ api_notice_hide(struct http_req *r, void *ctx)
     pg_param_text(&p, arr);
     pg_param_bool(&p, false);
     pg_param_bool(&p, true);
+    http_req_set_data(r, w); /* for on_marked */
     api_query_shard(r, w, who.app_id, who.uid, SQL_NOTICE_USER_MARK, &p, on_marked, r);
 }
 
@@ -731,7 +732,7 @@ on_read_done(const PGresult *res, const struct pg_error *err, void *arg)
 {
     struct http_req *r = arg;
     if (err->kind != PG_OK) {
-        api_reply_pg_error(r, err);
+        api_reply_shard_error(http_req_data(r), r, err);
         return;
     }
     Mbox__ReadResponse resp = MBOX__READ_RESPONSE__INIT;
@@ -785,6 +786,7 @@ api_read(struct http_req *r, void *ctx)
         /* On a shard of its own the notices are in another database than
          * the marks: the ids were checked against the public cache above. */
         bool apart = logic_shard_pool(w, who.app_id, who.uid) != w->pg;
+        http_req_set_data(r, w); /* for on_read_done */
         api_query_shard(r, w, who.app_id, who.uid, apart ? SQL_READ_SHARD : SQL_READ, &p,
                         on_read_done, r);
     } else {

@@ -27,15 +27,20 @@
 #include "mbox.pb-c.h"
 #include "pbjson.h"
 #include "redis_block.h"
+#include "sql.h"
 
 #define FANOUT_TIMEOUT_S 3600
 #define NOW_US           "(extract(epoch FROM clock_timestamp()) * 1000000)::int8"
+/* The bucket fence (sql.h) of each mailbox of a batch. */
+#define FENCE_WRITE_S SQL_FENCE_WRITE("$1::int8", "s.uid")
 
 static const char fanout_insert_sql[] =
     "WITH hdr AS ("
     "  INSERT INTO mailbox AS h (uid, app_id, last_msg_id)"
     "  SELECT s.uid, $1::int8, " NOW_US " FROM (SELECT DISTINCT uid FROM fanout_stage) s"
-    "  ORDER BY s.uid"
+    /* The bucket fence of a move (migrations/0006): a batch with a mailbox
+     * of a bucket that is moving fails as a whole. */
+    "  WHERE " FENCE_WRITE_S "  ORDER BY s.uid"
     "  ON CONFLICT (uid, app_id) DO UPDATE SET last_msg_id = GREATEST(" NOW_US
     ", h.last_msg_id + 1)"
     "  RETURNING h.uid, h.last_msg_id"

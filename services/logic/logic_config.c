@@ -116,6 +116,9 @@ const struct cfg_schema logic_config_schema = {
     sizeof(logic_keys) / sizeof(logic_keys[0]),
     "  --migrate          apply the migrations (migrations_dir) to every database, then serve\n"
     "  --migrate-only     apply the migrations and exit\n"
+    "  --move-bucket B --to S\n"
+    "                     move bucket B (0..4095) to shard S of pg_shards while\n"
+    "                     the service runs, then exit; re-run to finish a failed move\n"
     "\n"
     "signals:\n"
     "  SIGHUP             reopen log_file (logrotate) and reload the keys marked\n"

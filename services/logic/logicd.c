@@ -22,6 +22,7 @@
 
 #include <event2/thread.h>
 
+#include "bucket_move.h"
 #include "config.h"
 #include "console.h"
 #include "fanout.h"
@@ -339,6 +340,14 @@ main(int argc, char **argv)
     unsigned flags = 0;
     int status = 1;
 
+    char err[512];
+    unsigned move_bucket = 0;
+    int move_to = 0;
+    int move = shard_move_args(&argc, argv, &move_bucket, &move_to, err, sizeof(err));
+    if (move < 0) {
+        fprintf(stderr, "logicd: %s\n", err);
+        return 1;
+    }
     enum cfg_action act = cfg_main(&logic_config_schema, &app.cfg, argc, argv, extra, &flags);
     if (act != CFG_RUN) {
         free_prepared(&app);
@@ -348,15 +357,15 @@ main(int argc, char **argv)
     /* SIGTERM/SIGINT (stop) and SIGHUP (reload) are taken by sigtimedwait
      * once serving; blocked from here on (before any thread starts), one
      * that comes while logicd starts waits for it instead of killing it
-     * half-started. --migrate-only keeps the default: Ctrl-C stops it. */
+     * half-started. --migrate-only and --move-bucket keep the default:
+     * Ctrl-C stops them (a move is resumable). */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
-    if (!(flags & 2u))
+    if (!(flags & 2u) && move == 0)
         pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    char err[512];
     if (!prepare_app(&app, err, sizeof(err))) {
         fprintf(stderr, "logicd: config error: %s\n", err);
         free_prepared(&app);
@@ -383,6 +392,22 @@ main(int argc, char **argv)
             cfg_free(&logic_config_schema, &app.cfg);
             return 0;
         }
+    }
+
+    if (move > 0) {
+        /* --move-bucket: one bucket to another shard, then exit. */
+        struct bucket_move_report rep;
+        bool ok = app.shard_conninfo[0] != NULL;
+        if (!ok)
+            snprintf(err, sizeof(err), "--move-bucket needs pg_shards");
+        else
+            ok = bucket_move_run(app.cfg.pg_conninfo, app.shard_conninfo, app.nshards, move_bucket,
+                                 move_to, stdout, &rep, err, sizeof(err));
+        if (!ok)
+            fprintf(stderr, "logicd: bucket move failed (re-run to finish it): %s\n", err);
+        free_prepared(&app);
+        cfg_free(&logic_config_schema, &app.cfg);
+        return ok ? 0 : 1;
     }
 
     signal(SIGPIPE, SIG_IGN);

@@ -19,6 +19,7 @@
 #include "api_io.h"
 #include "log.h"
 #include "logic.h"
+#include "shard_db.h"
 #include "sql.h"
 
 struct pubcache {
@@ -423,6 +424,17 @@ poll_once(struct pubcache *c)
         return false;
     int64_t now = logic_now_us();
     activate_due(c, now);
+    if (c->app->shard_conninfo[0] != NULL) {
+        /* A bucket move (docs/architecture.md): every logicd follows the
+         * map within a poll; until then the shards' fences answer for it. */
+        char err[200];
+        int moved = 0;
+        if (!shard_db_refresh(c->pg, &c->app->map, &moved, err, sizeof(err)))
+            log_warn("bucket_map_refresh_failed", "error=\"%s\"", err);
+        else if (moved > 0)
+            log_info("bucket_map_refreshed", "version=%lld buckets_moved=%d",
+                     (long long)__atomic_load_n(&c->app->map.version, __ATOMIC_RELAXED), moved);
+    }
 
     char last[24];
     snprintf(last, sizeof(last), "%" PRIu64, c->cur ? c->cur->max_seq : 0);

@@ -101,3 +101,52 @@ shard_map_check(const struct shard_map *m, const uint16_t *seen, int configured,
     }
     return true;
 }
+
+/* A number 0..max, the whole string. */
+static bool
+parse_int(const char *s, long max, long *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < 0 || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+int
+shard_move_args(int *argc, char **argv, unsigned *bucket, int *to, char *err, size_t errlen)
+{
+    long b = -1, t = -1;
+    int w = 1;
+    for (int i = 1; i < *argc; i++) {
+        bool isb = strcmp(argv[i], "--move-bucket") == 0, ist = strcmp(argv[i], "--to") == 0;
+        if (!isb && !ist) {
+            argv[w++] = argv[i];
+            continue;
+        }
+        long v;
+        if (i + 1 == *argc ||
+            !parse_int(argv[i + 1], isb ? LOGIC_BUCKETS - 1 : LOGIC_MAX_SHARDS - 1, &v)) {
+            snprintf(err, errlen, "%s takes a number (bucket 0..%d, shard 0..%d)", argv[i],
+                     LOGIC_BUCKETS - 1, LOGIC_MAX_SHARDS - 1);
+            return -1;
+        }
+        if (isb)
+            b = v;
+        else
+            t = v;
+        i++;
+    }
+    argv[w] = NULL;
+    *argc = w;
+    if (b < 0 && t < 0)
+        return 0;
+    if (b < 0 || t < 0) {
+        snprintf(err, errlen, "--move-bucket and --to go together");
+        return -1;
+    }
+    *bucket = (unsigned)b;
+    *to = (int)t;
+    return 1;
+}

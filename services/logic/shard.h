@@ -23,8 +23,11 @@
 unsigned shard_bucket(uint64_t app_id, uint64_t uid);
 
 /*
- * The bucket map as logicd uses it: read once at start (shard_db_load)
- * and read-only afterwards, shared by every worker.
+ * The bucket map as logicd uses it: read at start (shard_db_load), shared
+ * by every worker, and updated in place by the public-cache poller when a
+ * bucket moves (shard_db_refresh). Entries are single bytes read and
+ * written with relaxed atomics: a worker may route with the old entry a
+ * moment longer, which the shards' fences make safe (migrations/0006).
  */
 struct shard_map {
     int64_t version;
@@ -36,7 +39,7 @@ struct shard_map {
 static inline int
 shard_of(const struct shard_map *m, uint64_t app_id, uint64_t uid)
 {
-    return m->shard_of[shard_bucket(app_id, uid)];
+    return __atomic_load_n(&m->shard_of[shard_bucket(app_id, uid)], __ATOMIC_RELAXED);
 }
 
 /*
@@ -59,5 +62,14 @@ int shard_initial(unsigned b, int n);
  */
 bool shard_map_check(const struct shard_map *m, const uint16_t *seen, int configured, char *err,
                      size_t errlen) __attribute__((warn_unused_result));
+
+/*
+ * `logicd --move-bucket B --to S` (bucket_move.h): removes both options and
+ * their values from argv (argc updated) into *bucket and *to. Returns 1
+ * when they were given, 0 when neither was, -1 with one line in err when
+ * one is malformed, out of range (bucket < LOGIC_BUCKETS, shard <
+ * LOGIC_MAX_SHARDS) or given without the other.
+ */
+int shard_move_args(int *argc, char **argv, unsigned *bucket, int *to, char *err, size_t errlen);
 
 #endif

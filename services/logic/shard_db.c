@@ -304,3 +304,46 @@ shard_db_load(const char *public_conninfo, char *const *shards, int n, struct sh
         log_info("bucket_map_loaded", "shards=%d version=%lld", n, (long long)m->version);
     return ok;
 }
+
+bool
+shard_db_refresh(PGconn *pub, struct shard_map *m, int *changed, char *err, size_t errlen)
+{
+    *changed = 0;
+    PGresult *r = run(pub, "SELECT version FROM shard_cluster", 0, NULL, PGRES_TUPLES_OK,
+                      "public database", err, errlen);
+    if (r == NULL)
+        return false;
+    int64_t have = __atomic_load_n(&m->version, __ATOMIC_RELAXED);
+    int64_t now = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : have;
+    PQclear(r);
+    if (now == have)
+        return true;
+    /* A move writes the cluster version and its rows' version in one
+     * transaction, so the rows newer than ours are every change missed. */
+    char num[24];
+    snprintf(num, sizeof(num), "%lld", (long long)have);
+    const char *p[1] = {num};
+    r = run(pub,
+            "SELECT bucket, shard, (SELECT version FROM shard_cluster) FROM bucket_map"
+            " WHERE version > $1::int8",
+            1, p, PGRES_TUPLES_OK, "public database", err, errlen);
+    if (r == NULL)
+        return false;
+    for (int i = 0; i < PQntuples(r); i++) {
+        int b = atoi(PQgetvalue(r, i, 0)), s = atoi(PQgetvalue(r, i, 1));
+        if (b < 0 || b >= LOGIC_BUCKETS || s < 0 || s >= m->nshards) {
+            snprintf(err, errlen, "the bucket map has a bad row (bucket %d, shard %d)", b, s);
+            PQclear(r);
+            return false;
+        }
+        if (__atomic_load_n(&m->shard_of[b], __ATOMIC_RELAXED) != (uint8_t)s) {
+            __atomic_store_n(&m->shard_of[b], (uint8_t)s, __ATOMIC_RELAXED);
+            (*changed)++;
+        }
+    }
+    if (PQntuples(r) > 0)
+        now = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    __atomic_store_n(&m->version, now, __ATOMIC_RELAXED);
+    PQclear(r);
+    return true;
+}

@@ -31,4 +31,17 @@ bool shard_db_init(const char *public_conninfo, char *const *shards, int n, char
 bool shard_db_load(const char *public_conninfo, char *const *shards, int n, struct shard_map *m,
                    char *err, size_t errlen) __attribute__((warn_unused_result));
 
+#include <libpq-fe.h>
+
+/*
+ * The public-cache poller, each poll with pg_shards set: reads the map
+ * version on pub (an open connection to the public database) and, when it
+ * moved on, the rows changed since m->version, and stores their shards
+ * into m (relaxed atomics, see shard.h). *changed counts the buckets
+ * whose shard changed. False (one line in err) when a query failed; the
+ * map is then unchanged or partly updated, and the next call repeats it.
+ */
+bool shard_db_refresh(PGconn *pub, struct shard_map *m, int *changed, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
 #endif

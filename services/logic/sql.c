@@ -13,6 +13,16 @@
  * otherwise infer bigint (LIMIT) while the value is bound as binary int4.
  * Multi-recipient sends take the header locks in uid order (ORDER BY), so
  * two sends cannot deadlock on each other's mailboxes.
+ * The bucket fence of a move (migrations/0006, docs/architecture.md):
+ * every statement on private rows calls mbox_fence_write() (writers) or
+ * mbox_fence_read() (readers) for each of its mailboxes where the call
+ * cannot be skipped (the row a sync always returns, every recipient row of
+ * a send, a LIMIT, which is computed before the first row, the single row
+ * of a final SELECT), and fails with SQLSTATE MBF01/MBF02 when this shard
+ * must not serve the mailbox now. A call that raises rolls the whole
+ * statement back, wherever it sits in it. The calls go through
+ * SQL_FENCE_WRITE/SQL_FENCE_READ (sql.h), which skip them on a shard
+ * without fence rows.
  */
 #include "sql.h"
 
@@ -25,6 +35,11 @@
 #define MSG_COLS                                                                                   \
     "msg_id, kind, from_uid, to_uid, contacter, create_time, expire_at, is_read, category, "       \
     "type, priority, business_type, msgkey, content, recalled_msg_id"
+
+/* The bucket fence (sql.h) of the mailbox ($1, $2), or of each row r of a send. */
+#define FENCE_WRITE   SQL_FENCE_WRITE("$1::int8", "$2::int8")
+#define FENCE_READ    SQL_FENCE_READ("$1::int8", "$2::int8")
+#define FENCE_WRITE_R SQL_FENCE_WRITE("$1::int8", "r.uid")
 
 #define NOTICE_COLS                                                                                \
     "notice_id, app_id, state, version, seq, msg_id, title, content, category, type, "             \
@@ -47,6 +62,7 @@ static const struct sql_stmt statements[] = {
     {SQL_SEND, 13,
      "WITH r AS ("
      "  SELECT * FROM unnest($2::int8[], $3::int8[], $4::int8[]) AS r(uid, to_uid, contacter)"
+     "  WHERE " FENCE_WRITE_R /* hdr reads every row of r */
      "), dup AS ("
      "  SELECT m.uid, m.msg_id FROM message m JOIN r ON m.uid = r.uid"
      "  WHERE m.app_id = $1 AND $12::text IS NOT NULL AND m.msgkey = $12::text"
@@ -70,7 +86,7 @@ static const struct sql_stmt statements[] = {
     {SQL_SYNC, 5,
      "SELECT h.last_msg_id, m.* FROM"
      " (SELECT COALESCE((SELECT last_msg_id FROM mailbox WHERE uid = $2 AND app_id = $1), 0)"
-     "  AS last_msg_id) h"
+     "  AS last_msg_id WHERE " FENCE_READ ") h"
      " LEFT JOIN LATERAL (SELECT " MSG_COLS " FROM message"
      "  WHERE uid = $2 AND app_id = $1 AND msg_id > $3 AND expire_at > $5 AND NOT recalled"
      "  ORDER BY msg_id LIMIT $4::int4) m ON true"
@@ -79,12 +95,14 @@ static const struct sql_stmt statements[] = {
      "SELECT " MSG_COLS " FROM message"
      " WHERE uid = $2 AND app_id = $1 AND kind = 0 AND NOT recalled"
      " AND msg_id >= $3 AND msg_id <= $4 AND expire_at > $6"
-     " ORDER BY msg_id ASC LIMIT $5::int4"},
+     " ORDER BY msg_id ASC"
+     " LIMIT CASE WHEN " FENCE_READ " THEN $5::int4 END"},
     {SQL_HISTORY_DESC, 6,
      "SELECT " MSG_COLS " FROM message"
      " WHERE uid = $2 AND app_id = $1 AND kind = 0 AND NOT recalled"
      " AND msg_id >= $3 AND msg_id <= $4 AND expire_at > $6"
-     " ORDER BY msg_id DESC LIMIT $5::int4"},
+     " ORDER BY msg_id DESC"
+     " LIMIT CASE WHEN " FENCE_READ " THEN $5::int4 END"},
     {SQL_READ, 4,
      /* One statement: both kinds of marks, or neither. Notice ids are
       * de-duplicated and limited to live notices of the user's app. */
@@ -97,7 +115,8 @@ static const struct sql_stmt statements[] = {
      "  AND NOT x.deleted"
      "  ON CONFLICT (uid, app_id, notice_id) DO UPDATE SET is_read = true"
      "  WHERE NOT notice_user_state.is_read RETURNING 1)"
-     " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"},
+     " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"
+     " WHERE " FENCE_WRITE},
     {SQL_READ_SHARD, 4,
      "WITH m AS (UPDATE message SET is_read = true"
      "  WHERE uid = $2::int8 AND app_id = $1::int8 AND msg_id = ANY($3::int8[]) AND kind = 0"
@@ -106,7 +125,8 @@ static const struct sql_stmt statements[] = {
      "  SELECT DISTINCT $2::int8, $1::int8, x, true, false FROM unnest($4::int8[]) AS x"
      "  ON CONFLICT (uid, app_id, notice_id) DO UPDATE SET is_read = true"
      "  WHERE NOT notice_user_state.is_read RETURNING 1)"
-     " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"},
+     " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"
+     " WHERE " FENCE_WRITE},
     {SQL_RECALL, 6,
      "WITH target AS ("
      "  SELECT msg_id, recalled, expire_at FROM message"
@@ -134,7 +154,8 @@ static const struct sql_stmt statements[] = {
      /* target_was_recalled without a previous recall row: retention deleted
       * that row (a concurrent recall shows the target not yet recalled). */
      " SELECT (SELECT msg_id FROM target), (SELECT msg_id FROM ins), (SELECT msg_id FROM prev),"
-     " (SELECT count(*) FROM mark), (SELECT recalled FROM target)"},
+     " (SELECT count(*) FROM mark), (SELECT recalled FROM target)"
+     " WHERE " FENCE_WRITE},
     {SQL_NOTICE_CREATE, 19,
      "WITH ins AS (INSERT INTO notice (app_id, title, content, category, type, priority,"
      "  business_type, start_at, expire_at, platforms, min_core_level, max_core_level,"
@@ -214,11 +235,12 @@ static const struct sql_stmt statements[] = {
      "prev_version, " NOTICE_COLS " FROM (SELECT 1) one LEFT JOIN upd ON true"},
     {SQL_NOTICE_USER_STATE, 3,
      "SELECT notice_id, is_read, hidden FROM notice_user_state"
-     " WHERE uid = $2::int8 AND app_id = $1::int8 AND notice_id = ANY($3::int8[])"},
+     " WHERE uid = $2::int8 AND app_id = $1::int8 AND notice_id = ANY($3::int8[])"
+     " LIMIT CASE WHEN " FENCE_READ " THEN NULL::int8 END"},
     {SQL_NOTICE_USER_MARK, 5,
      "INSERT INTO notice_user_state (uid, app_id, notice_id, is_read, hidden)"
      " SELECT $2::int8, $1::int8, id, $4::bool, $5::bool FROM unnest($3::int8[]) AS id"
-     " ON CONFLICT (uid, app_id, notice_id) DO UPDATE SET"
+     " WHERE " FENCE_WRITE " ON CONFLICT (uid, app_id, notice_id) DO UPDATE SET"
      " is_read = notice_user_state.is_read OR EXCLUDED.is_read,"
      " hidden = notice_user_state.hidden OR EXCLUDED.hidden"},
     {SQL_WHITELIST_CHANGE, 6,

@@ -14,6 +14,22 @@
 
 struct pg_pool;
 
+/*
+ * The bucket fence of a move (migrations/0006, docs/architecture.md) as a
+ * condition on one mailbox: true, or the statement fails with SQLSTATE
+ * MBF01/MBF02. The EXISTS does not refer to the row, so PostgreSQL runs it
+ * once per statement (an init plan) and calls the PL/pgSQL function only
+ * when the shard has fence rows: a shard that never took part in a move
+ * pays one look at an empty table per statement. The snapshot of that look
+ * is the statement's, taken after the transaction began; the mover waits
+ * for every transaction older than a fence change (bucket_move.c).
+ */
+#define SQL_FENCE_WRITE(app, uid)                                                                  \
+    "(NOT EXISTS (SELECT FROM bucket_fence) OR mbox_fence_write(" app ", " uid "))"
+#define SQL_FENCE_READ(app, uid)                                                                   \
+    "(NOT EXISTS (SELECT FROM bucket_fence WHERE state = 'moved') OR mbox_fence_read(" app         \
+    ", " uid "))"
+
 /* $1 app, $2 uids[] (sorted), $3 to_uids[], $4 contacters[], $5 from_uid,
  * $6 create_time, $7 expire_at, $8 category, $9 type, $10 priority,
  * $11 business_type, $12 msgkey (NULL), $13 content

@@ -4,6 +4,8 @@
 #include "httpc.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -26,19 +28,38 @@ connect_local(int port)
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+    int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+    if (rc != 0 && errno == EINTR) {
+        /* The connection goes on in the background: wait for its outcome. */
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        int err = 0;
+        socklen_t len = sizeof(err);
+        while ((rc = poll(&pfd, 1, 10000)) < 0 && errno == EINTR)
+            ;
+        rc = rc == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0 ? 0 : -1;
+    }
+    if (rc != 0) {
         close(fd);
         return -1;
     }
     return fd;
 }
 
+/*
+ * Every socket here has SO_RCVTIMEO/SO_SNDTIMEO, and a socket call with a
+ * timeout fails with EINTR when any signal reaches its thread, even one
+ * whose default is to be ignored: a test thread that runs system() blocks
+ * SIGCHLD, so the command's exit is delivered to another thread, maybe in
+ * the middle of a request. EINTR is retried, never taken for "no answer".
+ */
 static bool
 send_all(int fd, const void *p, size_t n)
 {
     const char *c = p;
     while (n > 0) {
         ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
         if (w <= 0)
             return false;
         c += w;
@@ -74,6 +95,8 @@ httpc_request(const char *method, int port, const char *path, const char *header
             buf = realloc(buf, cap);
         }
         ssize_t r = recv(fd, buf + got, cap - got - 1, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
         if (r <= 0)
             break;
         got += (size_t)r;

@@ -138,6 +138,51 @@ START_TEST(map_check)
 }
 END_TEST
 
+START_TEST(move_args)
+{
+    char a0[] = "logicd", a1[] = "-c", a2[] = "x.conf", a3[] = "--move-bucket", a4[] = "4095",
+         a5[] = "--to", a6[] = "1";
+    char *argv[] = {a0, a3, a4, a1, a2, a5, a6, NULL};
+    int argc = 7, to = -1;
+    unsigned b = 0;
+    char err[200];
+    ck_assert_int_eq(shard_move_args(&argc, argv, &b, &to, err, sizeof(err)), 1);
+    ck_assert_uint_eq(b, 4095);
+    ck_assert_int_eq(to, 1);
+    /* What is left is for the config parser, in order. */
+    ck_assert_int_eq(argc, 3);
+    ck_assert_str_eq(argv[1], "-c");
+    ck_assert_str_eq(argv[2], "x.conf");
+    ck_assert_ptr_null(argv[3]);
+    /* Neither: nothing removed. */
+    ck_assert_int_eq(shard_move_args(&argc, argv, &b, &to, err, sizeof(err)), 0);
+    ck_assert_int_eq(argc, 3);
+    /* Out of range, not a number, missing value, one without the other. */
+    static const char *const bad[][3] = {
+        {"--move-bucket", "4096", "--to"},
+        {"--move-bucket", "-1", "--to"},
+        {"--move-bucket", "7x", "--to"},
+        {"--move-bucket", "", "--to"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *v[] = {a0, (char *)bad[i][0], (char *)bad[i][1], (char *)bad[i][2], a6, NULL};
+        int n = 5;
+        ck_assert_int_eq(shard_move_args(&n, v, &b, &to, err, sizeof(err)), -1);
+        ck_assert_ptr_nonnull(strstr(err, "--move-bucket takes a number"));
+    }
+    char *v1[] = {a0, a5, (char *)"64", NULL};
+    int n = 3;
+    ck_assert_int_eq(shard_move_args(&n, v1, &b, &to, err, sizeof(err)), -1);
+    char *v2[] = {a0, a3, (char *)"5", NULL};
+    n = 3;
+    ck_assert_int_eq(shard_move_args(&n, v2, &b, &to, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "go together"));
+    char *v3[] = {a0, a3, NULL};
+    n = 2;
+    ck_assert_int_eq(shard_move_args(&n, v3, &b, &to, err, sizeof(err)), -1);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -148,6 +193,7 @@ main(void)
     tcase_add_test(tc, initial_ranges);
     tcase_add_test(tc, list_parse);
     tcase_add_test(tc, map_check);
+    tcase_add_test(tc, move_args);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
