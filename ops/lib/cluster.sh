@@ -177,7 +177,7 @@ cl_start_etcd() {
     --advertise-client-urls "$(cl_etcd_url)" --listen-peer-urls "$peer" \
     --initial-advertise-peer-urls "$peer" --initial-cluster "mbox=$peer" \
     --initial-cluster-state new --initial-cluster-token "mbox-$CL_ETCD_PORT" \
-    --logger zap --log-level warn || return 1
+    --enable-v2=true --logger zap --log-level warn || return 1
   local _ h
   for _ in $(seq 1 100); do
     h=$(curl -fsS --max-time 1 "$(cl_etcd_url)/health" 2>/dev/null) || h=
@@ -201,6 +201,14 @@ cl_start_etcd() {
 # block every write while that standby is down (a restart, a re-clone),
 # so Patroni drops it from synchronous_standby_names instead and will not
 # promote it until it has caught up again.
+# The store is etcd's v2 API (section etcd:, etcd runs with --enable-v2),
+# not etcd3: Patroni 3.0.2's etcd3 update of the leader key is a plain put
+# with a fresh lease once its old lease has expired (Etcd3._update_leader
+# in patroni/dcs/etcd3.py), so a primary whose HA loop stalled past ttl
+# (its PostgreSQL stopped, not dead) overwrote the key the standby had
+# taken meanwhile and demoted the new primary, losing the commits made
+# there. The v2 update is a compare-and-swap on the key's value (prevValue
+# = its own name): a primary that lost the key demotes itself.
 cl_write_patroni() {
   local s=$1 m=$2 root opt k v params=""
   root=$(pg_datadir "$(cl_member_dir "$s" "$m")")
@@ -228,7 +236,7 @@ log:
 restapi:
   listen: 127.0.0.1:$(cl_patroni_port "$s" "$m")
   connect_address: 127.0.0.1:$(cl_patroni_port "$s" "$m")
-etcd3:
+etcd:
   hosts: 127.0.0.1:$CL_ETCD_PORT
 bootstrap:
   dcs:
