@@ -387,3 +387,19 @@ log_kv_to_json(const char *kv, size_t len, char *out, size_t cap)
     o.p[o.n] = '\0';
     return o.n;
 }
+
+bool
+log_apply(const char *level, const char *format, const char *file, char *err, size_t errlen)
+{
+    enum log_level lvl;
+    enum log_format fmt;
+    if (!log_parse_level(level, &lvl) || !log_parse_format(format, &fmt)) {
+        snprintf(err, errlen, "bad log_level or log_format");
+        return false;
+    }
+    if (!log_open_file(file, err, errlen))
+        return false;
+    log_set_level(lvl);
+    log_set_format(fmt);
+    return true;
+}

@@ -50,6 +50,14 @@ bool log_parse_format(const char *s, enum log_format *out) __attribute__((warn_u
  */
 bool log_open_file(const char *path, char *err, size_t errlen) __attribute__((warn_unused_result));
 
+/*
+ * Applies a daemon's log_level, log_format and log_file settings (at start
+ * and on SIGHUP): the file is (re)opened first, and nothing changes when
+ * a value is bad or the file cannot be opened (err says why).
+ */
+bool log_apply(const char *level, const char *format, const char *file, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
 /* True when lines of this level are written (skip building costly values). */
 bool log_enabled(enum log_level level);
 

@@ -263,23 +263,6 @@ set_keys(struct lcs *l)
     l->keys.previous_key = c->token_prev_key[0] ? c->token_prev_key : NULL;
 }
 
-/* Applies log_level, log_format and log_file (at start and on SIGHUP). */
-static bool
-apply_log_settings(const struct lcs_config *c, char *err, size_t errlen)
-{
-    enum log_level lvl;
-    enum log_format fmt;
-    if (!log_parse_level(c->log_level, &lvl) || !log_parse_format(c->log_format, &fmt)) {
-        snprintf(err, errlen, "bad log_level or log_format"); /* validated before */
-        return false;
-    }
-    if (!log_open_file(c->log_file, err, errlen))
-        return false;
-    log_set_level(lvl);
-    log_set_format(fmt);
-    return true;
-}
-
 /*
  * SIGHUP: reopens the log file (logrotate renamed it), then reads the
  * config file again. A file that does not load or validate changes nothing
@@ -332,7 +315,7 @@ on_sighup(evutil_socket_t sig, short what, void *arg)
     }
     set_keys(l); /* before nc, holding the old strings now, is freed */
     cfg_free(&lcs_config_schema, &nc);
-    if (!apply_log_settings(&l->cfg, err, sizeof(err)))
+    if (!log_apply(l->cfg.log_level, l->cfg.log_format, l->cfg.log_file, err, sizeof(err)))
         log_error("log_settings_failed", "error=%s", log_q(q, sizeof(q), err));
     log_info("config_reloaded", "file=%s applied=%s", path, applied[0] ? applied : "none");
     if (restart[0] != '\0')
@@ -364,7 +347,8 @@ main(int argc, char **argv)
     char err[512];
     char host[256];
     int port;
-    if (!prepare(&l, err, sizeof(err)) || !apply_log_settings(&l.cfg, err, sizeof(err))) {
+    if (!prepare(&l, err, sizeof(err)) ||
+        !log_apply(l.cfg.log_level, l.cfg.log_format, l.cfg.log_file, err, sizeof(err))) {
         fprintf(stderr, "lcsd: config error: %s\n", err);
         goto out;
     }

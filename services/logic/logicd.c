@@ -55,23 +55,6 @@ build_first_live(struct logic *app, char *err, size_t errlen)
     return true;
 }
 
-/* Applies log_level, log_format and log_file (at start and on SIGHUP). */
-static bool
-apply_log_settings(const struct logic_config *c, char *err, size_t errlen)
-{
-    enum log_level lvl;
-    enum log_format fmt;
-    if (!log_parse_level(c->log_level, &lvl) || !log_parse_format(c->log_format, &fmt)) {
-        snprintf(err, errlen, "bad log_level or log_format"); /* validated before */
-        return false;
-    }
-    if (!log_open_file(c->log_file, err, errlen))
-        return false;
-    log_set_level(lvl);
-    log_set_format(fmt);
-    return true;
-}
-
 /*
  * Values derived from others (at start, and on the config a reload read, so
  * that comparing the two does not see a change nobody made).
@@ -286,7 +269,7 @@ reload(struct logic *app, const char *path, struct logic_worker *workers, int n)
             cfg_key_swap(k, &app->cfg, &nc);
     }
     cfg_free(&logic_config_schema, &nc);
-    if (!apply_log_settings(&app->cfg, err, sizeof(err)))
+    if (!log_apply(app->cfg.log_level, app->cfg.log_format, app->cfg.log_file, err, sizeof(err)))
         log_error("log_settings_failed", "error=%s", log_q(q, sizeof(q), err));
     logic_live_publish(app, workers, n, lv);
     log_info("config_reloaded", "file=%s applied=%s", path != NULL ? path : "(none)",
@@ -372,7 +355,7 @@ main(int argc, char **argv)
         cfg_free(&logic_config_schema, &app.cfg);
         return 1;
     }
-    if (!apply_log_settings(&app.cfg, err, sizeof(err))) {
+    if (!log_apply(app.cfg.log_level, app.cfg.log_format, app.cfg.log_file, err, sizeof(err))) {
         fprintf(stderr, "logicd: config error: %s\n", err);
         free_prepared(&app);
         cfg_free(&logic_config_schema, &app.cfg);

@@ -69,28 +69,7 @@ USERS=("${U0[@]}" "${U1[@]}")
 check "$NUSERS users, half on each shard" '[ ${#USERS[@]} -eq $NUSERS ]'
 
 # --- load
-start_load() {
-  LOAD_INTERNAL=$MBOX_INTERNAL_URL LOAD_KEY=$SERVER_KEY LOAD_USERS=$(IFS=,; echo "${USERS[*]}") \
-    LOAD_SDK="hap=$MBOX_SDK_URL,logicd-1=http://127.0.0.1:$(cl_sdk_port 1),logicd-2=http://127.0.0.1:$(cl_sdk_port 2)" \
-    LOAD_SENDERS=${MBOX_FAILOVER_SENDERS:-4} LOAD_LIMIT=5 LOAD_OUT=$DIR/load.json LOAD_READY=$DIR/load.ready \
-    LOAD_FAULT=$DIR/fault.json LOAD_RUN="pf$$" \
-    node "$ROOT/tests/cluster/load.mjs" >"$DIR/load.log" 2>&1 &
-  LOAD_PID=$!
-  CT_PIDS+=("$LOAD_PID")
-}
-start_load
-ready=0
-for _ in $(seq 1 150); do
-  [ -f "$DIR/load.ready" ] && { ready=1; break; }
-  kill -0 "$LOAD_PID" 2>/dev/null || break
-  sleep 0.1
-done
-check "load running (${MBOX_FAILOVER_SENDERS:-4} senders, syncers through haproxy, logicd-1, logicd-2)" '[ $ready = 1 ]'
-if [ $ready != 1 ]; then
-  sed 's/^/    /' "$DIR/load.log"
-  summary || exit 1
-fi
-sleep "$BEFORE_S"
+ct_start_load pf
 
 # A send straight to logicd-1: "STATUS RETRY-AFTER" (status 0: no answer).
 probe_send() { # uid msgkey
