@@ -126,6 +126,9 @@ mbox_supervise_start z "$D" "$D/z.log" sleep 300
 C=$(cat "$D/z.pid") S=$(cat "$D/z.sup.pid")
 PIDS+=("$S")
 kill -STOP "$S"
+# SIGSTOP takes effect when S next runs: until S is really stopped, a wait
+# it was in could still reap the child killed next.
+wait_for 50 '[ "$(mbox_pid_state "$S")" = T ]' || true
 kill -9 "$C"
 wait_for 50 '[ "$(mbox_pid_state "$C")" = Z ]' || true
 check "supervisor stopped, child killed: a zombie, and mbox_alive says dead" \
