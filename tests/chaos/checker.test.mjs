@@ -102,6 +102,26 @@ test('notice versions twice, gray leaks and missing retracts', () => {
   assert.equal(v.global.retractMissing, 1);
 });
 
+test('a repeat after a whitelist change that a fault kept from the pollers is excused', () => {
+  const s = newStream('live', '9', 'logicd-1');
+  s.complete = true;
+  const n = (/** @type {number} */ t) => s.items.push({ kind: 'notice', msg_id: '5', msgkey: '', notice_id: '7', version: 1, t });
+  n(20000); // from a snapshot still without the change's new seq
+  n(20005); // the new seq, seen once the poller read the database again
+  const operator = /** @type {any} */ ({
+    wlChanges: [{ t0: 1000, t1: 1100, ok: false }],
+    everWhitelisted: new Set(['9']),
+    notices: new Map([['7', { id: '7', state: 'published', version: 1, created: 0, publishT0: 500, everPublished: true }]]),
+  });
+  const inj = { kind: 'k', target: '', t: 900, serving: 18000, restored: 19000, notes: [], stalePrimaryWrites: 0 };
+  const withFault = run({ streams: [s], operator, injections: [inj] });
+  assert.equal(withFault.global.noticeRepeats, 0);
+  assert.equal(withFault.global.noticeRepeatsExcused, 1);
+  // Without a fault between, a change 19 s before the first delivery explains nothing.
+  const noFault = run({ streams: [s], operator });
+  assert.equal(noFault.global.noticeRepeats, 1);
+});
+
 test('a WebSocket client connected but neither notified nor synced within 5 s', () => {
   const { sends } = history();
   const c = /** @type {any} */ ({

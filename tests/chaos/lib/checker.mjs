@@ -189,7 +189,15 @@ export function judge(h) {
           const k = `${it.notice_id}/${it.version}`;
           const t0 = firstAt.get(k);
           if (t0 !== undefined) {
-            const excused = op.wlChanges.some((w) => w.t0 <= it.t && w.t1 >= t0 - 2000);
+            // A whitelist change gives new seqs: a documented re-delivery.
+            // Each logicd sees them at its next poll, within about a second
+            // normally, but only after a fault that keeps its poller from
+            // the database (a PostgreSQL failover, a stalled link) has
+            // ended: a change also explains a repeat when a fault window
+            // lay between the change's end and the first delivery.
+            const lagged = (/** @type {{ t1: number }} */ w) =>
+              h.injections.some((i) => i.t <= t0 && h.faultEnd(i) + 5000 >= w.t1);
+            const excused = op.wlChanges.some((w) => w.t0 <= it.t && (w.t1 >= t0 - 2000 || lagged(w)));
             if (excused) global.noticeRepeatsExcused++;
             else {
               global.noticeRepeats++;
