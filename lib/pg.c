@@ -50,6 +50,7 @@
 #define PG_OID_BYTEA 17
 #define PG_OID_INT8  20
 #define PG_OID_INT4  23
+#define PG_OID_TEXT  25
 
 enum pg_conn_state {
     PG_CONN_DISCONNECTED,
@@ -1202,8 +1203,9 @@ pg_param_text(struct pg_params *p, const char *s)
     p->values[i] = s; /* NULL is SQL NULL */
 }
 
-void
-pg_param_bytea(struct pg_params *p, const void *data, size_t len)
+/* A binary value of type oid. */
+static void
+param_binary(struct pg_params *p, Oid oid, const void *data, size_t len)
 {
     if (len > (size_t)INT_MAX || (data == NULL && len > 0)) {
         p->n = PG_MAX_PARAMS + 1; /* invalid: pg_query() refuses the set */
@@ -1216,7 +1218,142 @@ pg_param_bytea(struct pg_params *p, const void *data, size_t len)
     p->values[i] = data != NULL ? data : p->scratch[i];
     p->lengths[i] = (int)len;
     p->formats[i] = 1;
-    p->types[i] = PG_OID_BYTEA;
+    p->types[i] = oid;
+}
+
+void
+pg_param_bytea(struct pg_params *p, const void *data, size_t len)
+{
+    param_binary(p, PG_OID_BYTEA, data, len);
+}
+
+/* ---- public: arrays ---- */
+
+/* The array header (array_recv): ndim, flags, element oid, length, lower bound. */
+#define ARRAY_HEADER 20
+
+static void
+put_u32(unsigned char *b, uint32_t v)
+{
+    b[0] = (unsigned char)(v >> 24);
+    b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8);
+    b[3] = (unsigned char)v;
+}
+
+/* Room for need more bytes; false (and a->ok false) when it cannot grow. */
+static bool
+array_room(struct pg_array *a, size_t need)
+{
+    if (!a->ok)
+        return false;
+    if (a->cap - a->len >= need)
+        return true;
+    size_t cap = a->cap ? a->cap : 256;
+    while (cap - a->len < need) {
+        if (cap > (size_t)INT_MAX) {
+            a->ok = false;
+            return false;
+        }
+        cap *= 2;
+    }
+    unsigned char *b = realloc(a->buf, cap);
+    if (b == NULL) {
+        a->ok = false;
+        return false;
+    }
+    a->buf = b;
+    a->cap = cap;
+    return true;
+}
+
+void
+pg_array_init(struct pg_array *a, enum pg_array_type type)
+{
+    static const Oid elem[] = {[PG_ARRAY_INT8] = PG_OID_INT8,
+                               [PG_ARRAY_INT4] = PG_OID_INT4,
+                               [PG_ARRAY_TEXT] = PG_OID_TEXT,
+                               [PG_ARRAY_BYTEA] = PG_OID_BYTEA};
+    memset(a, 0, sizeof(*a));
+    a->ok = true;
+    a->type = type;
+    a->elem_oid = elem[type];
+    if (array_room(a, ARRAY_HEADER))
+        a->len = ARRAY_HEADER;
+}
+
+/* One element: its length (-1: NULL), then its bytes. */
+static void
+array_elem(struct pg_array *a, const void *data, int32_t len)
+{
+    size_t n = len > 0 ? (size_t)len : 0;
+    if (!array_room(a, 4 + n))
+        return;
+    put_u32(a->buf + a->len, (uint32_t)len);
+    if (n > 0)
+        memcpy(a->buf + a->len + 4, data, n);
+    a->len += 4 + n;
+    a->n++;
+}
+
+void
+pg_array_i64(struct pg_array *a, int64_t v)
+{
+    unsigned char b[8];
+    put_u32(b, (uint32_t)((uint64_t)v >> 32));
+    put_u32(b + 4, (uint32_t)v);
+    array_elem(a, b, 8);
+}
+
+void
+pg_array_i32(struct pg_array *a, int32_t v)
+{
+    unsigned char b[4];
+    put_u32(b, (uint32_t)v);
+    array_elem(a, b, 4);
+}
+
+void
+pg_array_bytes(struct pg_array *a, const void *data, size_t len)
+{
+    if (len > (size_t)INT32_MAX) {
+        a->ok = false;
+        return;
+    }
+    array_elem(a, data, (int32_t)len);
+}
+
+void
+pg_array_null(struct pg_array *a)
+{
+    a->has_null = true;
+    array_elem(a, NULL, -1);
+}
+
+void
+pg_param_array(struct pg_params *p, struct pg_array *a)
+{
+    static const Oid array_oid[] = {[PG_ARRAY_INT8] = 1016,
+                                    [PG_ARRAY_INT4] = 1007,
+                                    [PG_ARRAY_TEXT] = 1009,
+                                    [PG_ARRAY_BYTEA] = 1001};
+    if (!a->ok) {
+        p->n = PG_MAX_PARAMS + 1;
+        return;
+    }
+    put_u32(a->buf, 1);
+    put_u32(a->buf + 4, a->has_null ? 1 : 0);
+    put_u32(a->buf + 8, a->elem_oid);
+    put_u32(a->buf + 12, (uint32_t)a->n);
+    put_u32(a->buf + 16, 1);
+    param_binary(p, array_oid[a->type], a->buf, a->len);
+}
+
+void
+pg_array_free(struct pg_array *a)
+{
+    free(a->buf);
+    memset(a, 0, sizeof(*a));
 }
 
 void

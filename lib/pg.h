@@ -85,6 +85,33 @@ void pg_param_bool(struct pg_params *p, bool v);                        /* bool,
 void pg_param_text(struct pg_params *p, const char *s);                 /* text; NULL = SQL NULL */
 void pg_param_bytea(struct pg_params *p, const void *data, size_t len); /* binary */
 void pg_param_null(struct pg_params *p);
+
+/*
+ * A one-dimensional array in PostgreSQL's binary format, bound as one
+ * binary parameter (the statement casts it: $n::int8[] etc.). Append the
+ * elements with pg_array_*, bind with pg_param_array (which writes the
+ * header; the buffer must stay valid until pg_query() returns), then
+ * pg_array_free. An allocation failure or an element longer than INT32_MAX
+ * clears ok, and binding a failed array marks the parameter set invalid.
+ * Callers append elements of the array's own type.
+ */
+enum pg_array_type { PG_ARRAY_INT8, PG_ARRAY_INT4, PG_ARRAY_TEXT, PG_ARRAY_BYTEA };
+struct pg_array {
+    unsigned char *buf;
+    size_t len, cap;
+    enum pg_array_type type;
+    Oid elem_oid;
+    int n;
+    bool has_null;
+    bool ok;
+};
+void pg_array_init(struct pg_array *a, enum pg_array_type type);
+void pg_array_i64(struct pg_array *a, int64_t v);
+void pg_array_i32(struct pg_array *a, int32_t v);
+void pg_array_bytes(struct pg_array *a, const void *data, size_t len); /* text or bytea */
+void pg_array_null(struct pg_array *a);
+void pg_param_array(struct pg_params *p, struct pg_array *a);
+void pg_array_free(struct pg_array *a);
 /* The pointers stored by text/bytea must stay valid until pg_query() returns
  * (the pool copies nothing it does not need: libpq copies on send).
  * bytea: (NULL, 0) is an empty value, not SQL NULL (use pg_param_null).

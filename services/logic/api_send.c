@@ -2,16 +2,17 @@
  * api_send: the business-server side of private mailboxes on the internal
  * listener: POST /v1/tokens, POST /v1/messages, POST /v1/messages/recall.
  *
- * A send is one SQL statement (sql.c: SQL_SEND) per shard holding some of
- * its mailboxes (docs/design.md 3.6), so it is atomic across the
- * recipients of one shard: all their rows are written or none. With one
- * database (or all recipients on one shard) that is the whole send. The
- * parts of a send spanning shards run in parallel; when one fails the
- * sender gets 503 like any send of unknown outcome, and its retry with the
- * same msgkey completes it (the parts that committed answer duplicates).
- * After the commits the recipients' sync hints are invalidated (hint.h),
- * then they are notified (notify.h), then the sender gets the msg_ids in
- * the order it named the recipients.
+ * A send is one part per shard holding some of its mailboxes
+ * (docs/design.md 3.6), each part atomic across its recipients: all their
+ * rows are written or none. With one database (or all recipients on one
+ * shard) that is the whole send. Parts go through the shard's group commit
+ * queue (send_batch.h), which writes them in one statement and one commit
+ * with the other sends queued beside them, invalidates the recipients'
+ * sync hints (hint.h) and notifies them (notify.h). The parts of a send
+ * spanning shards run in parallel; when one fails the sender gets 503 like
+ * any send of unknown outcome, and its retry with the same msgkey completes
+ * it (the parts that committed answer duplicates). When every part is
+ * done, the sender gets the msg_ids in the order it named the recipients.
  *
  * A send whose outcome is unknown (query timeout, lost connection) answers
  * 503 and may still commit later, after any invalidation made then. So
@@ -34,6 +35,7 @@
 #include "mbox.pb-c.h"
 #include "notify.h"
 #include "pg.h"
+#include "send_batch.h"
 #include "sql.h"
 #include "token.h"
 
@@ -85,18 +87,13 @@ out:
 
 /* ---- POST /v1/messages ---- */
 
-struct send_row {
-    uint64_t uid, to_uid, contacter;
-};
-
 struct send_op;
 
-/* The mailboxes of one send on one shard: one statement. */
+/* The mailboxes of one send on one shard: one entry of its group commit queue. */
 struct send_part {
     struct send_op *op;
     int shard;
-    char *uids_txt, *to_txt, *contacter_txt; /* its rows, in uid order */
-    int attempts;
+    struct send_entry e; /* rows, msg_ids, dup: its own arrays, in uid order */
 };
 
 struct send_op {
@@ -107,7 +104,6 @@ struct send_op {
     int nrows;
     uint64_t *order; /* mailboxes in reply order: recipients as given, then the sender */
     int norder;
-    uint64_t *uids; /* every mailbox (rows' uids): hints to invalidate */
     struct send_part *parts;
     int nparts;
     int pending; /* parts whose statement has not completed */
@@ -121,9 +117,7 @@ struct send_op {
     /* results, by position in rows */
     uint64_t *msg_ids;
     bool *dup;
-    uint64_t *fresh;     /* mailboxes actually written (to invalidate and notify) */
-    uint64_t *fresh_ids; /* their new msg_ids */
-    int nfresh;
+    int nfresh; /* mailboxes actually written */
 };
 
 static void
@@ -132,17 +126,14 @@ send_op_free(struct send_op *op)
     api_msg_free(&op->req->base);
     free(op->rows);
     free(op->order);
-    free(op->uids);
     for (int i = 0; i < op->nparts; i++) {
-        free(op->parts[i].uids_txt);
-        free(op->parts[i].to_txt);
-        free(op->parts[i].contacter_txt);
+        free((void *)op->parts[i].e.rows);
+        free(op->parts[i].e.msg_ids);
+        free(op->parts[i].e.dup);
     }
     free(op->parts);
     free(op->msg_ids);
     free(op->dup);
-    free(op->fresh);
-    free(op->fresh_ids);
     free(op);
 }
 
@@ -169,8 +160,6 @@ row_index(const struct send_op *op, uint64_t uid)
     }
     return -1;
 }
-
-static void send_issue(struct send_part *part);
 
 /* After hints and notifies: the reply, in request order. */
 static void
@@ -201,50 +190,18 @@ send_reply(void *arg)
     send_op_free(op);
 }
 
+/* A failed send: whatever failed, a part that committed needs the retry:
+ * 503 for every unknown or partial outcome, as for one statement timing
+ * out. (The hints of what may have committed are gone: send_batch.h.) */
 static void
-send_invalidated(void *arg)
+send_failed(struct send_op *op)
 {
-    struct send_op *op = arg;
-    notify_mailboxes(op->w, op->req->app_id, op->fresh, op->fresh_ids, op->nfresh);
-    send_reply(op);
-}
-
-/* A failed send after its hints: notify what did commit, then the error. */
-static void
-send_failed(void *arg)
-{
-    struct send_op *op = arg;
-    if (op->nfresh > 0)
-        notify_mailboxes(op->w, op->req->app_id, op->fresh, op->fresh_ids, op->nfresh);
-    /* Whatever failed, a part that committed needs the retry: 503 for
-     * every unknown or partial outcome, as for one statement timing out. */
     struct pg_error e = {.kind = op->fail_kind, .message = op->fail_message};
-    if (op->nfresh > 0 || op->nparts > 1)
+    if (op->nfresh > 0 || op->nparts > 1 || op->uncertain)
         e.kind = PG_ERR_UNAVAILABLE;
     memcpy(e.sqlstate, op->fail_sqlstate, sizeof(e.sqlstate));
     api_reply_shard_error(op->w, op->r, &e);
     send_op_free(op);
-}
-
-/* Every part has completed. */
-static void
-send_finish(struct send_op *op)
-{
-    if (op->fail_kind == PG_OK) {
-        /* Duplicates too: the first attempt may have committed after its
-         * own invalidation (a timed-out statement is not cancelled). */
-        hint_invalidate(op->w, op->req->app_id, op->uids, op->nrows, send_invalidated, op);
-        return;
-    }
-    if (!op->uncertain && op->nfresh == 0) {
-        send_failed(op); /* nothing was written */
-        return;
-    }
-    /* A statement may have committed before its connection was lost, and
-     * other parts did: drop every recipient's hint so a sync goes to the
-     * database. (A lost one may also commit after this; a retry's
-     * duplicate answer invalidates again.) */
-    hint_invalidate(op->w, op->req->app_id, op->uids, op->nrows, send_failed, op);
 }
 
 /* Records a part's failure; the first one is what the sender is told. */
@@ -252,7 +209,7 @@ static void
 send_part_failed(struct send_part *part, const struct pg_error *err)
 {
     struct send_op *op = part->op;
-    if (err->kind == PG_ERR_TIMEOUT || err->kind == PG_ERR_UNAVAILABLE)
+    if (part->e.uncertain)
         op->uncertain = true;
     if (op->fail_kind == PG_OK || (err->kind != PG_ERR_QUERY && op->fail_kind == PG_ERR_QUERY)) {
         op->fail_kind = err->kind;
@@ -265,79 +222,38 @@ send_part_failed(struct send_part *part, const struct pg_error *err)
                  part->shard, (int)err->kind, err->sqlstate);
 }
 
+/* A part is done (its hints and notifies too); the last one answers. */
 static void
-on_sent(const PGresult *res, const struct pg_error *err, void *arg)
+on_part_done(struct send_entry *e, const struct pg_error *err)
 {
-    struct send_part *part = arg;
+    struct send_part *part = e->arg;
     struct send_op *op = part->op;
     if (err->kind != PG_OK) {
-        /* 23505: a concurrent send with the same msgkey committed first; the
-         * retry sees it as a duplicate. 40P01: retry once as well. */
-        if (err->kind == PG_ERR_QUERY && part->attempts < 2 &&
-            (strcmp(err->sqlstate, "23505") == 0 || strcmp(err->sqlstate, "40P01") == 0)) {
-            send_issue(part);
-            return;
-        }
         send_part_failed(part, err);
     } else {
-        int n = PQntuples(res);
-        for (int i = 0; i < n; i++) {
-            int k = row_index(op, (uint64_t)pg_get_i64(res, i, 0));
-            if (k < 0)
-                continue;
-            op->msg_ids[k] = (uint64_t)pg_get_i64(res, i, 1);
-            op->dup[k] = pg_get_bool(res, i, 2);
-            if (!op->dup[k]) {
-                op->fresh[op->nfresh] = op->rows[k].uid;
-                op->fresh_ids[op->nfresh++] = op->msg_ids[k];
-            }
+        for (int i = 0; i < e->nrows; i++) {
+            int k = row_index(op, e->rows[i].uid);
+            op->msg_ids[k] = e->msg_ids[i];
+            op->dup[k] = e->dup[i];
+            op->nfresh += !e->dup[i];
         }
     }
-    if (--op->pending == 0)
-        send_finish(op);
+    if (--op->pending > 0)
+        return;
+    if (op->fail_kind == PG_OK)
+        send_reply(op);
+    else
+        send_failed(op);
 }
 
-/* Sends one part's statement to its shard. */
-static void
-send_issue(struct send_part *part)
-{
-    struct send_op *op = part->op;
-    Mbox__SendRequest *q = op->req;
-    struct pg_params p;
-    pg_params_init(&p);
-    pg_param_i64(&p, (int64_t)q->app_id);
-    pg_param_text(&p, part->uids_txt);
-    pg_param_text(&p, part->to_txt);
-    pg_param_text(&p, part->contacter_txt);
-    pg_param_i64(&p, (int64_t)q->from_uid);
-    pg_param_i64(&p, op->now_us);
-    pg_param_i64(&p, op->expire_at);
-    pg_param_i32(&p, q->category);
-    pg_param_i32(&p, q->type);
-    pg_param_i32(&p, q->priority);
-    pg_param_i32(&p, q->business_type);
-    pg_param_text(&p, q->msgkey);
-    pg_param_bytea(&p, q->content.data, q->content.len);
-    part->attempts++;
-    if (!pg_query(op->w->shard_pg[part->shard], SQL_SEND, &p, on_sent, part)) {
-        /* Not sent: nothing of this part can commit. */
-        struct pg_error down = {.kind = PG_ERR_UNAVAILABLE, .message = "no connection"};
-        bool uncertain = op->uncertain;
-        send_part_failed(part, &down);
-        op->uncertain = uncertain;
-        if (--op->pending == 0)
-            send_finish(op);
-    }
-}
-
-/* Starts every part; the last one to complete finishes the send. */
+/* Queues every part; the last one to complete answers. */
 static void
 send_start(struct send_op *op)
 {
-    int n = op->nparts; /* op may be gone after the last issue */
+    int n = op->nparts; /* op may be gone after the last submit */
     op->pending = n;
     for (int i = 0; i < n; i++)
-        send_issue(&op->parts[i]);
+        send_batch_submit(op->w, op->parts[i].shard, &op->parts[i].e);
 }
 
 /* Checks a send request; replies 400/413 and returns false when it is bad. */
@@ -384,21 +300,20 @@ send_validate(struct http_req *r, const struct logic_config *c, const Mbox__Send
 }
 
 /*
- * Splits the rows by shard into op->parts, each with its statement's
- * arrays (rows stay in uid order within a part, so its header locks are
- * taken in order). False on OOM.
+ * Splits the rows by shard into op->parts, each an entry of its shard's
+ * group commit queue with its own rows (in uid order, so its header locks
+ * are taken in order). False on OOM.
  */
 static bool
 send_plan_parts(struct send_op *op)
 {
     struct logic *app = op->w->app;
-    uint64_t app_id = op->req->app_id;
+    Mbox__SendRequest *q = op->req;
     int *shard = calloc((size_t)op->nrows + 1, sizeof(*shard));
-    uint64_t *col = calloc((size_t)op->nrows + 1, sizeof(*col));
     bool used[LOGIC_MAX_SHARDS] = {false};
-    bool ok = shard != NULL && col != NULL;
+    bool ok = shard != NULL;
     for (int i = 0; ok && i < op->nrows; i++) {
-        shard[i] = logic_shard(app, app_id, op->rows[i].uid);
+        shard[i] = logic_shard(app, q->app_id, op->rows[i].uid);
         if (!used[shard[i]])
             op->nparts++;
         used[shard[i]] = true;
@@ -412,30 +327,37 @@ send_plan_parts(struct send_op *op)
         struct send_part *part = &op->parts[np++];
         part->op = op;
         part->shard = s;
-        size_t n = 0;
-        for (int i = 0; i < op->nrows; i++) {
+        int n = 0;
+        for (int i = 0; i < op->nrows; i++)
+            n += shard[i] == s;
+        struct send_row *rows = calloc((size_t)n, sizeof(*rows));
+        part->e = (struct send_entry){
+            .app_id = q->app_id,
+            .from_uid = q->from_uid,
+            .create_time = op->now_us,
+            .expire_at = op->expire_at,
+            .category = q->category,
+            .type = q->type,
+            .priority = q->priority,
+            .business_type = q->business_type,
+            .msgkey = q->msgkey,
+            .content = q->content.data,
+            .content_len = q->content.len,
+            .rows = rows,
+            .msg_ids = calloc((size_t)n, sizeof(uint64_t)),
+            .dup = calloc((size_t)n, sizeof(bool)),
+            .done = on_part_done,
+            .arg = part,
+        };
+        ok = rows != NULL && part->e.msg_ids != NULL && part->e.dup != NULL;
+        for (int i = 0; ok && i < op->nrows; i++) {
             if (shard[i] == s)
-                col[n++] = op->rows[i].uid;
+                rows[part->e.nrows++] = op->rows[i];
         }
-        part->uids_txt = api_int8_array(col, n);
-        n = 0;
-        for (int i = 0; i < op->nrows; i++) {
-            if (shard[i] == s)
-                col[n++] = op->rows[i].to_uid;
-        }
-        part->to_txt = api_int8_array(col, n);
-        n = 0;
-        for (int i = 0; i < op->nrows; i++) {
-            if (shard[i] == s)
-                col[n++] = op->rows[i].contacter;
-        }
-        part->contacter_txt = api_int8_array(col, n);
-        ok = part->uids_txt && part->to_txt && part->contacter_txt;
     }
     if (!ok)
         op->nparts = np; /* what send_op_free must free */
     free(shard);
-    free(col);
     return ok;
 }
 
@@ -450,9 +372,7 @@ send_plan(struct send_op *op)
     op->order = calloc((size_t)cap, sizeof(*op->order));
     op->msg_ids = calloc((size_t)cap, sizeof(*op->msg_ids));
     op->dup = calloc((size_t)cap, sizeof(*op->dup));
-    op->fresh = calloc((size_t)cap, sizeof(*op->fresh));
-    op->fresh_ids = calloc((size_t)cap, sizeof(*op->fresh_ids));
-    if (!op->rows || !op->order || !op->msg_ids || !op->dup || !op->fresh || !op->fresh_ids)
+    if (!op->rows || !op->order || !op->msg_ids || !op->dup)
         return false;
     for (size_t i = 0; i < q->n_to_uids; i++) {
         struct send_row *row = &op->rows[op->nrows++];
@@ -492,11 +412,6 @@ send_plan(struct send_op *op)
         if (!seen)
             op->order[op->norder++] = q->from_uid;
     }
-    op->uids = calloc((size_t)op->nrows + 1, sizeof(*op->uids));
-    if (op->uids == NULL)
-        return false;
-    for (int i = 0; i < op->nrows; i++)
-        op->uids[i] = op->rows[i].uid;
     return send_plan_parts(op);
 }
 

@@ -30,6 +30,7 @@ struct metrics;
 struct pg_pool;
 struct redis;
 struct hint_dirty;
+struct send_batcher;
 struct fanout;
 struct pubcache;
 struct pub_snapshot;
@@ -75,6 +76,9 @@ struct logic_config {
     char *trusted_proxies;
     int64_t max_recipients;
     int64_t max_content_bytes;
+    int64_t send_batch_max;
+    int64_t send_batch_wait_us;
+    int64_t send_batch_inflight;
     int64_t default_expire_s;
     int64_t retention_s;
     int64_t epoch;
@@ -174,6 +178,8 @@ struct logic_worker {
     struct pg_pool *pg; /* the public database (pg_conninfo) */
     /* private mailboxes, per shard (app->nshards); an entry may be pg itself */
     struct pg_pool *shard_pg[LOGIC_MAX_SHARDS];
+    /* the group commit queue of each shard (send_batch.h) */
+    struct send_batcher *batchers[LOGIC_MAX_SHARDS];
     struct logic_shard_up {
         struct logic *app;
         bool seen;

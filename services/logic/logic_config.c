@@ -84,6 +84,14 @@ static const struct cfg_key logic_keys[] = {
       "address of that header; empty: the TCP peer always"),
     K(max_recipients, CFG_INT, "1000", 1, 100000, "most recipients of one POST /v1/messages"),
     K(max_content_bytes, CFG_INT, "65536", 1, 16777216, "largest message or notice content"),
+    K(send_batch_max, CFG_INT, "128", 1, 1024,
+      "group commit: most sends written by one statement and one commit (per worker and shard)"),
+    K(send_batch_wait_us, CFG_INT, "1000", 0, 100000,
+      "group commit: longest a send waits for a statement in flight before it goes out anyway; "
+      "0: it waits until one completes"),
+    K(send_batch_inflight, CFG_INT, "2", 1, 64,
+      "group commit: send statements in flight per worker and shard before sends queue up to "
+      "share the next one (1: the most batching, more: less waiting at moderate load)"),
     K(default_expire_s, CFG_INT, "1209600", 60, 315360000,
       "message lifetime when the send gives no expire_s (14 days)"),
     K(retention_s, CFG_INT, "1209600", 60, 315360000,
@@ -119,6 +127,9 @@ const struct cfg_schema logic_config_schema = {
     "  --move-bucket B --to S\n"
     "                     move bucket B (0..4095) to shard S of pg_shards while\n"
     "                     the service runs, then exit; re-run to finish a failed move\n"
+    "  --print-sql NAME   print the text of logicd's statement NAME (services/logic/sql.h:\n"
+    "                     send, send_batch, sync, ...) and exit (ops/bench/private runs\n"
+    "                     them under pgbench)\n"
     "\n"
     "signals:\n"
     "  SIGHUP             reopen log_file (logrotate) and reload the keys marked\n"

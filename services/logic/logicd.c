@@ -35,6 +35,7 @@
 #include "pubcache.h"
 #include "sdnotify.h"
 #include "shard_db.h"
+#include "sql.h"
 
 /* Frees what prepare_app() allocates: the config snapshots and the shard list. */
 static void
@@ -323,6 +324,14 @@ main(int argc, char **argv)
     unsigned flags = 0;
     int status = 1;
 
+    if (argc == 3 && strcmp(argv[1], "--print-sql") == 0) {
+        const char *sql = sql_text(argv[2]);
+        if (sql == NULL) {
+            fprintf(stderr, "logicd: no statement named %s\n", argv[2]);
+            return 1;
+        }
+        return printf("%s\n", sql) < 0 || fflush(stdout) != 0 ? 1 : 0;
+    }
     char err[512];
     unsigned move_bucket = 0;
     int move_to = 0;

@@ -83,6 +83,49 @@ static const struct sql_stmt statements[] = {
      ")"
      " SELECT uid, msg_id, false AS duplicate FROM ins"
      " UNION ALL SELECT uid, msg_id, true FROM dup"},
+    {SQL_SEND_BATCH, 14,
+     /* p: the sends (part = position), r: their mailboxes. A mailbox with
+      * k new messages in the batch takes k ids under one header lock:
+      * last_msg_id advances by k, the messages get the k ids ending there
+      * in batch order. The header subquery is per conflicting header and
+      * scans fresh (at most the batch's rows). */
+     "WITH p AS ("
+     "  SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int4[],"
+     "    $6::int4[], $7::int4[], $8::int4[], $9::text[], $10::bytea[]) WITH ORDINALITY"
+     "  AS p(app_id, from_uid, create_time, expire_at, category, type, priority,"
+     "    business_type, msgkey, content, part)"
+     "), r AS ("
+     "  SELECT r.n, r.part, r.uid, r.to_uid, r.contacter, p.app_id, p.msgkey"
+     "  FROM unnest($11::int4[], $12::int8[], $13::int8[], $14::int8[]) WITH ORDINALITY"
+     "  AS r(part, uid, to_uid, contacter, n) JOIN p ON p.part = r.part"
+     "  WHERE " SQL_FENCE_WRITE("p.app_id", "r.uid") /* hdr reads every row of r */
+     "), dup AS ("
+     "  SELECT r.n, r.part, r.uid, m.msg_id FROM r JOIN message m"
+     "  ON m.uid = r.uid AND m.app_id = r.app_id AND m.msgkey = r.msgkey"
+     "  WHERE r.msgkey IS NOT NULL"
+     "), fresh AS ("
+     "  SELECT r.*, row_number() OVER (PARTITION BY r.uid, r.app_id ORDER BY r.n) AS k,"
+     "    count(*) OVER (PARTITION BY r.uid, r.app_id) AS cnt"
+     "  FROM r WHERE r.n NOT IN (SELECT n FROM dup)"
+     "), hdr AS ("
+     "  INSERT INTO mailbox AS h (uid, app_id, last_msg_id)"
+     "  SELECT uid, app_id, " NOW_US " + cnt - 1 FROM fresh WHERE k = 1 ORDER BY uid, app_id"
+     "  ON CONFLICT (uid, app_id) DO UPDATE"
+     "  SET last_msg_id = GREATEST(" NOW_US ", h.last_msg_id + 1) + (SELECT f.cnt - 1 FROM fresh f"
+     "    WHERE f.uid = EXCLUDED.uid AND f.app_id = EXCLUDED.app_id AND f.k = 1)"
+     "  RETURNING h.uid, h.app_id, h.last_msg_id"
+     "), ids AS ("
+     "  SELECT f.part, f.uid, f.app_id, f.to_uid, f.contacter, hdr.last_msg_id - f.cnt + f.k"
+     "  AS msg_id FROM fresh f JOIN hdr ON hdr.uid = f.uid AND hdr.app_id = f.app_id"
+     "), ins AS ("
+     "  INSERT INTO message (uid, app_id, msg_id, kind, from_uid, to_uid, contacter,"
+     "    create_time, expire_at, category, type, priority, business_type, msgkey, content)"
+     "  SELECT i.uid, i.app_id, i.msg_id, 0, p.from_uid, i.to_uid, i.contacter, p.create_time,"
+     "    p.expire_at, p.category, p.type, p.priority, p.business_type, p.msgkey, p.content"
+     "  FROM ids i JOIN p ON p.part = i.part"
+     ")"
+     " SELECT part::int4, uid, msg_id, false AS duplicate FROM ids"
+     " UNION ALL SELECT part::int4, uid, msg_id, true FROM dup"},
     {SQL_SYNC, 5,
      "SELECT h.last_msg_id, m.* FROM"
      " (SELECT COALESCE((SELECT last_msg_id FROM mailbox WHERE uid = $2 AND app_id = $1), 0)"

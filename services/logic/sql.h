@@ -35,6 +35,15 @@ struct pg_pool;
  * $11 business_type, $12 msgkey (NULL), $13 content
  * -> (uid, msg_id, duplicate) per mailbox */
 #define SQL_SEND "send"
+/* Several sends in one statement (group commit, send_batch.h). Per send
+ * (arrays of one element per send, in batch order): $1 app, $2 from_uid,
+ * $3 create_time, $4 expire_at, $5 category, $6 type, $7 priority,
+ * $8 business_type, $9 msgkey (NULL elements), $10 content; per mailbox
+ * row: $11 its send's position (1-based), $12 uid, $13 to_uid,
+ * $14 contacter, each send's rows in uid order, no uid twice in one send,
+ * no (app, msgkey) in two sends -> (send position, uid, msg_id, duplicate)
+ * per mailbox row */
+#define SQL_SEND_BATCH "send_batch"
 /* $1 app, $2 uid, $3 after msg_id, $4 limit, $5 now
  * -> (last_msg_id, message columns...) at least one row; msg_id NULL when none */
 #define SQL_SYNC "sync"

@@ -22,6 +22,7 @@
 #include "redis.h"
 #include "reach.h"
 #include "retention.h"
+#include "send_batch.h"
 #include "sql.h"
 
 int64_t
@@ -98,6 +99,13 @@ open_shard_pools(struct logic_worker *w, const struct pg_pool_config *public_cfg
         }
         if (!sql_prepare_all(w->shard_pg[i])) {
             snprintf(err, errlen, "cannot register SQL statements");
+            return false;
+        }
+    }
+    for (int i = 0; i < app->nshards; i++) {
+        w->batchers[i] = send_batcher_new(w, i);
+        if (w->batchers[i] == NULL) {
+            snprintf(err, errlen, "out of memory");
             return false;
         }
     }
@@ -296,12 +304,16 @@ logic_worker_free(struct logic_worker *w)
      * may still use the retention job and the snapshot. */
     if (w->redis != NULL)
         redis_free(w->redis);
+    for (int i = 0; i < LOGIC_MAX_SHARDS; i++)
+        send_batcher_close(w->batchers[i]);
     for (int i = 0; i < LOGIC_MAX_SHARDS; i++) {
         if (w->shard_pg[i] != NULL && w->shard_pg[i] != w->pg)
             pg_pool_free(w->shard_pg[i]);
     }
     if (w->pg != NULL)
         pg_pool_free(w->pg);
+    for (int i = 0; i < LOGIC_MAX_SHARDS; i++)
+        send_batcher_free(w->batchers[i]);
     api_pull_spares_free(w);
     retention_free(w->retention);
     reach_sampler_free(w->reach);

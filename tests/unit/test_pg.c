@@ -135,6 +135,73 @@ START_TEST(test_bytea_invalid)
 }
 END_TEST
 
+/* The binary array format PostgreSQL's array_recv reads. */
+START_TEST(test_array_binary_format)
+{
+    struct pg_array a;
+    pg_array_init(&a, PG_ARRAY_INT8);
+    pg_array_i64(&a, 1);
+    pg_array_i64(&a, -2);
+    struct pg_params p;
+    pg_params_init(&p);
+    pg_param_array(&p, &a);
+    ck_assert_int_eq(p.n, 1);
+    ck_assert_int_eq(p.formats[0], 1);
+    ck_assert_uint_eq(p.types[0], 1016); /* int8[] */
+    /* clang-format off */
+    static const unsigned char want[] = {
+        0, 0, 0, 1,  0, 0, 0, 0,  0, 0, 0, 20, /* ndim 1, no NULL, int8 */
+        0, 0, 0, 2,  0, 0, 0, 1,               /* 2 elements from index 1 */
+        0, 0, 0, 8,  0, 0, 0, 0, 0, 0, 0, 1,   /* 1 */
+        0, 0, 0, 8,  0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe, /* -2 */
+    };
+    /* clang-format on */
+    ck_assert_int_eq(p.lengths[0], (int)sizeof(want));
+    ck_assert_mem_eq(p.values[0], want, sizeof(want));
+    pg_array_free(&a);
+
+    pg_array_init(&a, PG_ARRAY_TEXT);
+    pg_array_bytes(&a, "ab", 2);
+    pg_array_null(&a);
+    pg_params_init(&p);
+    pg_param_array(&p, &a);
+    ck_assert_uint_eq(p.types[0], 1009); /* text[] */
+    /* clang-format off */
+    static const unsigned char want_text[] = {
+        0, 0, 0, 1,  0, 0, 0, 1,  0, 0, 0, 25, /* has a NULL, text */
+        0, 0, 0, 2,  0, 0, 0, 1,
+        0, 0, 0, 2,  'a', 'b',
+        0xff, 0xff, 0xff, 0xff,                /* NULL: length -1 */
+    };
+    /* clang-format on */
+    ck_assert_int_eq(p.lengths[0], (int)sizeof(want_text));
+    ck_assert_mem_eq(p.values[0], want_text, sizeof(want_text));
+    pg_array_free(&a);
+
+    /* int4 and bytea element oids; many elements make the buffer grow. */
+    pg_array_init(&a, PG_ARRAY_INT4);
+    for (int i = 0; i < 1000; i++)
+        pg_array_i32(&a, i);
+    pg_params_init(&p);
+    pg_param_array(&p, &a);
+    ck_assert_uint_eq(p.types[0], 1007);
+    ck_assert_int_eq(p.lengths[0], 20 + 1000 * 8);
+    const unsigned char *v = (const unsigned char *)p.values[0];
+    ck_assert_int_eq(v[20 + 999 * 8 + 6], 999 >> 8);
+    ck_assert_int_eq(v[20 + 999 * 8 + 7], 999 & 0xff);
+    pg_array_free(&a);
+
+    /* An element too long fails the array, and binding it fails the set. */
+    pg_array_init(&a, PG_ARRAY_BYTEA);
+    pg_array_bytes(&a, "x", (size_t)INT32_MAX + 1);
+    ck_assert(!a.ok);
+    pg_params_init(&p);
+    pg_param_array(&p, &a);
+    ck_assert_int_gt(p.n, PG_MAX_PARAMS);
+    pg_array_free(&a);
+}
+END_TEST
+
 START_TEST(test_too_many)
 {
     struct pg_params p;
@@ -325,6 +392,7 @@ pg_suite(void)
     tcase_add_test(tc, test_text_and_null);
     tcase_add_test(tc, test_bytea);
     tcase_add_test(tc, test_bytea_invalid);
+    tcase_add_test(tc, test_array_binary_format);
     tcase_add_test(tc, test_too_many);
     suite_add_tcase(s, tc);
 
