@@ -276,8 +276,11 @@ on_batch(const PGresult *res, const struct pg_error *err, void *arg)
             log_debug("send_batch_split", "shard=%d sends=%d sqlstate=%s", b->shard, bt->n,
                       err->sqlstate);
         }
-        for (int i = 0; i < bt->n; i++)
+        for (int i = 0; i < bt->n; i++) {
+            if (bt->n > 1)
+                bt->e[i]->attempts = 0; /* the batch's failure may be another send's */
             batch_issue(b, &bt->e[i], 1);
+        }
         batch_free(bt);
         return;
     }
