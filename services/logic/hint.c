@@ -52,12 +52,16 @@ struct hint_dirty {
     /* Redis Cluster only: invalidations acknowledged in the last
      * HINT_RECENT_S, a ring (see hint.h, point 4) */
     struct hint_recent *recent;
-    int recent_head, recent_n;
+    int recent_head, recent_n, recent_cap;
 };
 
 /* Acknowledged invalidations remembered for a replay after a failover
- * (Redis Cluster): at most this many per worker, at most this old. */
+ * (Redis Cluster): at most this many per worker, at most this old. The
+ * ring starts at HINT_RECENT_MIN and doubles only when it is full of
+ * entries younger than HINT_RECENT_S, so its memory follows the rate of
+ * the last minute, not the cap. */
 #define HINT_RECENT_CAP 65536
+#define HINT_RECENT_MIN 1024
 #define HINT_RECENT_S   60
 
 /* How often a non-empty dirty list is replayed while Redis stays connected. */
@@ -118,11 +122,32 @@ hint_dirty_free(struct hint_dirty *d)
     free(d);
 }
 
+/* Doubles the ring (at most HINT_RECENT_CAP), its entries from index 0
+ * in age order; false when it cannot grow. */
+static bool
+recent_grow(struct hint_dirty *d)
+{
+    int cap = d->recent_cap ? d->recent_cap * 2 : HINT_RECENT_MIN;
+    if (cap > HINT_RECENT_CAP)
+        return false;
+    struct hint_recent *r = malloc((size_t)cap * sizeof(*r));
+    if (r == NULL)
+        return false;
+    for (int k = 0; k < d->recent_n; k++)
+        r[k] = d->recent[(d->recent_head + k) % d->recent_cap];
+    free(d->recent);
+    d->recent = r;
+    d->recent_cap = cap;
+    d->recent_head = 0;
+    return true;
+}
+
 /*
- * Remembers an acknowledged invalidation (Redis Cluster only). The ring
- * keeps the newest HINT_RECENT_CAP; one overwritten while younger than
- * HINT_RECENT_S is counted, since a failover right then could leave its
- * mailbox's hint stale for up to hint_ttl_s.
+ * Remembers an acknowledged invalidation (Redis Cluster only) for
+ * HINT_RECENT_S. Older entries leave the ring as new ones come; a full
+ * ring grows up to HINT_RECENT_CAP, then its oldest entry is overwritten,
+ * which is counted, since a failover right then could leave its mailbox's
+ * hint stale for up to hint_ttl_s.
  */
 static void
 recent_add(struct logic_worker *w, uint64_t app_id, uint64_t uid)
@@ -130,21 +155,24 @@ recent_add(struct logic_worker *w, uint64_t app_id, uint64_t uid)
     struct hint_dirty *d = w->dirty;
     if (w->app->cfg.redis_nodes == NULL || w->app->cfg.redis_nodes[0] == '\0')
         return;
-    if (d->recent == NULL && (d->recent = calloc(HINT_RECENT_CAP, sizeof(*d->recent))) == NULL)
-        return;
-    int64_t now = logic_now_us();
-    int i = (d->recent_head + d->recent_n) % HINT_RECENT_CAP;
-    if (d->recent_n == HINT_RECENT_CAP) {
-        if (d->recent[i].at_us > now - (int64_t)HINT_RECENT_S * 1000000)
-            metric_inc(metrics_counter(w->app->metrics, "mbox_hint_recent_overwritten_total",
-                                       "acknowledged invalidations dropped from the failover "
-                                       "replay ring while younger than its window",
-                                       NULL));
-        d->recent_head = (d->recent_head + 1) % HINT_RECENT_CAP;
-    } else {
-        d->recent_n++;
+    int64_t now = logic_now_us(), since = now - (int64_t)HINT_RECENT_S * 1000000;
+    while (d->recent_n > 0 && d->recent[d->recent_head].at_us < since) {
+        d->recent_head = (d->recent_head + 1) % d->recent_cap;
+        d->recent_n--;
     }
-    d->recent[i] = (struct hint_recent){app_id, uid, now};
+    if (d->recent_n == d->recent_cap && !recent_grow(d)) {
+        if (d->recent_cap == 0)
+            return;
+        metric_inc(metrics_counter(w->app->metrics, "mbox_hint_recent_overwritten_total",
+                                   "acknowledged invalidations dropped from the failover "
+                                   "replay ring while younger than its window",
+                                   NULL));
+        d->recent_head = (d->recent_head + 1) % d->recent_cap;
+        d->recent_n--;
+    }
+    d->recent[(d->recent_head + d->recent_n) % d->recent_cap] =
+        (struct hint_recent){app_id, uid, now};
+    d->recent_n++;
 }
 
 void
@@ -373,7 +401,7 @@ hint_on_redis_connect(void *worker)
     int n = d->recent_n;
     d->recent_n = 0;
     for (int k = 0; k < n; k++) {
-        const struct hint_recent *r = &d->recent[(d->recent_head + k) % HINT_RECENT_CAP];
+        const struct hint_recent *r = &d->recent[(d->recent_head + k) % d->recent_cap];
         if (r->at_us >= since)
             dirty_add(w, r->app_id, r->uid);
     }
