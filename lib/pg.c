@@ -156,6 +156,7 @@ struct pg_pool {
     struct pg_conn *conns;
     struct host_lists *hosts; /* NULL: one host, PQconnectStart(conninfo) */
     struct pg_stmt *stmts, *stmts_tail;
+    struct pg_stmt session; /* session_sql (name and sql only), sql NULL when none */
     struct event *ev_tick; /* query timeouts, while anything is in flight */
     int nready;
     void (*on_up)(bool up, void *arg);
@@ -687,7 +688,28 @@ conn_send_prepare(struct pg_conn *c, const struct pg_stmt *s, bool counts_for_re
     return true;
 }
 
-/* Connected: pipeline mode, socket events, then the statements. */
+/* Queues the pool's session SQL (pg_pool_config.session_sql) and its sync,
+ * answered like a prepare. False: the connection is unusable. */
+static bool
+conn_send_session(struct pg_conn *c)
+{
+    struct pending *q = pending_new(c->pool, NULL, NULL);
+    if (q == NULL)
+        return false;
+    q->stmt = &c->pool->session;
+    q->counts_for_ready = true;
+    if (!PQsendQueryParams(c->pq, c->pool->session.sql, 0, NULL, NULL, NULL, NULL, 1) ||
+        !PQpipelineSync(c->pq)) {
+        free(q);
+        return false;
+    }
+    fifo_push(c, q);
+    c->prepares_left++;
+    pool_tick_arm(c->pool);
+    return true;
+}
+
+/* Connected: pipeline mode, socket events, then the session SQL and the statements. */
 static void
 conn_established(struct pg_conn *c)
 {
@@ -714,12 +736,16 @@ conn_established(struct pg_conn *c)
              c->backend_pid, log_q(q, sizeof(q), host != NULL ? host : ""),
              PQport(c->pq) != NULL ? PQport(c->pq) : "", PQserverVersion(c->pq));
 
-    if (p->stmts == NULL) {
+    if (p->stmts == NULL && p->session.sql == NULL) {
         conn_set_state(c, PG_CONN_READY);
         c->backoff_ms = p->backoff_min_ms;
         return;
     }
     conn_set_state(c, PG_CONN_PREPARING);
+    if (p->session.sql != NULL && !conn_send_session(c)) {
+        conn_reset(c, "setup_failed", PQerrorMessage(c->pq), PG_ERR_UNAVAILABLE);
+        return;
+    }
     for (struct pg_stmt *s = p->stmts; s != NULL; s = s->next) {
         if (!conn_send_prepare(c, s, true)) {
             conn_reset(c, "setup_failed", PQerrorMessage(c->pq), PG_ERR_UNAVAILABLE);
@@ -1438,6 +1464,10 @@ pg_pool_new(struct event_base *base, const struct pg_pool_config *cfg, struct me
     p->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)p ^ now_us();
     p->conninfo = strdup(cfg->conninfo);
     p->conns = calloc((size_t)p->size, sizeof(*p->conns));
+    static char session_name[] = "session_sql";
+    p->session.name = session_name;
+    if (cfg->session_sql != NULL && (p->session.sql = strdup(cfg->session_sql)) == NULL)
+        goto fail;
     if (p->conninfo == NULL || p->conns == NULL)
         goto fail;
     if (p->query_timeout_ms > 0) {
@@ -1520,6 +1550,7 @@ pool_destroy(struct pg_pool *p)
     free(p->conns);
     hosts_free(p->hosts);
     free(p->conninfo);
+    free(p->session.sql);
     free(p);
 }
 

@@ -45,6 +45,10 @@ struct pg_pool_config {
     int backoff_max_ms;   /* cap of the delay */
     int query_timeout_ms; /* 0 = none */
     int max_inflight;     /* per connection; beyond it pg_query() returns false */
+    /* NULL, or SQL run on every connection when it connects, before its
+     * statements are prepared (e.g. SET ...); a failure resets the
+     * connection like a statement the server rejects */
+    const char *session_sql;
     /* Called on the pool's loop when the pool gains its first ready
      * connection (up = true) or loses its last one (up = false). */
     void (*on_up)(bool up, void *arg);

@@ -76,6 +76,7 @@ struct logic_config {
     char *trusted_proxies;
     int64_t max_recipients;
     int64_t max_content_bytes;
+    char *pg_plan_cache_mode;
     int64_t send_batch_max;
     int64_t send_batch_wait_us;
     int64_t send_batch_inflight;

@@ -38,6 +38,11 @@ static const struct cfg_key logic_keys[] = {
       "the bucket map was made for (--migrate); empty: pg_conninfo holds everything"),
     K(pg_pool_size, CFG_INT, "4", 1, 64,
       "PostgreSQL connections per worker thread (and per shard of pg_shards)"),
+    K(pg_plan_cache_mode, CFG_STR, "force_generic_plan", 0, 0,
+      "PostgreSQL's plan_cache_mode on logicd's connections: force_generic_plan plans each "
+      "prepared statement once per connection (with the default, auto, PostgreSQL re-plans the "
+      "private statements on every call across the hash partitions; docs/design.md 3.8), auto, "
+      "or force_custom_plan"),
     K(pg_query_timeout_ms, CFG_INT, "5000", 10, 600000,
       "a query not answered by then fails the request with 503"),
     K(redis_host, CFG_STR, "127.0.0.1", 0, 0, "Redis host (routes, pub/sub, hints, counters)"),
@@ -86,12 +91,13 @@ static const struct cfg_key logic_keys[] = {
     K(max_content_bytes, CFG_INT, "65536", 1, 16777216, "largest message or notice content"),
     K(send_batch_max, CFG_INT, "128", 1, 1024,
       "group commit: most sends written by one statement and one commit (per worker and shard)"),
-    K(send_batch_wait_us, CFG_INT, "1000", 0, 100000,
-      "group commit: longest a send waits for a statement in flight before it goes out anyway; "
-      "0: it waits until one completes"),
-    K(send_batch_inflight, CFG_INT, "2", 1, 64,
+    K(send_batch_wait_us, CFG_INT, "3000", 0, 100000,
+      "group commit: longest a send waits in its queue (behind a statement in flight, or for "
+      "the senders of the last batch to come back) before its statement goes out anyway; about "
+      "one durable commit; 0: no bound, it waits until a statement completes"),
+    K(send_batch_inflight, CFG_INT, "1", 1, 64,
       "group commit: send statements in flight per worker and shard before sends queue up to "
-      "share the next one (1: the most batching, more: less waiting at moderate load)"),
+      "share the next one (1: the most sends per commit)"),
     K(default_expire_s, CFG_INT, "1209600", 60, 315360000,
       "message lifetime when the send gives no expire_s (14 days)"),
     K(retention_s, CFG_INT, "1209600", 60, 315360000,
@@ -179,6 +185,13 @@ logic_config_validate(const struct logic_config *c, char *err, size_t errlen)
     }
     if (c->default_expire_s > c->retention_s) {
         snprintf(err, errlen, "key 'default_expire_s': longer than retention_s");
+        return false;
+    }
+    if (strcmp(c->pg_plan_cache_mode, "auto") != 0 &&
+        strcmp(c->pg_plan_cache_mode, "force_generic_plan") != 0 &&
+        strcmp(c->pg_plan_cache_mode, "force_custom_plan") != 0) {
+        snprintf(err, errlen,
+                 "key 'pg_plan_cache_mode': auto, force_generic_plan or force_custom_plan");
         return false;
     }
     if (c->sync_default_limit > c->sync_max_limit) {

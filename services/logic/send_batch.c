@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -31,14 +32,18 @@ struct send_batcher {
     struct send_entry *head, *tail; /* queued, in arrival order */
     int queued;
     int inflight; /* statements of this queue not yet answered */
-    struct event *timer;
-    bool timer_armed, closing;
+    struct event *timer; /* the oldest queued send's wait bound */
+    bool closing;
+    /* the last batch answered: when (mono_us) and how many sends */
+    int64_t last_answered_us;
+    int last_size;
     struct metric *m_batches[NCLASSES], *m_sends, *m_splits;
 };
 
 /* One statement in flight, then its post-commit work. */
 struct send_batch {
-    struct send_batcher *b; /* NULL once answered (inflight is released) */
+    struct send_batcher *b;     /* NULL once answered (inflight is released) */
+    struct send_batcher *owner; /* freed after every batch (send_batcher_free) */
     struct logic_worker *w;
     struct send_entry **e;
     int n;
@@ -86,9 +91,13 @@ batch_free(struct send_batch *bt)
 }
 
 /* Answers every entry with the batch's outcome, and frees the batch. */
+static int64_t mono_us(void);
+
 static void
 batch_answer(struct send_batch *bt)
 {
+    bt->owner->last_answered_us = mono_us();
+    bt->owner->last_size = bt->n;
     for (int i = 0; i < bt->n; i++) {
         struct send_entry *e = bt->e[i];
         e->uncertain = bt->uncertain;
@@ -250,7 +259,7 @@ retryable(const struct pg_error *err)
            (strcmp(err->sqlstate, "23505") == 0 || strcmp(err->sqlstate, "40P01") == 0);
 }
 
-static void batch_flush(struct send_batcher *b, bool force);
+static void batch_flush(struct send_batcher *b);
 
 static void
 on_batch(const PGresult *res, const struct pg_error *err, void *arg)
@@ -265,7 +274,7 @@ on_batch(const PGresult *res, const struct pg_error *err, void *arg)
     }
     /* The next statement goes out before this one's post-commit work. */
     if (!b->closing)
-        batch_flush(b, false);
+        batch_flush(b);
 
     if (err->kind == PG_ERR_QUERY && (bt->n > 1 || (retryable(err) && bt->e[0]->attempts < 2))) {
         /* Rejected: nothing of it was written. A batch is split into one
@@ -401,7 +410,7 @@ batch_issue(struct send_batcher *b, struct send_entry **e, int n)
     struct send_entry **copy = calloc((size_t)n, sizeof(*copy));
     if (bt != NULL && copy != NULL) {
         memcpy(copy, e, (size_t)n * sizeof(*copy));
-        *bt = (struct send_batch){.b = b, .w = b->w, .e = copy, .n = n};
+        *bt = (struct send_batch){.b = b, .owner = b, .w = b->w, .e = copy, .n = n};
         for (int i = 0; i < n; i++)
             e[i]->attempts++;
         b->inflight++;
@@ -471,29 +480,45 @@ take_batch(struct send_batcher *b, struct send_entry **out, int max)
     return n;
 }
 
-/* Issues what the queue allows: while below the in-flight bound (or
- * always, when force: the wait bound passed); arms the wait bound for what
- * stays queued. */
+static int64_t
+mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/*
+ * Issues what the queue allows (send_batch.h): the oldest send goes out
+ * when it has waited send_batch_wait_us; before that, only while fewer
+ * than send_batch_inflight statements are in flight, and, right after a
+ * batch was answered (its senders are coming back), only once as many
+ * sends are queued as it had. Arms the timer for the oldest send's bound.
+ */
 static void
-batch_flush(struct send_batcher *b, bool force)
+batch_flush(struct send_batcher *b)
 {
     const struct logic_config *c = &b->w->app->cfg;
     int max = (int)c->send_batch_max;
     struct send_entry *buf[BATCH_MAX_SENDS];
     if (max > BATCH_MAX_SENDS)
         max = BATCH_MAX_SENDS;
-    while (b->queued > 0 && (force || b->inflight < c->send_batch_inflight)) {
+    int64_t now = mono_us(), wait = c->send_batch_wait_us;
+    while (b->queued > 0) {
+        bool due = wait > 0 && now - b->head->queued_us >= wait;
+        if (!due && (b->inflight >= c->send_batch_inflight ||
+                     (b->queued < max && b->queued < b->last_size &&
+                      now - b->last_answered_us < wait)))
+            break;
         int n = take_batch(b, buf, max);
         batch_issue(b, buf, n);
     }
-    if (b->queued == 0 && b->timer_armed) {
-        evtimer_del(b->timer);
-        b->timer_armed = false;
-    } else if (b->queued > 0 && !b->timer_armed && c->send_batch_wait_us > 0) {
-        struct timeval tv = {(time_t)(c->send_batch_wait_us / 1000000),
-                             (suseconds_t)(c->send_batch_wait_us % 1000000)};
+    if (b->queued > 0 && wait > 0) {
+        int64_t left = b->head->queued_us + wait - now;
+        struct timeval tv = {0, (suseconds_t)(left > 0 ? left : 0)};
         evtimer_add(b->timer, &tv);
-        b->timer_armed = true;
+    } else {
+        evtimer_del(b->timer);
     }
 }
 
@@ -503,9 +528,8 @@ on_wait_bound(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct send_batcher *b = arg;
-    b->timer_armed = false;
     if (!b->closing)
-        batch_flush(b, true);
+        batch_flush(b);
 }
 
 void
@@ -526,7 +550,8 @@ send_batch_submit(struct logic_worker *w, int shard, struct send_entry *e)
         b->head = e;
     b->tail = e;
     b->queued++;
-    batch_flush(b, false);
+    e->queued_us = mono_us();
+    batch_flush(b);
 }
 
 struct send_batcher *

@@ -74,6 +74,7 @@ struct send_entry {
     /* private */
     struct send_entry *next;
     int attempts;
+    int64_t queued_us;
 };
 
 /* Per worker, per shard. NULL on allocation failure. */

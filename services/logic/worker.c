@@ -186,6 +186,8 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
         return false;
     }
 
+    char plan_mode[80];
+    snprintf(plan_mode, sizeof(plan_mode), "SET plan_cache_mode = %s", c->pg_plan_cache_mode);
     struct pg_pool_config pgc = {
         .conninfo = c->pg_conninfo,
         .size = (int)c->pg_pool_size,
@@ -195,6 +197,7 @@ logic_worker_init(struct logic_worker *w, struct logic *app, int id, char *err, 
         .max_inflight = 64,
         .on_up = on_pg_up,
         .on_up_arg = app,
+        .session_sql = plan_mode,
     };
     w->pg = pg_pool_new(w->base, &pgc, app->metrics);
     if (w->pg == NULL) {

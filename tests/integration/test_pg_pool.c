@@ -696,6 +696,93 @@ START_TEST(test_bad_prepare)
 }
 END_TEST
 
+/* The first row's text columns of one query. */
+struct text_out {
+    bool done;
+    enum pg_err_kind kind;
+    char col[3][128];
+};
+
+static void
+text_cb(const PGresult *res, const struct pg_error *err, void *arg)
+{
+    struct text_out *o = arg;
+    o->done = true;
+    o->kind = err->kind;
+    if (err->kind != PG_OK)
+        return;
+    for (int c = 0; c < PQnfields(res) && c < 3; c++) {
+        size_t len;
+        const char *v = pg_get_bytes(res, 0, c, &len);
+        snprintf(o->col[c], sizeof(o->col[c]), "%.*s", (int)len, v != NULL ? v : "");
+    }
+}
+
+static bool
+text_done(void *arg)
+{
+    return ((struct text_out *)arg)->done;
+}
+
+/* session_sql runs on every connection before its statements; binary
+ * arrays (pg_param_array) arrive as the arrays they encode. */
+START_TEST(test_session_sql_and_arrays)
+{
+    struct env e;
+    struct pg_pool_config cfg = {.size = 2,
+                                 .session_sql = "SET plan_cache_mode = force_generic_plan"};
+    env_open(&e, &cfg);
+    ck_assert(pg_pool_prepare(e.pool, "q",
+                              "SELECT current_setting('plan_cache_mode'),"
+                              " array_to_string($1::int8[], ',') || '|' ||"
+                              " array_to_string($2::text[], ',', '*'),"
+                              " encode(($3::bytea[])[2], 'hex') || '|' ||"
+                              " array_to_string($4::int4[], ',')",
+                              4, NULL));
+    ck_assert(run_until(e.base, all_connected, e.pool, 5000));
+    for (int round = 0; round < 2; round++) { /* both connections */
+        struct pg_array a[4];
+        pg_array_init(&a[0], PG_ARRAY_INT8);
+        pg_array_i64(&a[0], INT64_MIN);
+        pg_array_i64(&a[0], 42);
+        pg_array_init(&a[1], PG_ARRAY_TEXT);
+        pg_array_bytes(&a[1], "x", 1);
+        pg_array_null(&a[1]);
+        pg_array_bytes(&a[1], "", 0);
+        pg_array_init(&a[2], PG_ARRAY_BYTEA);
+        pg_array_bytes(&a[2], "", 0);
+        pg_array_bytes(&a[2], "\x00\xff", 2);
+        pg_array_init(&a[3], PG_ARRAY_INT4);
+        pg_array_i32(&a[3], -7);
+        struct pg_params pp;
+        pg_params_init(&pp);
+        for (int k = 0; k < 4; k++)
+            pg_param_array(&pp, &a[k]);
+        struct text_out o = {0};
+        ck_assert(pg_query(e.pool, "q", &pp, text_cb, &o));
+        for (int k = 0; k < 4; k++)
+            pg_array_free(&a[k]);
+        ck_assert(run_until(e.base, text_done, &o, 5000));
+        ck_assert_int_eq(o.kind, PG_OK);
+        ck_assert_str_eq(o.col[0], "force_generic_plan");
+        ck_assert_str_eq(o.col[1], "-9223372036854775808,42|x,*,");
+        ck_assert_str_eq(o.col[2], "00ff|-7");
+    }
+    env_close(&e);
+
+    /* A session_sql the server rejects keeps the connection from being ready. */
+    struct pg_pool_config bad = {.size = 1,
+                                 .backoff_min_ms = 20,
+                                 .backoff_max_ms = 50,
+                                 .session_sql = "SET no_such_setting_at_all = 1"};
+    env_open(&e, &bad);
+    run_until(e.base, two_prepare_failures, &e, 5000);
+    ck_assert_int_eq(pg_pool_connected(e.pool), 0);
+    ck_assert_int_ge(counter(&e, "mbox_pg_disconnects_total", "reason=\"prepare_failed\""), 2);
+    env_close(&e);
+}
+END_TEST
+
 static void
 never_cb(const PGresult *res, const struct pg_error *err, void *arg)
 {
@@ -923,6 +1010,7 @@ pg_pool_suite(void)
     tcase_add_test(tc, test_free_from_callback);
     tcase_add_test(tc, test_large_payloads);
     tcase_add_test(tc, test_bad_prepare);
+    tcase_add_test(tc, test_session_sql_and_arrays);
     tcase_add_test(tc, test_multihost_stuck_first);
     suite_add_tcase(s, tc);
 
