@@ -12,6 +12,9 @@
  *   - otherwise sends wait for a statement to complete, and go out with
  *     the sends queued behind them, up to send_batch_max sends (and
  *     BATCH_MAX_ROWS mailboxes, BATCH_MAX_BYTES of content) per statement;
+ *   - right after a batch was answered (its senders are about to send
+ *     again), the queue waits until it holds as many sends as that batch
+ *     had, so a busy queue does not break into a lone send and the rest;
  *   - none waits longer than send_batch_wait_us: then the queue goes out
  *     whatever is in flight.
  *
