@@ -139,9 +139,6 @@ for (const uid of users) {
   s.complete = await load.drain(s, deadline, 500);
   fresh.push(s);
 }
-const v = judge({ sends: load.sends, streams: load.streams, fresh, wsClients: load.wsClients, injections: [], operator, users, run,
-  faultEnd: () => 0 });
-const c = v.byWindow.get(-1) ?? { acked: 0, lost: 0, duplicated: 0, outOfOrder: 0, examples: [] };
 
 // --- drift: the sample at the end of the warm-up against the last one
 const warm = samples.find((s) => s.t - t0 >= WARMUP_S * 1000) ?? samples[0];
@@ -186,8 +183,6 @@ for (const name of ['logicd-1', 'logicd-2', 'lcsd-1', 'lcsd-2']) {
   errorExamples.push(...bad.slice(0, 3).map((l) => `${name}: ${l.slice(0, 200)}`));
   if (bad.length) problems.push(`${name}: ${bad.length} error lines in its log`);
 }
-if (c.lost || c.duplicated || c.outOfOrder) problems.push(`messages: ${c.lost} lost, ${c.duplicated} duplicated, ${c.outOfOrder} out of order`);
-
 const failed = events.filter((e) => e.status < 200 || e.status >= 300).length;
 console.log(`soak of ${((now() - t0) / 1000 / 60).toFixed(1)} min (warm-up ${WARMUP_S} s, ${samples.length} samples): ` +
   `${load.sends.length} sends, ${events.filter((e) => e.kind === 'sync' || e.kind === 'ws-sync').length} syncs, ` +
@@ -198,6 +193,15 @@ console.log(`samples (RSS MB / open files / p99 ms): ${samples.map((s) => `+${Ma
   DAEMONS.map((n) => `${(s.d[n].rss / 1024).toFixed(1)}/${s.d[n].fds}/${s.d[n].p99}`).join(' ')).join('; ')}`);
 console.log(`error lines in logs: ${JSON.stringify(errorLines)}`);
 for (const e of errorExamples.slice(0, 10)) console.log(`  ${e}`);
+if (OUT) writeFileSync(path.join(OUT, 'soak.json'), JSON.stringify({ samples, errorLines, problems }, null, 1));
+
+// --- the history checker, last: over an hour of history it takes minutes,
+// and the figures above are printed (and saved) whatever it takes
+log('checking the history');
+const v = judge({ sends: load.sends, streams: load.streams, fresh, wsClients: load.wsClients, injections: [], operator, users, run,
+  faultEnd: () => 0 });
+const c = v.byWindow.get(-1) ?? { acked: 0, lost: 0, duplicated: 0, outOfOrder: 0, examples: [] };
+if (c.lost || c.duplicated || c.outOfOrder) problems.push(`messages: ${c.lost} lost, ${c.duplicated} duplicated, ${c.outOfOrder} out of order`);
 console.log(`checker: ${c.acked} acknowledged, ${c.lost} lost, ${c.duplicated} duplicated, ${c.outOfOrder} out of order; ` +
   `resets ${v.global.resets}, streams differing from a fresh sync ${v.global.freshDisagree}, WebSocket deliveries later than 5 s ${v.global.wsLate} of ${v.global.wsChecked}`);
 console.log(problems.length ? `soak: goal missed:\n${problems.map((p) => `  ${p}`).join('\n')}` : 'soak: flat after the warm-up, no error lines, nothing lost');
